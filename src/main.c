@@ -1,0 +1,188 @@
+/* main.c: the lretry host program.
+ *
+ * Owns the process: arguments, the Lua state, the file-descriptor limit and
+ * the exit status. Runs a script's main chunk inside retry.run, with the
+ * lua/ modules embedded so no package.path is needed. The only file that
+ * exits.
+ */
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include <curl/curl.h>
+#include <uv.h>
+
+#include "embedded.h"
+
+int luaopen_retry_core(lua_State *L);
+
+static const char usage[] =
+    "usage: lretry [options] [script.lua [args...]]\n"
+    "  -e CODE      run CODE (inside retry.run) instead of a script\n"
+    "  -v, --version  print versions and exit\n"
+    "  -h, --help     print this help and exit\n"
+    "A script runs inside retry.run, so it can make requests at top level;\n"
+    "`arg` holds its arguments as in lua. '-' reads the script from stdin.\n";
+
+/* Thousands of concurrent transfers need as many descriptors; the soft
+ * limit is often 1024 while the hard limit allows far more. */
+static void raise_fd_limit(void) {
+  struct rlimit lim;
+
+  if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &lim);
+  }
+}
+
+static int load_embedded(lua_State *L) {
+  const rt_embedded_t *e = lua_touserdata(L, lua_upvalueindex(1));
+
+  if (luaL_loadbufferx(L, e->source, e->len, e->chunkname, "t") != LUA_OK)
+    return lua_error(L);
+  lua_pushstring(L, e->module);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+/* package.preload gets the C core and every embedded module, so lretry uses
+ * its own copy whatever is installed on the Lua path. */
+static void preload_modules(lua_State *L) {
+  const rt_embedded_t *e;
+
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_retry_core);
+  lua_setfield(L, -2, "retry.core");
+  for (e = rt_embedded_lua; e->module != NULL; e++) {
+    lua_pushlightuserdata(L, (void *)e);
+    lua_pushcclosure(L, load_embedded, 1);
+    lua_setfield(L, -2, e->module);
+  }
+  lua_pop(L, 1);
+}
+
+/* Message handler: retry.run already attached the failing task's traceback
+ * (to a string, or as err.traceback); add one only where none is. */
+static int on_error(lua_State *L) {
+  const char *msg;
+
+  if (lua_type(L, 1) == LUA_TTABLE) {
+    lua_getfield(L, 1, "traceback");
+    msg = luaL_tolstring(L, 1, NULL);
+    if (lua_type(L, -2) == LUA_TSTRING)
+      lua_pushfstring(L, "%s\n%s", msg, lua_tostring(L, -2));
+    else
+      luaL_traceback(L, L, msg, 1);
+    return 1;
+  }
+  msg = luaL_tolstring(L, 1, NULL);
+  if (strstr(msg, "stack traceback:") != NULL)
+    return 1;
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static void set_arg_table(lua_State *L, char **argv, int argc, int script) {
+  int i;
+
+  lua_createtable(L, argc - script - 1, script + 1);
+  for (i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i - script);
+  }
+  lua_setglobal(L, "arg");
+}
+
+/* Stack: retry.run, chunk. Pushes the script arguments and runs it. */
+static int run_main(lua_State *L, char **argv, int argc, int first_arg) {
+  int base, i, status;
+
+  for (i = first_arg; i < argc; i++)
+    lua_pushstring(L, argv[i]);
+  base = lua_gettop(L) - (argc - first_arg) - 1;
+  lua_pushcfunction(L, on_error);
+  lua_insert(L, base);
+  status = lua_pcall(L, argc - first_arg + 1, 0, base);
+  if (status != LUA_OK) {
+    fprintf(stderr, "lretry: %s\n", lua_tostring(L, -1));
+    return 1;
+  }
+  return 0;
+}
+
+static int print_version(void) {
+  printf("lretry %s (%s, libcurl %s, libuv %s)\n", RT_VERSION, LUA_RELEASE,
+         curl_version_info(CURLVERSION_NOW)->version, uv_version_string());
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  lua_State *L;
+  const char *code = NULL;
+  const char *script = NULL;
+  int script_index = argc;
+  int status;
+  int i;
+
+  for (i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+      fputs(usage, stdout);
+      return 0;
+    }
+    if (strcmp(argv[i], "-v") == 0 || strcmp(argv[i], "--version") == 0)
+      return print_version();
+    if (strcmp(argv[i], "-e") == 0) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "lretry: '-e' needs an argument\n%s", usage);
+        return 2;
+      }
+      code = argv[++i];
+      script_index = i;
+      break;
+    }
+    if (argv[i][0] == '-' && argv[i][1] != '\0') {
+      fprintf(stderr, "lretry: unknown option '%s'\n%s", argv[i], usage);
+      return 2;
+    }
+    script = argv[i];
+    script_index = i;
+    break;
+  }
+  if (code == NULL && script == NULL) {
+    fputs(usage, stderr);
+    return 2;
+  }
+  raise_fd_limit();
+  L = luaL_newstate();
+  if (L == NULL) {
+    fprintf(stderr, "lretry: cannot create a Lua state\n");
+    return 1;
+  }
+  luaL_openlibs(L);
+  preload_modules(L);
+  set_arg_table(L, argv, argc, script_index);
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "retry");
+  status = lua_pcall(L, 1, 1, 0);
+  if (status == LUA_OK) {
+    lua_getfield(L, -1, "run");
+    lua_remove(L, -2);
+    if (code != NULL)
+      status = luaL_loadbuffer(L, code, strlen(code), "=(command line)");
+    else if (strcmp(script, "-") == 0)
+      status = luaL_loadfile(L, NULL);
+    else
+      status = luaL_loadfile(L, script);
+  }
+  if (status != LUA_OK) {
+    fprintf(stderr, "lretry: %s\n", lua_tostring(L, -1));
+    lua_close(L);
+    return 1;
+  }
+  status = run_main(L, argv, argc, script_index + 1);
+  lua_close(L);
+  return status;
+}

@@ -1,0 +1,254 @@
+/* response.c: the Response userdata: lazy headers, body as owned bytes.
+ *
+ * Owns nothing but the bytes a finished transfer handed over. Knows nothing
+ * about curl or the loop.
+ */
+#include "response.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define RESPONSE_MT "retry.Response"
+#define HEADERS_MT "retry.Headers"
+
+static rt_response_t *check_response(lua_State *L) {
+  return luaL_checkudata(L, 1, RESPONSE_MT);
+}
+
+static void free_body(rt_response_t *r) {
+  free(r->body);
+  r->body = NULL;
+  r->body_len = 0;
+  r->closed = 1;
+}
+
+/* __gc and __close: idempotent, safe on a half-made response. */
+static int resp_gc(lua_State *L) {
+  rt_response_t *r = check_response(L);
+
+  free_body(r);
+  free(r->head);
+  r->head = NULL;
+  return 0;
+}
+
+/* close() frees the body but keeps the headers readable. */
+static int resp_close(lua_State *L) {
+  free_body(check_response(L));
+  return 0;
+}
+
+static int resp_text(lua_State *L) {
+  rt_response_t *r = check_response(L);
+
+  if (r->closed)
+    return luaL_error(L, "attempt to read the body of a closed response");
+  lua_pushlstring(L, r->body != NULL ? r->body : "", r->body_len);
+  return 1;
+}
+
+static int headers_index(lua_State *L) {
+  size_t len;
+  const char *key;
+  luaL_Buffer b;
+  char *lower;
+  size_t i;
+
+  if (lua_type(L, 2) != LUA_TSTRING)
+    return 0;
+  key = lua_tolstring(L, 2, &len);
+  lower = luaL_buffinitsize(L, &b, len);
+  for (i = 0; i < len; i++) {
+    char c = key[i];
+    lower[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+  }
+  luaL_pushresultsize(&b, len);
+  lua_rawget(L, 1);
+  return 1;
+}
+
+static const char *skip_space(const char *p, const char *end) {
+  while (p < end && (*p == ' ' || *p == '\t'))
+    p++;
+  return p;
+}
+
+static const char *trim_end(const char *start, const char *end) {
+  while (end > start &&
+         (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
+    end--;
+  return end;
+}
+
+/* Push the reason phrase from the status line ("HTTP/1.1 404 Not Found"). */
+static void push_reason(lua_State *L, const char *line, const char *end) {
+  const char *p = memchr(line, ' ', (size_t)(end - line));
+
+  if (p != NULL)
+    p = memchr(p + 1, ' ', (size_t)(end - p - 1));
+  if (p == NULL) {
+    lua_pushliteral(L, ""); /* HTTP/2 sends no reason phrase */
+    return;
+  }
+  p = skip_space(p, end);
+  lua_pushlstring(L, p, (size_t)(trim_end(p, end) - p));
+}
+
+/* Add one "Name: value" line to the headers table at index t. Repeated
+ * names are joined with ", " as RFC 9110 allows. */
+static void add_header(lua_State *L, int t, const char *line,
+                       const char *end) {
+  const char *colon = memchr(line, ':', (size_t)(end - line));
+  const char *value;
+  luaL_Buffer b;
+  size_t i;
+
+  if (colon == NULL || colon == line)
+    return;
+  luaL_buffinit(L, &b);
+  for (i = 0; line + i < colon; i++) {
+    char c = line[i];
+    luaL_addchar(&b, (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c);
+  }
+  luaL_pushresult(&b);
+  value = skip_space(colon + 1, end);
+  end = trim_end(value, end);
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, t) == LUA_TSTRING) {
+    lua_pushliteral(L, ", ");
+    lua_pushlstring(L, value, (size_t)(end - value));
+    lua_concat(L, 3);
+  } else {
+    lua_pop(L, 1);
+    lua_pushlstring(L, value, (size_t)(end - value));
+  }
+  lua_rawset(L, t);
+}
+
+/* Parse the raw header block into fields.headers and fields.reason; the
+ * fields table is at index f. */
+static void parse_head(lua_State *L, rt_response_t *r, int f) {
+  const char *p = r->head != NULL ? r->head : "";
+  const char *end = p + r->head_len;
+  int first = 1;
+  int t;
+
+  lua_newtable(L);
+  t = lua_gettop(L);
+  luaL_setmetatable(L, HEADERS_MT);
+  while (p < end) {
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    const char *line_end = nl != NULL ? nl : end;
+
+    if (first) {
+      push_reason(L, p, trim_end(p, line_end));
+      lua_setfield(L, f, "reason");
+      first = 0;
+    } else if (line_end > p) {
+      add_header(L, t, p, line_end);
+    }
+    p = line_end + 1;
+  }
+  if (first) {
+    lua_pushliteral(L, "");
+    lua_setfield(L, f, "reason");
+  }
+  lua_setfield(L, f, "headers");
+  free(r->head);
+  r->head = NULL;
+  r->head_len = 0;
+}
+
+static int resp_index(lua_State *L) {
+  rt_response_t *r = check_response(L);
+  const char *key;
+
+  lua_settop(L, 2);
+  lua_pushvalue(L, 2);
+  if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+    return 1; /* a method */
+  lua_pop(L, 1);
+  key = lua_tostring(L, 2);
+  if (key != NULL && lua_type(L, 2) == LUA_TSTRING) {
+    if (strcmp(key, "status") == 0) {
+      lua_pushinteger(L, r->status);
+      return 1;
+    }
+    if (strcmp(key, "ok") == 0) {
+      lua_pushboolean(L, r->status < 400);
+      return 1;
+    }
+  }
+  lua_getiuservalue(L, 1, 1);
+  if (r->head != NULL && key != NULL &&
+      (strcmp(key, "headers") == 0 || strcmp(key, "reason") == 0))
+    parse_head(L, r, 3);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, 3);
+  return 1;
+}
+
+static int resp_newindex(lua_State *L) {
+  check_response(L);
+  lua_settop(L, 3);
+  lua_getiuservalue(L, 1, 1);
+  lua_insert(L, 2);
+  lua_rawset(L, 2);
+  return 0;
+}
+
+static int resp_tostring(lua_State *L) {
+  rt_response_t *r = check_response(L);
+
+  lua_getiuservalue(L, 1, 1);
+  lua_getfield(L, -1, "method");
+  lua_getfield(L, -2, "url");
+  lua_pushfstring(L, "<Response [%d] %s %s>", (int)r->status,
+                  luaL_optstring(L, -2, "?"), luaL_optstring(L, -1, "?"));
+  return 1;
+}
+
+rt_response_t *rt_response_push(lua_State *L) {
+  rt_response_t *r = lua_newuserdatauv(L, sizeof(*r), 1);
+
+  memset(r, 0, sizeof(*r));
+  luaL_setmetatable(L, RESPONSE_MT);
+  lua_createtable(L, 0, 4);
+  lua_setiuservalue(L, -2, 1);
+  return r;
+}
+
+void rt_response_setfield(lua_State *L, const char *name) {
+  lua_getiuservalue(L, -2, 1);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+}
+
+static const luaL_Reg resp_methods[] = {{"close", resp_close},
+                                        {"read", resp_text},
+                                        {"text", resp_text},
+                                        {NULL, NULL}};
+
+void rt_response_open(lua_State *L) {
+  if (luaL_newmetatable(L, HEADERS_MT)) {
+    lua_pushcfunction(L, headers_index);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  luaL_newmetatable(L, RESPONSE_MT);
+  lua_pushcfunction(L, resp_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, resp_gc);
+  lua_setfield(L, -2, "__close");
+  lua_pushcfunction(L, resp_newindex);
+  lua_setfield(L, -2, "__newindex");
+  lua_pushcfunction(L, resp_tostring);
+  lua_setfield(L, -2, "__tostring");
+  luaL_newlib(L, resp_methods);
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, resp_index, 1);
+  lua_setfield(L, -3, "__index");
+  lua_remove(L, -2);
+}

@@ -1,0 +1,37 @@
+/* response.h: the Response userdata ("retry.Response").
+ *
+ * Owns a finished attempt's body and raw header block. Headers are parsed
+ * into a case-insensitive table only when first read; the body becomes a Lua
+ * string only when :text() or :read() asks for it. Other fields (method,
+ * url, and those the Lua layer adds: attempts, history, elapsed) live in a
+ * table kept as the userdata's user value.
+ */
+#ifndef RT_RESPONSE_H
+#define RT_RESPONSE_H
+
+#include <stddef.h>
+
+#include <lua.h>
+
+typedef struct rt_response_s {
+  long status;
+  char *body; /* owned; NULL once closed */
+  size_t body_len;
+  char *head; /* owned; raw header block, NULL once parsed */
+  size_t head_len;
+  int closed;
+} rt_response_t;
+
+/* Push a new empty response. Fill status, body and head right after: until
+ * then it holds nothing, so an error while making it leaks nothing. */
+rt_response_t *rt_response_push(lua_State *L);
+
+/* Set a field of the response on top of the stack to the value on top
+ * (popped). */
+void rt_response_setfield(lua_State *L, const char *name);
+
+/* Register the metatable; leaves the methods table on the stack so the Lua
+ * layer can add methods written in Lua. */
+void rt_response_open(lua_State *L);
+
+#endif

@@ -1,0 +1,385 @@
+/* task.c: coroutines as tasks: spawn, park, wake, cancel, and the run loop.
+ *
+ * Owns the task handles' C state, the ready queue and the registry anchors
+ * of live tasks. Knows nothing about transfers: an operation is a pointer and
+ * an abandon hook.
+ */
+#include "task.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TASK_MT "retry.TaskHandle"
+
+/* Registry key of the table that anchors live tasks: anchors[t] = handle. */
+static const char anchors_key = 'a';
+
+static void push_anchors(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &anchors_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &anchors_key);
+  }
+}
+
+static void push_handle(lua_State *L, rt_task_t *t) {
+  push_anchors(L);
+  lua_rawgetp(L, -1, t);
+  lua_remove(L, -2);
+}
+
+static void on_idle(uv_idle_t *idle);
+
+static void ready_push(rt_sched_t *s, rt_task_t *t) {
+  t->state = RT_TASK_READY;
+  if (t->in_ready)
+    return;
+  t->in_ready = 1;
+  t->ready_next = NULL;
+  if (s->ready_tail != NULL)
+    s->ready_tail->ready_next = t;
+  else
+    s->ready_head = t;
+  s->ready_tail = t;
+  s->ready_count++;
+  /* An active idle handle makes the loop poll without blocking. */
+  if (s->ready_count == 1)
+    uv_idle_start(&s->idle, on_idle);
+}
+
+static rt_task_t *ready_pop(rt_sched_t *s) {
+  rt_task_t *t = s->ready_head;
+
+  s->ready_head = t->ready_next;
+  if (s->ready_head == NULL)
+    s->ready_tail = NULL;
+  s->ready_count--;
+  t->in_ready = 0;
+  t->ready_next = NULL;
+  return t;
+}
+
+static void free_on_close(uv_handle_t *handle) {
+  free(handle);
+}
+
+static void release_op(rt_task_t *t) {
+  void *op = t->op;
+  rt_task_abandon_fn abandon = t->abandon;
+
+  t->op = NULL;
+  t->abandon = NULL;
+  if (op != NULL && abandon != NULL)
+    abandon(op);
+}
+
+static void finish(rt_sched_t *s, rt_task_t *t) {
+  lua_State *L = s->L;
+
+  release_op(t);
+  t->state = RT_TASK_DONE;
+  if (t->timer != NULL) {
+    uv_close((uv_handle_t *)t->timer, free_on_close);
+    t->timer = NULL;
+  }
+  if (t->live_prev != NULL)
+    t->live_prev->live_next = t->live_next;
+  else
+    s->live = t->live_next;
+  if (t->live_next != NULL)
+    t->live_next->live_prev = t->live_prev;
+  s->live_count--;
+  lua_settop(t->co, 0);
+  push_anchors(L);
+  lua_pushnil(L);
+  lua_rawsetp(L, -2, t);
+  lua_pop(L, 1);
+}
+
+static void resume(rt_sched_t *s, rt_task_t *t) {
+  int nres = 0;
+  int nargs = t->nargs;
+  int status;
+
+  t->nargs = 0;
+  t->state = RT_TASK_RUNNING;
+  t->started = 1;
+  t->via_park = 0;
+  t->lua_parked = 0;
+  s->current = t;
+  status = lua_resume(t->co, s->L, nargs, &nres);
+  s->current = NULL;
+  if (status == LUA_YIELD) {
+    lua_pop(t->co, nres);
+    /* A plain coroutine.yield() from task code: let others run, then go
+     * on. Parks through rt_task_park have already set the state. */
+    if (t->state == RT_TASK_RUNNING)
+      ready_push(s, t);
+    return;
+  }
+  if (status != LUA_OK) {
+    /* The Lua task wrapper catches errors, so this is one it could not
+     * (an error in its handler, out of memory). Keep the first. */
+    if (s->fatal_ref == LUA_NOREF) {
+      lua_xmove(t->co, s->L, 1);
+      s->fatal_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
+    }
+    lua_resetthread(t->co);
+  }
+  finish(s, t);
+}
+
+static void drain(rt_sched_t *s) {
+  /* Only tasks queued before this call: tasks they wake wait for the next
+   * loop iteration, so a chain of wakes cannot starve I/O. */
+  unsigned n = s->ready_count;
+
+  if (s->L == NULL)
+    return;
+  while (n-- > 0 && s->ready_head != NULL)
+    resume(s, ready_pop(s));
+  if (s->ready_head == NULL)
+    uv_idle_stop(&s->idle);
+}
+
+static void on_check(uv_check_t *check) {
+  drain(check->data);
+}
+
+static void on_idle(uv_idle_t *idle) {
+  drain(idle->data);
+}
+
+void rt_sched_init(rt_sched_t *s, uv_loop_t *uv) {
+  memset(s, 0, sizeof(*s));
+  s->uv = uv;
+  s->fatal_ref = LUA_NOREF;
+  uv_check_init(uv, &s->check);
+  uv_idle_init(uv, &s->idle);
+  s->check.data = s;
+  s->idle.data = s;
+  uv_check_start(&s->check, on_check);
+  /* The check handle alone must not keep the loop alive, or a deadlock
+   * between tasks would block forever instead of being reported. */
+  uv_unref((uv_handle_t *)&s->check);
+}
+
+void rt_sched_close(rt_sched_t *s) {
+  rt_task_t *t;
+
+  for (t = s->live; t != NULL; t = t->live_next) {
+    release_op(t);
+    if (t->timer != NULL) {
+      uv_close((uv_handle_t *)t->timer, free_on_close);
+      t->timer = NULL;
+    }
+  }
+  uv_close((uv_handle_t *)&s->check, NULL);
+  uv_close((uv_handle_t *)&s->idle, NULL);
+}
+
+rt_task_t *rt_task_spawn(lua_State *L, rt_sched_t *s, int nargs) {
+  rt_task_t *t;
+  lua_State *co;
+
+  t = lua_newuserdatauv(L, sizeof(*t), 2);
+  memset(t, 0, sizeof(*t));
+  t->state = RT_TASK_DONE; /* until fully set up */
+  if (luaL_newmetatable(L, TASK_MT)) {
+    lua_pushliteral(L, TASK_MT);
+    lua_setfield(L, -2, "__name");
+  }
+  lua_setmetatable(L, -2);
+  co = lua_newthread(L);
+  lua_setiuservalue(L, -2, 1);
+  push_anchors(L);
+  lua_pushvalue(L, -2);
+  lua_rawsetp(L, -2, t);
+  lua_pop(L, 1);
+  /* Stack: fn args... handle. Move fn and args to the new thread. */
+  lua_insert(L, -(nargs + 2));
+  lua_xmove(L, co, nargs + 1);
+  t->co = co;
+  t->sched = s;
+  t->nargs = nargs;
+  t->live_next = s->live;
+  if (s->live != NULL)
+    s->live->live_prev = t;
+  s->live = t;
+  s->live_count++;
+  ready_push(s, t);
+  return t;
+}
+
+void *rt_task_take_op(rt_task_t *t) {
+  void *op = t->op;
+
+  t->op = NULL;
+  t->abandon = NULL;
+  return op;
+}
+
+rt_task_t *rt_task_from(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, TASK_MT);
+}
+
+rt_task_t *rt_task_check(lua_State *L, rt_sched_t *s, const char *what) {
+  rt_task_t *t = s->current;
+
+  if (t == NULL || !s->running)
+    luaL_error(L,
+               "%s must be called inside a task: wrap the code in "
+               "retry.run(function() ... end)",
+               what);
+  if (t->co != L)
+    luaL_error(L,
+               "%s cannot be called from a coroutine made inside a task: "
+               "call it from the task itself or use retry.spawn",
+               what);
+  return t;
+}
+
+int rt_task_park(lua_State *L, rt_task_t *t, void *op,
+                 rt_task_abandon_fn abandon, lua_KFunction k) {
+  if (t->cancel_pending) {
+    t->cancel_pending = 0;
+    if (op != NULL && abandon != NULL)
+      abandon(op);
+    push_handle(L, t);
+    lua_getiuservalue(L, -1, 2);
+    return lua_error(L);
+  }
+  t->op = op;
+  t->abandon = abandon;
+  t->state = RT_TASK_PARKED;
+  t->via_park = 1;
+  t->base = lua_gettop(L);
+  return lua_yieldk(L, 0, (lua_KContext)t, k);
+}
+
+void rt_task_resumed(lua_State *L, rt_task_t *t) {
+  if (t->raise) {
+    t->raise = 0;
+    lua_error(L);
+  }
+}
+
+void rt_task_wake(rt_task_t *t, int nargs) {
+  t->nargs = nargs;
+  ready_push(t->sched, t);
+}
+
+static int park_lua_k(lua_State *L, int status, lua_KContext ctx) {
+  rt_task_t *t = (rt_task_t *)ctx;
+
+  (void)status;
+  rt_task_resumed(L, t);
+  return lua_gettop(L) - t->base;
+}
+
+int rt_task_park_lua(lua_State *L, rt_task_t *t) {
+  t->lua_parked = 1;
+  return rt_task_park(L, t, NULL, NULL, park_lua_k);
+}
+
+int rt_task_wake_lua(lua_State *L, rt_task_t *t, int n) {
+  if (t->state != RT_TASK_PARKED || !t->lua_parked)
+    return 0;
+  t->lua_parked = 0;
+  lua_xmove(L, t->co, n);
+  rt_task_wake(t, n);
+  return 1;
+}
+
+static void abandon_sleep(void *op) {
+  uv_timer_stop(((rt_task_t *)op)->timer);
+}
+
+static uint64_t ms_until(uint64_t deadline_ns, uint64_t now_ns) {
+  return (deadline_ns - now_ns + 999999) / 1000000;
+}
+
+static void on_sleep_timer(uv_timer_t *timer) {
+  rt_task_t *t = timer->data;
+  uint64_t now = uv_hrtime();
+
+  /* libuv's clock counts whole milliseconds, so the timer can fire up to a
+   * millisecond early: a sleep never ends before its time. */
+  if (now < t->deadline_ns) {
+    uv_timer_start(timer, on_sleep_timer, ms_until(t->deadline_ns, now), 0);
+    return;
+  }
+  t->op = NULL;
+  t->abandon = NULL;
+  rt_task_wake(t, 0);
+}
+
+static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  rt_task_resumed(L, (rt_task_t *)ctx);
+  return 0;
+}
+
+int rt_task_sleep(lua_State *L, rt_task_t *t, double seconds) {
+  rt_sched_t *s = t->sched;
+  uint64_t now;
+
+  if (t->timer == NULL) {
+    t->timer = malloc(sizeof(*t->timer));
+    if (t->timer == NULL)
+      return luaL_error(L, "retry.sleep: out of memory");
+    uv_timer_init(s->uv, t->timer);
+    t->timer->data = t;
+  }
+  /* The loop's cached time may be stale by the length of the callbacks
+   * that ran since it was taken; arming against it would end early. */
+  uv_update_time(s->uv);
+  now = uv_hrtime();
+  t->deadline_ns = now + (uint64_t)ceil(seconds * 1e9);
+  uv_timer_start(t->timer, on_sleep_timer, ms_until(t->deadline_ns, now), 0);
+  return rt_task_park(L, t, t, abandon_sleep, sleep_k);
+}
+
+int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx) {
+  err_idx = lua_absindex(L, err_idx);
+  if (t->state == RT_TASK_DONE)
+    return 0;
+  push_handle(L, t);
+  lua_pushvalue(L, err_idx);
+  lua_setiuservalue(L, -2, 2);
+  lua_pop(L, 1);
+  if (!t->started)
+    return 1; /* the Lua wrapper sees the task was cancelled and ends it */
+  if (t->state == RT_TASK_RUNNING ||
+      (t->state == RT_TASK_READY && !t->via_park)) {
+    t->cancel_pending = 1;
+    return 1;
+  }
+  /* Parked, or woken and not yet resumed: drop the operation and whatever
+   * it delivered, and make the resume raise the error instead. */
+  release_op(t);
+  lua_settop(t->co, lua_gettop(t->co) - t->nargs);
+  lua_pushvalue(L, err_idx);
+  lua_xmove(L, t->co, 1);
+  t->raise = 1;
+  t->lua_parked = 0;
+  rt_task_wake(t, 1);
+  return 1;
+}
+
+int rt_sched_run(rt_sched_t *s) {
+  while (s->live_count > 0) {
+    int alive;
+
+    drain(s);
+    if (s->live_count == 0)
+      break;
+    alive = uv_run(s->uv, UV_RUN_ONCE);
+    if (!alive && s->ready_head == NULL && s->live_count > 0)
+      return 0;
+  }
+  return 1;
+}

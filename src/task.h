@@ -1,0 +1,115 @@
+/* task.h: Lua coroutines run as tasks on the loop.
+ *
+ * A task is a coroutine anchored in the registry from spawn until it ends.
+ * It parks on an operation (a transfer, a sleep, or a wake from Lua), and the
+ * scheduler resumes it from a uv check or idle callback: never inside a
+ * libcurl callback, never while curl_multi_socket_action is on the stack.
+ * This file is the only caller of lua_resume.
+ */
+#ifndef RT_TASK_H
+#define RT_TASK_H
+
+#include <lua.h>
+#include <uv.h>
+
+typedef struct rt_sched_s rt_sched_t;
+typedef struct rt_task_s rt_task_t;
+
+/* Stops and frees whatever a task is parked on; never calls Lua. */
+typedef void (*rt_task_abandon_fn)(void *op);
+
+enum rt_task_state {
+  RT_TASK_READY,   /* queued to be resumed */
+  RT_TASK_RUNNING, /* the current task */
+  RT_TASK_PARKED,  /* waiting for its operation */
+  RT_TASK_DONE
+};
+
+struct rt_task_s {
+  lua_State *co;     /* borrowed: the handle's user value keeps it */
+  rt_sched_t *sched; /* borrowed */
+  rt_task_t *ready_next;
+  rt_task_t *live_prev;
+  rt_task_t *live_next;
+  enum rt_task_state state;
+  int started;        /* resumed at least once */
+  int in_ready;       /* linked in the ready queue */
+  int nargs;          /* values on co's stack for the next resume */
+  int base;           /* co's stack top when it parked */
+  int raise;          /* the next resume raises the value on top */
+  int via_park;       /* parked through rt_task_park (has a continuation) */
+  int lua_parked;     /* parked by core.park, so core.wake may resume it */
+  int cancel_pending; /* cancelled while running: raise at the next park */
+  void *op;           /* what it is parked on; released by abandon */
+  rt_task_abandon_fn abandon;
+  uv_timer_t *timer; /* owned: lazily made for sleeps; freed on close */
+  uint64_t deadline_ns;
+};
+
+struct rt_sched_s {
+  uv_loop_t *uv;      /* borrowed */
+  lua_State *L;       /* the thread running retry.run; NULL outside it */
+  uv_check_t check;   /* resumes ready tasks after I/O callbacks */
+  uv_idle_t idle;     /* keeps the poll from blocking while tasks wait */
+  rt_task_t *ready_head;
+  rt_task_t *ready_tail;
+  unsigned ready_count;
+  rt_task_t *live; /* every task not yet done */
+  unsigned live_count;
+  rt_task_t *current;
+  int running;
+  int fatal_ref; /* registry ref: an error no task wrapper caught */
+};
+
+void rt_sched_init(rt_sched_t *s, uv_loop_t *uv);
+
+/* Abandon every live task's operation and close the scheduler's handles.
+ * Runs no Lua; the caller then closes the loop. */
+void rt_sched_close(rt_sched_t *s);
+
+/* Pops a function and nargs arguments from L, pushes a task handle and
+ * queues the task to start on the next loop turn. */
+rt_task_t *rt_task_spawn(lua_State *L, rt_sched_t *s, int nargs);
+
+/* The task L is running as, or raises naming `what` and retry.run. */
+rt_task_t *rt_task_check(lua_State *L, rt_sched_t *s, const char *what);
+
+/* Detach the operation from a woken task (its continuation now owns it). */
+void *rt_task_take_op(rt_task_t *t);
+
+/* The task behind the handle at idx. */
+rt_task_t *rt_task_from(lua_State *L, int idx);
+
+/* Park the running task on op and yield; k runs on resume with the task as
+ * its context and must first call rt_task_resumed. Use as
+ * `return rt_task_park(...)`. */
+int rt_task_park(lua_State *L, rt_task_t *t, void *op,
+                 rt_task_abandon_fn abandon, lua_KFunction k);
+
+/* In a continuation: raises the cancellation error if one was delivered. */
+void rt_task_resumed(lua_State *L, rt_task_t *t);
+
+/* The operation finished: queue the task to be resumed (with the nargs values
+ * already pushed on its stack). The op stays until the continuation takes
+ * it, so a cancel before then still releases it. */
+void rt_task_wake(rt_task_t *t, int nargs);
+
+/* Park until rt_task_wake_lua; returns the values passed to it. */
+int rt_task_park_lua(lua_State *L, rt_task_t *t);
+
+/* Resume a task parked by rt_task_park_lua with the top n values of L.
+ * Returns 0 when the task was not parked that way (nothing is moved). */
+int rt_task_wake_lua(lua_State *L, rt_task_t *t, int n);
+
+/* Sleep the running task for seconds (>= 0). Use as a return expression. */
+int rt_task_sleep(lua_State *L, rt_task_t *t, double seconds);
+
+/* Cancel: the error value at err_idx is raised in the task at its current
+ * (or next) park. Returns 0 when the task has already ended. */
+int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx);
+
+/* Run the loop until every task has ended (returns 1) or the live tasks all
+ * wait on each other with nothing to wake them (returns 0). */
+int rt_sched_run(rt_sched_t *s);
+
+#endif
