@@ -6,6 +6,7 @@
  * threads may each run their own state. See README "Architecture" for the
  * functions and their contracts.
  */
+#include <dlfcn.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <math.h>
@@ -22,6 +23,8 @@ typedef struct rt_ctx_s {
   rt_sched_t sched;
   int open;
 } rt_ctx_t;
+
+int luaopen_retry_core(lua_State *L);
 
 static const char ctx_key = 'c';
 
@@ -213,7 +216,7 @@ static const char **header_lines(lua_State *L, int spec, size_t *count) {
     else
       lua_pushfstring(L, "%s: %s", k, v);
     lines[*count] = lua_tostring(L, -1);
-    lua_rawseti(L, -4, (lua_Integer) ++*count);
+    lua_rawseti(L, -4, (lua_Integer)++ * count);
     lua_pop(L, 1);
   }
   lua_setiuservalue(L, -2, 1);
@@ -302,10 +305,10 @@ static int l_request(lua_State *L) {
 }
 
 static const luaL_Reg core_funcs[] = {
-    {"cancel", l_cancel}, {"enter", l_enter},     {"leave", l_leave},
-    {"loop", l_loop},     {"now", l_now},         {"park", l_park},
-    {"request", l_request}, {"sleep", l_sleep},   {"spawn", l_spawn},
-    {"wake", l_wake},     {NULL, NULL}};
+    {"cancel", l_cancel},   {"enter", l_enter}, {"leave", l_leave},
+    {"loop", l_loop},       {"now", l_now},     {"park", l_park},
+    {"request", l_request}, {"sleep", l_sleep}, {"spawn", l_spawn},
+    {"wake", l_wake},       {NULL, NULL}};
 
 /* The per-state context, made on first load and shared by later loads. */
 static rt_ctx_t *push_ctx(lua_State *L) {
@@ -334,7 +337,19 @@ static rt_ctx_t *push_ctx(lua_State *L) {
   return ctx;
 }
 
+/* Keep this module (and so libcurl, OpenSSL and libuv) loaded after
+ * lua_close unloads C modules: curl_global_init's state is process-wide and
+ * other Lua states, or threads, may still use it. It also leaves the code
+ * mapped for LeakSanitizer's reports at exit. */
+static void pin_module(void) {
+  Dl_info info;
+
+  if (dladdr((void *)luaopen_retry_core, &info) != 0 && info.dli_fname)
+    dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 int luaopen_retry_core(lua_State *L) {
+  pin_module();
   luaL_newlibtable(L, core_funcs);
   push_ctx(L);
   luaL_setfuncs(L, core_funcs, 1);

@@ -75,8 +75,7 @@ static const char *skip_space(const char *p, const char *end) {
 }
 
 static const char *trim_end(const char *start, const char *end) {
-  while (end > start &&
-         (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
+  while (end > start && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
     end--;
   return end;
 }
@@ -97,8 +96,7 @@ static void push_reason(lua_State *L, const char *line, const char *end) {
 
 /* Add one "Name: value" line to the headers table at index t. Repeated
  * names are joined with ", " as RFC 9110 allows. */
-static void add_header(lua_State *L, int t, const char *line,
-                       const char *end) {
+static void add_header(lua_State *L, int t, const char *line, const char *end) {
   const char *colon = memchr(line, ':', (size_t)(end - line));
   const char *value;
   luaL_Buffer b;

@@ -47,10 +47,10 @@ struct rt_task_s {
 };
 
 struct rt_sched_s {
-  uv_loop_t *uv;      /* borrowed */
-  lua_State *L;       /* the thread running retry.run; NULL outside it */
-  uv_check_t check;   /* resumes ready tasks after I/O callbacks */
-  uv_idle_t idle;     /* keeps the poll from blocking while tasks wait */
+  uv_loop_t *uv;    /* borrowed */
+  lua_State *L;     /* the thread running retry.run; NULL outside it */
+  uv_check_t check; /* resumes ready tasks after I/O callbacks */
+  uv_idle_t idle;   /* keeps the poll from blocking while tasks wait */
   rt_task_t *ready_head;
   rt_task_t *ready_tail;
   unsigned ready_count;

@@ -210,7 +210,7 @@ static int is_tls_error(CURLcode code) {
 }
 
 const char *rt_xfer_error_kind(const rt_xfer_t *xfer) {
-  curl_off_t connect_us = 0;
+  curl_off_t sent_us = 0;
 
   switch (xfer->result) {
   case CURLE_COULDNT_CONNECT:
@@ -222,11 +222,11 @@ const char *rt_xfer_error_kind(const rt_xfer_t *xfer) {
   case CURLE_UNSUPPORTED_PROTOCOL:
     return "invalid";
   case CURLE_OPERATION_TIMEDOUT:
-    /* curl reports both limits with one code: a timeout before the
-     * connection was up is the connect limit unless the whole-attempt limit
-     * is the tighter one. */
-    curl_easy_getinfo(xfer->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
-    if (connect_us == 0 &&
+    /* curl reports both limits with one code. Before the request went out
+     * (no pretransfer time, which a reused connection also has) it is the
+     * connect limit, unless the whole-attempt limit was the tighter one. */
+    curl_easy_getinfo(xfer->easy, CURLINFO_PRETRANSFER_TIME_T, &sent_us);
+    if (sent_us == 0 && xfer->connect_timeout_ms > 0 &&
         (xfer->timeout_ms == 0 || xfer->connect_timeout_ms < xfer->timeout_ms))
       return "connect";
     return "timeout";

@@ -29,9 +29,9 @@ typedef struct rt_request_s {
 } rt_request_t;
 
 struct rt_xfer_s {
-  rt_loop_job_t job; /* first: the loop hands it back on completion */
-  CURL *easy;        /* owned; kept across reuse */
-  rt_loop_t *loop;   /* borrowed */
+  rt_loop_job_t job;          /* first: the loop hands it back on completion */
+  CURL *easy;                 /* owned; kept across reuse */
+  rt_loop_t *loop;            /* borrowed */
   struct curl_slist *headers; /* owned while in flight */
   rt_buf_t body;              /* response body; taken by the response */
   rt_buf_t head;              /* raw header block of the last response */

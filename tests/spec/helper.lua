@@ -1,0 +1,41 @@
+--- Shared by the specs: where the bundled test server listens, and small
+-- helpers. scripts/test.sh starts the server and sets LRETRY_TEST_URL.
+local M = {}
+
+M.base = os.getenv("LRETRY_TEST_URL")
+assert(M.base, "LRETRY_TEST_URL is not set: run the specs with scripts/test.sh "
+  .. "(it starts tests/server and sets it)")
+
+--- Full URL of a server path.
+function M.url(path) return M.base .. path end
+
+local counter = 0
+--- A key unique to this process, for the server's per-key hit counters.
+function M.key(name)
+  counter = counter + 1
+  return string.format("%s-%d-%d-%d", name, os.time(), counter,
+    math.random(1, 1e9))
+end
+
+--- The server's hit count for key (read with a plain request).
+function M.hits(retry, key)
+  local r <close> = retry.request("GET", M.url("/hits"), { params = { key = key } })
+  return r:json().hits
+end
+
+--- Run a shell command; returns exit code, stdout, stderr.
+function M.sh(cmd)
+  local out, err = os.tmpname(), os.tmpname()
+  local ok, how, code = os.execute(cmd .. " >" .. out .. " 2>" .. err)
+  local function slurp(p)
+    local f = assert(io.open(p, "rb")); local s = f:read("a"); f:close()
+    os.remove(p)
+    return s
+  end
+  if how == "signal" then code = 128 + code end
+  return ok and 0 or code, slurp(out), slurp(err)
+end
+
+M.lretry = os.getenv("LRETRY_BIN") or "build/lretry"
+
+return M

@@ -1,0 +1,207 @@
+-- One attempt through the C core (contract sections 4 and 5), against the
+-- bundled server over loopback.
+local retry = require("retry")
+local h = require("helper")
+
+local function run(f) return retry.run(f) end
+
+describe("a request", function()
+  it("returns a Response with status, reason, method, url, headers, body", function()
+    run(function()
+      local r <close> = retry.request("GET", h.url("/hello"))
+      assert.equal(200, r.status)
+      assert.equal("OK", r.reason)
+      assert.is_true(r.ok)
+      assert.equal("GET", r.method)
+      assert.equal(h.url("/hello"), r.url)
+      assert.equal("hello\n", r:text())
+      assert.equal("hello\n", r:read())
+      assert.matches("^text/plain", r.headers["Content-Type"])
+      assert.equal(r.headers["content-type"], r.headers["CONTENT-TYPE"])
+      assert.equal("6", r.headers["content-length"])
+    end)
+  end)
+
+  it("reports error statuses as data, not errors", function()
+    run(function()
+      local r = retry.request("GET", h.url("/status/404"))
+      assert.equal(404, r.status)
+      assert.equal("Not Found", r.reason)
+      assert.is_false(r.ok)
+      local ok, err = pcall(r.raise_for_status, r)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err, "status"))
+      assert.equal(404, err.status)
+      assert.equal(r, err.response)
+      local fine = retry.request("GET", h.url("/status/204"))
+      assert.equal(fine, fine:raise_for_status())
+    end)
+  end)
+
+  it("sends method, query, headers and body", function()
+    run(function()
+      for _, m in ipairs({ "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" }) do
+        local r = retry.request(m:lower(), h.url("/echo"), {
+          params = { a = 1, b = "x y&z" },
+          headers = { ["X-Probe"] = "yes", ["X-Num"] = 7 },
+          data = m ~= "GET" and "payload \"quoted\"\n" or nil,
+        })
+        local e = r:json()
+        assert.equal(m, e.method)
+        assert.equal(m, r.method)
+        assert.same({ a = "1", b = "x y&z" }, e.query)
+        assert.equal("yes", e.headers["x-probe"])
+        assert.equal("7", e.headers["x-num"])
+        if m ~= "GET" then assert.equal("payload \"quoted\"\n", e.body) end
+      end
+    end)
+  end)
+
+  it("sends JSON with its content type, and Basic auth", function()
+    run(function()
+      local e = retry.request("POST", h.url("/echo"), { json = { k = "v", n = { 1, 2 } } }):json()
+      assert.equal("application/json", e.headers["content-type"])
+      assert.same({ k = "v", n = { 1, 2 } }, require("cjson").decode(e.body))
+      local ok = retry.request("GET", h.url("/auth/user/pass"), { auth = { "user", "pass" } })
+      assert.equal(200, ok.status)
+      local bad = retry.request("GET", h.url("/auth/user/pass"), { auth = { "user", "nope" } })
+      assert.equal(401, bad.status)
+    end)
+  end)
+
+  it("does HEAD without a body and follows redirects", function()
+    run(function()
+      local r = retry.request("HEAD", h.url("/hello"))
+      assert.equal(200, r.status)
+      assert.equal("", r:text())
+      local red = retry.request("GET", h.url("/redirect?to=/hello"))
+      assert.equal(200, red.status)
+      assert.equal(h.url("/hello"), red.url)
+      assert.equal("hello\n", red:text())
+    end)
+  end)
+
+  it("carries large bodies intact", function()
+    run(function()
+      local r = retry.request("GET", h.url("/bytes/3000000"))
+      assert.equal(3000000, #r:text())
+      local big = string.rep("0123456789", 100000)
+      local e = retry.request("POST", h.url("/echo"), { data = big }):json()
+      assert.equal(big, e.body)
+    end)
+  end)
+
+  it("json() raises on a body that is not JSON", function()
+    run(function()
+      local r = retry.request("GET", h.url("/hello"))
+      local ok, err = pcall(r.json, r)
+      assert.is_false(ok)
+      assert.matches("not valid JSON", err)
+    end)
+  end)
+
+  it("close frees the body, is idempotent, and <close> calls it", function()
+    run(function()
+      local r = retry.request("GET", h.url("/hello"))
+      r:close()
+      r:close()
+      assert.equal(200, r.status)
+      assert.matches("^text/plain", r.headers["content-type"])
+      assert.has_error(function() r:text() end,
+        "attempt to read the body of a closed response")
+      local kept
+      do
+        local s <close> = retry.request("GET", h.url("/hello"))
+        kept = s
+      end
+      assert.is_false(pcall(kept.text, kept))
+    end)
+  end)
+
+  it("lets the retry layer attach fields", function()
+    run(function()
+      local r = retry.request("GET", h.url("/hello"))
+      r.attempts = 3
+      assert.equal(3, r.attempts)
+      assert.matches("^<Response %[200%] GET ", tostring(r))
+    end)
+  end)
+
+  it("runs 1,000 concurrently from one script, all answered", function()
+    local statuses = run(function()
+      local tasks = {}
+      for i = 1, 1000 do
+        tasks[i] = retry.spawn(function()
+          local r <close> = retry.request("GET", h.url("/echo"), { params = { i = i } })
+          assert.equal(tostring(i), r:json().query.i)
+          return r.status
+        end)
+      end
+      return retry.gather(tasks)
+    end)
+    local ok = 0
+    for i = 1, 1000 do if statuses[i] == 200 then ok = ok + 1 end end
+    assert.equal(1000, ok)
+  end)
+end)
+
+describe("a failed attempt raises an error object", function()
+  local function fails(method, url, opts)
+    return run(function()
+      local ok, err = pcall(retry.request, method, url, opts)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err))
+      return err
+    end)
+  end
+
+  it("connect: connection refused", function()
+    local e = fails("GET", "http://127.0.0.1:1/x")
+    assert.equal("connect", e.kind)
+    assert.equal(7, e.curl_code)
+    assert.equal("GET", e.method)
+    assert.equal("http://127.0.0.1:1/x", e.url)
+    assert.matches("^retry.connect error: .*%(GET http://127.0.0.1:1/x%)$", tostring(e))
+  end)
+
+  it("dns: name not resolved", function()
+    assert.equal("dns", fails("GET", "http://no-such-host.invalid/").kind)
+  end)
+
+  it("timeout: the attempt took longer than timeout", function()
+    local t0 = retry.now()
+    local e = fails("GET", h.url("/delay/2000"), { timeout = 0.2 })
+    assert.equal("timeout", e.kind)
+    assert.is_true(retry.now() - t0 < 1.5)
+  end)
+
+  it("network: the server closed without answering", function()
+    assert.equal("network", fails("GET", h.url("/close")).kind)
+  end)
+
+  it("tls: a TLS handshake with a plain HTTP server", function()
+    assert.equal("tls", fails("GET", (h.url("/hello"):gsub("^http:", "https:"))).kind)
+  end)
+
+  it("invalid: bad arguments, before anything is sent", function()
+    local key = h.key("invalid")
+    for _, args in ipairs({
+      { 42, h.url("/hello") },
+      { "GET", nil },
+      { "GET", h.url("/hello?key=" .. key), { headers = { ["Bad Name"] = "x" } } },
+      { "GET", h.url("/hello?key=" .. key), { headers = { X = "a\r\nInjected: 1" } } },
+      { "GET", h.url("/hello?key=" .. key), { data = 5 } },
+      { "GET", h.url("/hello?key=" .. key), { timeout = -1 } },
+      { "GET", h.url("/hello?key=" .. key), { auth = { "only-user" } } },
+      { "GET", "ftp://127.0.0.1/" },
+      { "GET", "not a url at all" },
+    }) do
+      local ok, err = run(function()
+        return pcall(retry.request, args[1], args[2], args[3])
+      end)
+      assert.is_false(ok)
+      assert.is_truthy(err)
+    end
+    run(function() assert.equal(0, h.hits(retry, key)) end)
+  end)
+end)

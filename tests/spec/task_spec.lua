@@ -1,0 +1,337 @@
+-- Tasks (contract section 1): run, spawn, await, cancel, gather, sleep, now.
+local retry = require("retry")
+local h = require("helper")
+
+describe("retry.run", function()
+  it("returns the main function's results and passes its arguments", function()
+    local a, b, n = retry.run(function(x, y) return x + y, "two", nil end, 1, 2)
+    assert.equal(3, a)
+    assert.equal("two", b)
+    assert.is_nil(n)
+    assert.equal(4, select("#", retry.run(function() return 1, 2, nil, nil end)))
+  end)
+
+  it("raises the main task's error with its traceback", function()
+    local ok, err = pcall(retry.run, function()
+      retry.sleep(0)
+      error("boom")
+    end)
+    assert.is_false(ok)
+    assert.matches("boom", err)
+    assert.matches("stack traceback:", err)
+  end)
+
+  it("refuses to nest", function()
+    local ok, err = pcall(retry.run, function()
+      retry.run(function() end)
+    end)
+    assert.is_false(ok)
+    assert.matches("cannot be nested", err)
+    -- and the loop is usable afterwards
+    assert.equal("again", retry.run(function() return "again" end))
+  end)
+
+  it("waits for every spawned task before returning", function()
+    local finished = {}
+    retry.run(function()
+      for i = 1, 3 do
+        retry.spawn(function()
+          retry.sleep(0.01 * i)
+          finished[#finished + 1] = i
+        end)
+      end
+    end)
+    assert.same({ 1, 2, 3 }, finished)
+  end)
+
+  it("raises the error of a task nobody awaited", function()
+    local ok, err = pcall(retry.run, function()
+      retry.spawn(function() error("lost?") end)
+      retry.sleep(0.01)
+      return "main done"
+    end)
+    assert.is_false(ok)
+    assert.matches("lost%?", err)
+  end)
+
+  it("does not raise an awaited error a second time", function()
+    local got = retry.run(function()
+      local t = retry.spawn(function() error("seen") end)
+      local ok, err = pcall(t.await, t)
+      assert.is_false(ok)
+      return err
+    end)
+    assert.matches("seen", got)
+  end)
+
+  it("cancels the other tasks when the main task fails", function()
+    local cleaned = false
+    local t0 = retry.now()
+    local ok = pcall(retry.run, function()
+      retry.spawn(function()
+        local _ <close> = setmetatable({}, { __close = function() cleaned = true end })
+        retry.sleep(30)
+      end)
+      retry.sleep(0.01)
+      error("main fails")
+    end)
+    assert.is_false(ok)
+    assert.is_true(cleaned)
+    assert.is_true(retry.now() - t0 < 5)
+  end)
+
+  it("reports tasks that wait on each other forever", function()
+    local ok, err = pcall(retry.run, function()
+      local a, b
+      a = retry.spawn(function() retry.sleep(0); return b:await() end)
+      b = retry.spawn(function() retry.sleep(0); return a:await() end)
+      a:await()
+    end)
+    assert.is_false(ok)
+    assert.matches("deadlock", tostring(err))
+  end)
+
+  it("rejects a non-function", function()
+    assert.has_error(function() retry.run(42) end,
+      "retry.run: expected a function, got number")
+  end)
+end)
+
+describe("async calls outside a task", function()
+  it("say to use retry.run", function()
+    local function check(f)
+      local ok, err = pcall(f)
+      assert.is_false(ok)
+      assert.matches("retry.run", tostring(err))
+    end
+    check(function() retry.sleep(0.01) end)
+    check(function() retry.spawn(function() end) end)
+    check(function() retry.request("GET", h.url("/hello")) end)
+  end)
+
+  it("refuse a coroutine made inside a task", function()
+    local ok, err = retry.run(function()
+      local co = coroutine.create(function() retry.sleep(0) end)
+      local _, e = coroutine.resume(co)
+      return false, e
+    end)
+    assert.is_false(ok)
+    assert.matches("coroutine made inside a task", err)
+  end)
+end)
+
+describe("retry.sleep and retry.now", function()
+  it("sleeps at least as long as asked", function()
+    retry.run(function()
+      for _, s in ipairs({ 0.001, 0.02, 0.05 }) do
+        local t0 = retry.now()
+        retry.sleep(s)
+        local took = retry.now() - t0
+        assert.is_true(took >= s, ("slept %.6f for %.3f"):format(took, s))
+        assert.is_true(took < s + 0.5)
+      end
+    end)
+  end)
+
+  it("allows 0 and rejects negative or non-number seconds", function()
+    retry.run(function()
+      retry.sleep(0)
+      local ok, err = pcall(retry.sleep, -1)
+      assert.is_false(ok)
+      assert.matches(">= 0", err)
+      assert.is_false(pcall(retry.sleep, "x"))
+      assert.is_false(pcall(retry.sleep, 0 / 0))
+    end)
+  end)
+
+  it("now is monotonic seconds", function()
+    local a = retry.now()
+    local b = retry.now()
+    assert.is_number(a)
+    assert.is_true(b >= a)
+  end)
+
+  it("lets sleeping tasks interleave by deadline", function()
+    local order = {}
+    retry.run(function()
+      local ts = {}
+      for _, d in ipairs({ 0.03, 0.01, 0.02 }) do
+        ts[#ts + 1] = retry.spawn(function()
+          retry.sleep(d)
+          order[#order + 1] = d
+        end)
+      end
+      retry.gather(ts)
+    end)
+    assert.same({ 0.01, 0.02, 0.03 }, order)
+  end)
+end)
+
+describe("tasks", function()
+  it("start in spawn order, after the spawner yields", function()
+    local log = {}
+    retry.run(function()
+      for i = 1, 3 do retry.spawn(function() log[#log + 1] = i end) end
+      log[#log + 1] = "main"
+      retry.sleep(0)
+    end)
+    assert.same({ "main", 1, 2, 3 }, log)
+  end)
+
+  it("await returns every result, and done tells when it ended", function()
+    retry.run(function()
+      local t = retry.spawn(function(a) retry.sleep(0.01); return a, a * 2 end, 5)
+      assert.is_false(t.done)
+      local x, y = t:await()
+      assert.equal(5, x)
+      assert.equal(10, y)
+      assert.is_true(t.done)
+      -- awaiting again gives the same results at once
+      assert.equal(5, (t:await()))
+    end)
+  end)
+
+  it("await re-raises the task's error object", function()
+    retry.run(function()
+      local t = retry.spawn(function()
+        retry.request("GET", "http://127.0.0.1:1/")
+      end)
+      local ok, err = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err, "connect"))
+      assert.is_string(err.traceback)
+    end)
+  end)
+
+  it("a task cannot await itself", function()
+    retry.run(function()
+      local me
+      me = retry.spawn(function()
+        local ok, err = pcall(function() return me:await() end)
+        assert.is_false(ok)
+        assert.matches("itself", err)
+      end)
+      me:await()
+    end)
+  end)
+
+  it("a plain coroutine.yield lets other tasks run", function()
+    local log = {}
+    retry.run(function()
+      local t = retry.spawn(function() log[#log + 1] = "other" end)
+      coroutine.yield()
+      log[#log + 1] = "main"
+      t:await()
+    end)
+    assert.same({ "other", "main" }, log)
+  end)
+end)
+
+describe("task:cancel", function()
+  it("stops a sleeping task with a cancelled error", function()
+    retry.run(function()
+      local t = retry.spawn(function() retry.sleep(30) end)
+      retry.sleep(0.01)
+      local t0 = retry.now()
+      assert.is_true(t:cancel())
+      local ok, err = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err, "cancelled"))
+      assert.is_true(retry.now() - t0 < 1)
+      assert.is_true(t.done)
+      assert.is_false(t:cancel())
+    end)
+  end)
+
+  it("removes a task's transfer from the loop mid-flight", function()
+    local t0 = retry.now()
+    retry.run(function()
+      local t = retry.spawn(function()
+        return retry.request("GET", h.url("/delay/3000"))
+      end)
+      retry.sleep(0.05)
+      t:cancel()
+      assert.is_false(pcall(t.await, t))
+    end)
+    -- retry.run returned without waiting for the 3 s response
+    assert.is_true(retry.now() - t0 < 2)
+  end)
+
+  it("before the task starts: it never runs", function()
+    local ran = false
+    retry.run(function()
+      local t = retry.spawn(function() ran = true end)
+      t:cancel()
+      assert.is_false(pcall(t.await, t))
+    end)
+    assert.is_false(ran)
+  end)
+
+  it("of itself: raised at its next wait", function()
+    local after = false
+    retry.run(function()
+      local t
+      t = retry.spawn(function()
+        t:cancel()
+        retry.sleep(0)
+        after = true
+      end)
+      local ok, err = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err, "cancelled"))
+    end)
+    assert.is_false(after)
+  end)
+
+  it("while awaiting another task", function()
+    retry.run(function()
+      local slow = retry.spawn(function() retry.sleep(0.2); return "slow" end)
+      local waiter = retry.spawn(function() return slow:await() end)
+      retry.sleep(0.01)
+      waiter:cancel()
+      assert.is_false(pcall(waiter.await, waiter))
+      assert.equal("slow", slow:await())
+    end)
+  end)
+
+  it("is not an unobserved error", function()
+    assert.equal("fine", retry.run(function()
+      local t = retry.spawn(function() retry.sleep(10) end)
+      retry.sleep(0)
+      t:cancel()
+      return "fine"
+    end))
+  end)
+end)
+
+describe("retry.gather", function()
+  it("returns first results in order, from arguments or a list", function()
+    retry.run(function()
+      local function job(v, d)
+        return retry.spawn(function() retry.sleep(d); return v end)
+      end
+      assert.same({ "a", "b", n = 2 }, retry.gather(job("a", 0.02), job("b", 0.01)))
+      assert.same({ 1, 2, 3, n = 3 },
+        retry.gather({ job(1, 0.01), job(2, 0), job(3, 0.005) }))
+    end)
+  end)
+
+  it("raises the first error after all tasks have ended", function()
+    local finished = false
+    retry.run(function()
+      local ok, err = pcall(retry.gather,
+        retry.spawn(function() retry.sleep(0.01); error("first") end),
+        retry.spawn(function() retry.sleep(0.05); finished = true end),
+        retry.spawn(function() error("second") end))
+      assert.is_false(ok)
+      assert.matches("first", err)
+      assert.is_true(finished)
+    end)
+  end)
+
+  it("rejects what is not a task", function()
+    retry.run(function()
+      assert.has_error(function() retry.gather({ 1 }) end)
+    end)
+  end)
+end)
