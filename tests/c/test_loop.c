@@ -1,0 +1,329 @@
+/* test_loop.c: the libcurl-on-libuv glue (loop.c, transfer.c) without Lua.
+ *
+ * Runs real transfers against the bundled test server, whose base URL comes
+ * from LRETRY_TEST_URL. Prints one TAP-style line per case and, last,
+ * "N passed, M failed". Every case ends by closing its loop, which must
+ * report every handle closed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loop.h"
+#include "transfer.h"
+
+static const char *base_url;
+static int passed, failed;
+static int case_failed;
+static int completed; /* done hooks run in the current case */
+
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
+      printf("#   %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);      \
+      case_failed = 1;                                                         \
+    }                                                                          \
+  } while (0)
+
+/* What the done hook saw for one transfer. */
+struct outcome {
+  int calls;
+  CURLcode code;
+  long status;
+  long connects;
+  CURL *easy;
+  const char *kind;
+  char body[256];
+};
+
+static void record_done(rt_xfer_t *xfer, void *arg) {
+  struct outcome *out = arg;
+  size_t n = xfer->body.len < sizeof(out->body) - 1 ? xfer->body.len
+                                                    : sizeof(out->body) - 1;
+
+  out->calls++;
+  completed++;
+  out->code = xfer->result;
+  out->easy = xfer->easy;
+  curl_easy_getinfo(xfer->easy, CURLINFO_RESPONSE_CODE, &out->status);
+  curl_easy_getinfo(xfer->easy, CURLINFO_NUM_CONNECTS, &out->connects);
+  out->kind = xfer->result == CURLE_OK ? NULL : rt_xfer_error_kind(xfer);
+  if (n > 0)
+    memcpy(out->body, xfer->body.data, n);
+  out->body[n] = '\0';
+  rt_xfer_release(xfer);
+}
+
+static void url_for(char *dst, size_t size, const char *path) {
+  snprintf(dst, size, "%s%s", base_url, path);
+}
+
+static rt_xfer_t *start(rt_loop_t *loop, const char *method, const char *path,
+                        long timeout_ms, struct outcome *out) {
+  char url[512];
+  rt_request_t req = {0};
+  rt_xfer_t *xfer = NULL;
+
+  url_for(url, sizeof(url), path);
+  req.method = method;
+  req.url = url;
+  req.timeout_ms = timeout_ms;
+  if (rt_xfer_start(loop, &req, record_done, out, &xfer) != 0)
+    return NULL;
+  return xfer;
+}
+
+static void on_guard(uv_timer_t *timer) {
+  *(int *)timer->data = 1;
+}
+
+/* Run the loop until *count reaches target or limit_ms passes. Returns 1 when
+ * the target was reached. */
+static int run_until(rt_loop_t *loop, const int *count, int target,
+                     uint64_t limit_ms) {
+  uv_timer_t guard;
+  int expired = 0;
+
+  uv_timer_init(&loop->uv, &guard);
+  guard.data = &expired;
+  uv_timer_start(&guard, on_guard, limit_ms, 0);
+  while (*count < target && !expired)
+    uv_run(&loop->uv, UV_RUN_ONCE);
+  uv_close((uv_handle_t *)&guard, NULL);
+  /* The guard lives on this stack frame: finish closing it here. */
+  uv_run(&loop->uv, UV_RUN_NOWAIT);
+  return *count >= target;
+}
+
+static void finish(rt_loop_t *loop) {
+  CHECK(loop->in_flight == 0);
+  rt_xfer_pool_drain(loop);
+  CHECK(rt_loop_close(loop) == 0);
+}
+
+static void test_one_transfer(rt_loop_t *loop) {
+  struct outcome out = {0};
+
+  CHECK(start(loop, "GET", "/hello", 5000, &out) != NULL);
+  CHECK(run_until(loop, &out.calls, 1, 5000));
+  CHECK(out.calls == 1);
+  CHECK(out.code == CURLE_OK);
+  CHECK(out.status == 200);
+  CHECK(strcmp(out.body, "hello\n") == 0);
+}
+
+/* curl asks for a 0 ms timeout when a handle is added: it must be served by
+ * the idle handle on the next iteration, not by a 0 or 1 ms timer. */
+static void test_zero_timeout_uses_idle(rt_loop_t *loop) {
+  struct outcome out = {0};
+
+  CHECK(start(loop, "GET", "/hello", 5000, &out) != NULL);
+  CHECK(uv_is_active((uv_handle_t *)&loop->curl_kick));
+  CHECK(!uv_is_active((uv_handle_t *)&loop->curl_timer));
+  CHECK(run_until(loop, &out.calls, 1, 5000));
+  CHECK(out.status == 200);
+}
+
+static void count_iteration(uv_prepare_t *prepare) {
+  (*(long *)prepare->data)++;
+}
+
+/* Sequential requests must not spin the loop: each takes a handful of
+ * iterations (connect, write, read), not thousands. */
+static void test_no_spin(rt_loop_t *loop) {
+  enum { requests = 50 };
+  uv_prepare_t prepare;
+  long iterations = 0;
+  int i;
+
+  uv_prepare_init(&loop->uv, &prepare);
+  prepare.data = &iterations;
+  uv_prepare_start(&prepare, count_iteration);
+  uv_unref((uv_handle_t *)&prepare);
+  for (i = 0; i < requests; i++) {
+    struct outcome out = {0};
+
+    CHECK(start(loop, "GET", "/hello", 5000, &out) != NULL);
+    CHECK(run_until(loop, &out.calls, 1, 5000));
+    CHECK(out.status == 200);
+  }
+  printf("#   %ld loop iterations for %d sequential requests\n", iterations,
+         requests);
+  CHECK(iterations < requests * 20);
+  uv_close((uv_handle_t *)&prepare, NULL);
+  /* The handle lives on this stack frame: finish closing it here. */
+  uv_run(&loop->uv, UV_RUN_NOWAIT);
+}
+
+/* The second request reuses both the pooled easy handle and the kept-alive
+ * connection. */
+static void test_connection_reuse(rt_loop_t *loop) {
+  struct outcome first = {0}, second = {0};
+
+  CHECK(start(loop, "GET", "/hello", 5000, &first) != NULL);
+  CHECK(run_until(loop, &first.calls, 1, 5000));
+  CHECK(start(loop, "GET", "/hello", 5000, &second) != NULL);
+  CHECK(run_until(loop, &second.calls, 1, 5000));
+  CHECK(first.connects == 1);
+  CHECK(second.connects == 0);
+  CHECK(first.easy == second.easy);
+}
+
+/* Cancelling removes the transfer from the loop: the done hook never runs
+ * and nothing stays in flight. */
+static void test_cancel_mid_flight(rt_loop_t *loop) {
+  struct outcome out = {0};
+  int never = 0;
+  rt_xfer_t *xfer = start(loop, "GET", "/delay/3000", 10000, &out);
+
+  CHECK(xfer != NULL);
+  CHECK(!run_until(loop, &never, 1, 100));
+  CHECK(loop->in_flight == 1);
+  rt_xfer_release(xfer);
+  CHECK(loop->in_flight == 0);
+  CHECK(!run_until(loop, &never, 1, 100));
+  CHECK(out.calls == 0);
+  /* The loop still serves new transfers after a cancel. */
+  CHECK(start(loop, "GET", "/hello", 5000, &out) != NULL);
+  CHECK(run_until(loop, &out.calls, 1, 5000));
+  CHECK(out.status == 200);
+}
+
+static void test_refused(rt_loop_t *loop) {
+  struct outcome out = {0};
+  rt_request_t req = {0};
+  rt_xfer_t *xfer;
+
+  /* Port 1 on loopback: nothing listens there on a test machine. */
+  req.method = "GET";
+  req.url = "http://127.0.0.1:1/";
+  req.timeout_ms = 5000;
+  CHECK(rt_xfer_start(loop, &req, record_done, &out, &xfer) == 0);
+  CHECK(run_until(loop, &out.calls, 1, 5000));
+  CHECK(out.code == CURLE_COULDNT_CONNECT);
+  CHECK(out.kind != NULL && strcmp(out.kind, "connect") == 0);
+}
+
+static void test_empty_reply(rt_loop_t *loop) {
+  struct outcome out = {0};
+
+  CHECK(start(loop, "GET", "/close?key=c-empty&n=100", 5000, &out) != NULL);
+  CHECK(run_until(loop, &out.calls, 1, 5000));
+  CHECK(out.code != CURLE_OK);
+  CHECK(out.kind != NULL && strcmp(out.kind, "network") == 0);
+}
+
+static void test_timeout(rt_loop_t *loop) {
+  struct outcome out = {0};
+
+  CHECK(start(loop, "GET", "/delay/3000", 100, &out) != NULL);
+  CHECK(run_until(loop, &out.calls, 1, 5000));
+  CHECK(out.code == CURLE_OPERATION_TIMEDOUT);
+  CHECK(out.kind != NULL && strcmp(out.kind, "timeout") == 0);
+}
+
+static void test_post_body(rt_loop_t *loop) {
+  struct outcome out = {0};
+  char url[512];
+  rt_request_t req = {0};
+  rt_xfer_t *xfer;
+  const char *headers[] = {"Content-Type: text/plain"};
+
+  url_for(url, sizeof(url), "/echo");
+  req.method = "POST";
+  req.url = url;
+  req.headers = headers;
+  req.header_count = 1;
+  req.body = "payload-123";
+  req.body_len = strlen(req.body);
+  req.timeout_ms = 5000;
+  CHECK(rt_xfer_start(loop, &req, record_done, &out, &xfer) == 0);
+  CHECK(run_until(loop, &out.calls, 1, 5000));
+  CHECK(out.status == 200);
+  CHECK(strstr(out.body, "payload-123") != NULL);
+  CHECK(strstr(out.body, "POST") != NULL);
+}
+
+static void test_many_concurrent(rt_loop_t *loop) {
+  enum { count = 500 };
+  static struct outcome outs[count];
+  int ok = 0, i;
+
+  memset(outs, 0, sizeof(outs));
+  for (i = 0; i < count; i++)
+    CHECK(start(loop, "GET", "/hello", 20000, &outs[i]) != NULL);
+  CHECK(loop->in_flight == count);
+  CHECK(run_until(loop, &completed, count, 20000));
+  for (i = 0; i < count; i++)
+    ok += outs[i].calls == 1 && outs[i].status == 200;
+  CHECK(ok == count);
+}
+
+/* Closing a loop whose pool holds kept-alive connections closes every poll
+ * handle (checked by finish). */
+static void test_close_with_idle_connections(rt_loop_t *loop) {
+  struct outcome a = {0}, b = {0};
+
+  CHECK(start(loop, "GET", "/hello", 5000, &a) != NULL);
+  CHECK(start(loop, "GET", "/hello", 5000, &b) != NULL);
+  CHECK(run_until(loop, &b.calls, 1, 5000));
+  CHECK(run_until(loop, &a.calls, 1, 5000));
+}
+
+struct test_case {
+  const char *name;
+  void (*run)(rt_loop_t *loop);
+};
+
+static const struct test_case cases[] = {
+    {"one transfer", test_one_transfer},
+    {"0 ms timeout runs on the idle handle", test_zero_timeout_uses_idle},
+    {"sequential requests do not spin", test_no_spin},
+    {"connection and easy handle reused", test_connection_reuse},
+    {"cancel mid-flight", test_cancel_mid_flight},
+    {"refused maps to connect", test_refused},
+    {"empty reply maps to network", test_empty_reply},
+    {"timeout maps to timeout", test_timeout},
+    {"POST body sent", test_post_body},
+    {"500 concurrent transfers", test_many_concurrent},
+    {"close with idle connections", test_close_with_idle_connections},
+};
+
+int main(void) {
+  size_t i;
+  size_t n = sizeof(cases) / sizeof(cases[0]);
+
+  base_url = getenv("LRETRY_TEST_URL");
+  if (base_url == NULL || base_url[0] == '\0') {
+    fprintf(stderr, "test_loop: LRETRY_TEST_URL is not set\n");
+    printf("0 passed, 1 failed\n");
+    return 1;
+  }
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    printf("0 passed, 1 failed\n");
+    return 1;
+  }
+  printf("1..%zu\n", n);
+  for (i = 0; i < n; i++) {
+    rt_loop_t loop;
+
+    case_failed = 0;
+    completed = 0;
+    if (rt_loop_init(&loop) != 0) {
+      case_failed = 1;
+    } else {
+      cases[i].run(&loop);
+      finish(&loop);
+    }
+    printf("%s %zu - %s\n", case_failed ? "not ok" : "ok", i + 1,
+           cases[i].name);
+    fflush(stdout);
+    if (case_failed)
+      failed++;
+    else
+      passed++;
+  }
+  curl_global_cleanup();
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
