@@ -1,9 +1,11 @@
 --- The `retry` module: an asynchronous HTTP client with aiohttp-retry's
 -- retry policies. See README.md for the API; ../shared/design/lua-api.md is
 -- the contract it follows.
+local client = require("retry.client")
 local core = require("retry.core")
 local errors = require("retry.errors")
 local http = require("retry.http")
+local strategies = require("retry.strategies")
 local task = require("retry.task")
 
 local M = {
@@ -15,7 +17,15 @@ local M = {
   sleep = core.sleep,
   now = core.now,
   is_error = errors.is_error,
-  Error = errors,
+  errors = errors,
+  RetryClient = client.RetryClient,
+  RequestParams = client.RequestParams,
+  RetryOptionsBase = strategies.RetryOptionsBase,
+  ExponentialRetry = strategies.ExponentialRetry,
+  RandomRetry = strategies.RandomRetry,
+  ListRetry = strategies.ListRetry,
+  FibonacciRetry = strategies.FibonacciRetry,
+  JitterRetry = strategies.JitterRetry,
 }
 
 --- One attempt, no retries: `retry.request(method, url, opts)` returns a

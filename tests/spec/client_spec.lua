@@ -1,0 +1,498 @@
+-- RetryClient against the bundled server: aiohttp-retry's own test suite
+-- translated to Lua, plus the cases issue 3 adds. Waits are kept tiny.
+local retry = require("retry")
+local h = require("helper")
+
+local function fast(o)
+  o = o or {}
+  o.start_timeout = o.start_timeout or 0.001
+  return retry.ExponentialRetry(o)
+end
+
+local function run(f) return retry.run(f) end
+
+-- A fresh /fail URL: the first n hits of its key get `status`, then 200.
+local function flaky(n, status, extra)
+  local key = h.key("flaky")
+  return h.url(("/fail?n=%d&status=%d&key=%s%s"):format(n, status or 500, key,
+    extra or "")), key
+end
+
+local function counted(path)
+  local key = h.key("count")
+  return h.url(path .. (path:find("?", 1, true) and "&" or "?") .. "key=" .. key), key
+end
+
+describe("RetryClient", function()
+  it("hello: get, request, and a to-be-closed client", function()
+    run(function()
+      local client <close> = retry.RetryClient()
+      local r <close> = client:get(h.url("/hello"))
+      assert.equal(200, r.status)
+      assert.equal("hello\n", r:text())
+      assert.equal(1, r.attempts)
+      local r2 = client:request("GET", h.url("/hello"))
+      assert.equal(200, r2.status)
+      assert.is_false(client.closed)
+    end)
+  end)
+
+  it("closes: idempotent, and a request on a closed client raises", function()
+    run(function()
+      local client
+      do
+        local c <close> = retry.RetryClient()
+        client = c
+      end
+      assert.is_true(client.closed)
+      client:close()
+      local ok, err = pcall(client.get, client, h.url("/hello"))
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err, "invalid"))
+      assert.matches("closed", err.message)
+    end)
+  end)
+
+  it("close cancels requests in progress in other tasks", function()
+    run(function()
+      local client = retry.RetryClient()
+      local t = retry.spawn(function() return client:get(h.url("/delay/3000")) end)
+      retry.sleep(0.05)
+      local t0 = retry.now()
+      client:close()
+      local ok, err = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err, "cancelled"))
+      assert.is_true(retry.now() - t0 < 1)
+    end)
+  end)
+
+  it("retries an internal error up to 5 attempts", function()
+    run(function()
+      local url, key = counted("/status/500")
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 5 } }
+      local r = client:get(url)
+      assert.equal(500, r.status)
+      assert.equal(5, r.attempts)
+      assert.equal(5, h.hits(retry, key))
+    end)
+  end)
+
+  it("retries not-found when it is listed in statuses", function()
+    run(function()
+      local url, key = counted("/status/404")
+      local client = retry.RetryClient{
+        retry_options = fast{ attempts = 5, statuses = { 404 } } }
+      assert.equal(404, client:get(url).status)
+      assert.equal(5, h.hits(retry, key))
+      local plain, plain_key = counted("/status/404")
+      assert.equal(404, retry.RetryClient{ retry_options = fast() }:get(plain).status)
+      assert.equal(1, h.hits(retry, plain_key))
+    end)
+  end)
+
+  it("succeeds on the 3rd attempt of a sometimes-error endpoint", function()
+    run(function()
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 5 } }
+      local url, key = flaky(2, 500)
+      local r = client:get(url)
+      assert.equal(200, r.status)
+      assert.equal(3, r.attempts)
+      assert.equal(3, h.hits(retry, key))
+      assert.same({ 500, 500, 200 },
+        { r.history[1].status, r.history[2].status, r.history[3].status })
+      assert.is_number(r.history[1].wait)
+      assert.is_nil(r.history[3].wait)
+      assert.is_true(r.elapsed >= r.history[1].wait + r.history[2].wait)
+    end)
+  end)
+
+  it("with raise_for_status and exceptions={'status'}: retried, then succeeds", function()
+    run(function()
+      local client = retry.RetryClient{ raise_for_status = true,
+        retry_options = fast{ attempts = 5, exceptions = { "status" },
+          retry_all_server_errors = false } }
+      local url, key = flaky(2, 500)
+      assert.equal(200, client:get(url).status)
+      assert.equal(3, h.hits(retry, key))
+    end)
+  end)
+
+  it("raise_for_status raises a status error after the last attempt", function()
+    run(function()
+      local client = retry.RetryClient{ raise_for_status = true,
+        retry_options = fast{ attempts = 2 } }
+      local url, key = counted("/status/503")
+      local ok, err = pcall(client.get, client, url)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err, "status"))
+      assert.equal(503, err.status)
+      assert.equal(503, err.response.status)
+      assert.equal(2, err.attempt)
+      assert.equal(2, h.hits(retry, key))
+      -- per-call override
+      assert.equal(503, client:get(url, { raise_for_status = false }).status)
+    end)
+  end)
+
+  it("per-call options override the client's", function()
+    run(function()
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 1 } }
+      local url, key = flaky(2, 500)
+      local r = client:get(url, fast{ attempts = 5 })
+      assert.equal(200, r.status)
+      assert.equal(3, h.hits(retry, key))
+      url, key = flaky(2, 500)
+      r = client:get(url, { retry_options = fast{ attempts = 2 } })
+      assert.equal(500, r.status)
+      assert.equal(2, h.hits(retry, key))
+      url, key = flaky(2, 500)
+      assert.equal(500, client:get(url).status)
+      assert.equal(1, h.hits(retry, key))
+    end)
+  end)
+
+  it("passes trace context with the caller's fields and current_attempt", function()
+    run(function()
+      local starts, ends = {}, {}
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 3 },
+        trace_configs = { {
+          on_request_start = function(c, ctx, params)
+            starts[#starts + 1] = { c = c, ctx = ctx.trace_request_ctx,
+              method = params.method, url = params.url }
+          end,
+          on_request_end = function(_, ctx, params)
+            ends[#ends + 1] = { ctx.trace_request_ctx.current_attempt,
+              params.response.status }
+          end,
+        } } }
+      local url = flaky(2, 500)
+      client:get(url, { trace_request_ctx = { foo = "bar" } })
+      assert.equal(3, #starts)
+      for i = 1, 3 do
+        assert.equal(client, starts[i].c)
+        assert.same({ foo = "bar", current_attempt = i }, starts[i].ctx)
+        assert.equal("GET", starts[i].method)
+        assert.equal(url, starts[i].url)
+      end
+      assert.same({ { 1, 500 }, { 2, 500 }, { 3, 200 } }, ends)
+    end)
+  end)
+
+  it("calls on_request_exception for transport errors", function()
+    run(function()
+      local seen = {}
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 2 },
+        trace_configs = { { on_request_exception = function(_, ctx, params)
+          seen[#seen + 1] = { ctx.trace_request_ctx.current_attempt,
+            params.exception.kind }
+        end } } }
+      assert.is_false(pcall(client.get, client, "http://127.0.0.1:1/"))
+      assert.same({ { 1, "connect" }, { 2, "connect" } }, seen)
+    end)
+  end)
+
+  it("uses url lists: attempt n uses url[n], then the last", function()
+    run(function()
+      local bad, bad_key = counted("/status/500")
+      local good, good_key = counted("/hello")
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 2 } }
+      local r = client:get({ bad, good })
+      assert.equal(200, r.status)
+      assert.equal(2, r.attempts)
+      assert.equal(1, h.hits(retry, bad_key))
+      assert.equal(1, h.hits(retry, good_key))
+      local bad2, bad2_key = counted("/status/500")
+      local last, last_key = counted("/status/500")
+      r = client:get({ bad2, last }, fast{ attempts = 3 })
+      assert.equal(500, r.status)
+      assert.equal(3, r.attempts)
+      assert.equal(1, h.hits(retry, bad2_key))
+      assert.equal(2, h.hits(retry, last_key))
+    end)
+  end)
+
+  it("rejects bad urls before sending anything", function()
+    run(function()
+      local client = retry.RetryClient()
+      for _, url in ipairs({ {}, { a = "http://x/" }, 42, { [1] = "x", [3] = "y" },
+        { 1, 2 }, "" }) do
+        local ok, err = pcall(client.get, client, url)
+        assert.is_false(ok)
+        assert.is_true(retry.is_error(err, "invalid"))
+        assert.matches("url", err.message)
+      end
+    end)
+  end)
+
+  it("sends each HTTP method", function()
+    run(function()
+      local client = retry.RetryClient()
+      for _, m in ipairs({ "get", "post", "put", "patch", "delete", "options" }) do
+        local r = client[m](client, h.url("/echo"))
+        assert.equal(m:upper(), r:json().method)
+      end
+      local r = client:head(h.url("/hello"))
+      assert.equal(200, r.status)
+      assert.equal("HEAD", r.method)
+      assert.equal("PUT", client:request("put", h.url("/echo")):json().method)
+    end)
+  end)
+
+  it("sends basic auth", function()
+    run(function()
+      local client = retry.RetryClient()
+      assert.equal(200, client:get(h.url("/auth/alice/secret"),
+        { auth = { "alice", "secret" } }).status)
+      assert.equal(401, client:get(h.url("/auth/alice/secret")).status)
+    end)
+  end)
+
+  it("sends client and request headers, the request's winning", function()
+    run(function()
+      local client = retry.RetryClient{ headers = { ["X-Client"] = "c",
+        ["X-Both"] = "client" } }
+      local e = client:get(h.url("/echo"), { headers = { ["x-both"] = "call",
+        ["X-Call"] = "1" } }):json()
+      assert.equal("c", e.headers["x-client"])
+      assert.equal("call", e.headers["x-both"])
+      assert.equal("1", e.headers["x-call"])
+    end)
+  end)
+
+  it("sends params, data and json", function()
+    run(function()
+      local client = retry.RetryClient{ base_url = h.url("") }
+      local e = client:post("/echo", { params = { q = "a b" }, data = "raw" }):json()
+      assert.equal("a b", e.query.q)
+      assert.equal("raw", e.body)
+      e = client:put("echo", { json = { x = 1 } }):json()
+      assert.equal('{"x":1}', e.body)
+      assert.equal("/echo", e.path)
+    end)
+  end)
+
+  it("follows changes to client.retry_options.attempts", function()
+    run(function()
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 5 } }
+      client.retry_options.attempts = 2
+      local url, key = counted("/status/500")
+      assert.equal(2, client:get(url).attempts)
+      assert.equal(2, h.hits(retry, key))
+    end)
+  end)
+
+  it("does not retry server errors when retry_all_server_errors is false", function()
+    run(function()
+      local client = retry.RetryClient{ retry_options = fast{
+        attempts = 5, retry_all_server_errors = false } }
+      local url, key = counted("/status/500")
+      assert.equal(1, client:get(url).attempts)
+      assert.equal(1, h.hits(retry, key))
+      url, key = counted("/status/502")
+      client.retry_options.statuses = { 502 }
+      assert.equal(5, client:get(url).attempts)
+      assert.equal(5, h.hits(retry, key))
+    end)
+  end)
+
+  it("ListRetry makes as many attempts as it has timeouts", function()
+    run(function()
+      local client = retry.RetryClient{
+        retry_options = retry.ListRetry{ timeouts = { 0.001, 0.002, 0.001, 0.001 } } }
+      local url, key = counted("/status/500")
+      local r = client:get(url)
+      assert.equal(4, r.attempts)
+      assert.equal(4, h.hits(retry, key))
+      assert.same({ 0.001, 0.002, 0.001 },
+        { r.history[1].wait, r.history[2].wait, r.history[3].wait })
+    end)
+  end)
+
+  it("retries only the listed methods", function()
+    run(function()
+      local client = retry.RetryClient{ retry_options = fast{
+        attempts = 3, methods = { "get" } } }
+      local url, key = counted("/status/500")
+      assert.equal(3, client:get(url).attempts)
+      assert.equal(3, h.hits(retry, key))
+      url, key = counted("/status/500")
+      assert.equal(1, client:post(url).attempts)
+      assert.equal(1, h.hits(retry, key))
+    end)
+  end)
+
+  it("evaluate_response_callback can read the body as JSON", function()
+    run(function()
+      local calls = 0
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 5,
+        evaluate_response_callback = function(resp)
+          calls = calls + 1
+          return (pcall(resp.json, resp))
+        end } }
+      local url, key = flaky(2, 200, "&bad_json=1")
+      local r = client:get(url)
+      assert.equal(200, r.status)
+      assert.is_true(r:json().ok)
+      assert.equal(3, calls)
+      assert.equal(3, h.hits(retry, key))
+    end)
+  end)
+
+  it("evaluate_response_callback may yield", function()
+    run(function()
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 3,
+        evaluate_response_callback = function(resp)
+          retry.sleep(0.005)
+          local check = retry.request("GET", h.url("/hello"))
+          return check.status == 200 and resp:json().ok
+        end } }
+      local url = flaky(1, 200, "&bad_json=0")
+      local r = client:get(url)
+      assert.equal(2, r.attempts)
+    end)
+  end)
+
+  it("an error raised by the callback ends the request", function()
+    run(function()
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 5,
+        evaluate_response_callback = function() error("callback broke") end } }
+      local url, key = counted("/hello")
+      local ok, err = pcall(client.get, client, url)
+      assert.is_false(ok)
+      assert.matches("callback broke", err)
+      assert.equal(1, h.hits(retry, key))
+    end)
+  end)
+
+  it("requests() switches url, method and headers between attempts", function()
+    run(function()
+      local bad, bad_key = counted("/status/500")
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 3 } }
+      local r = client:requests({
+        retry.RequestParams{ method = "GET", url = bad },
+        { method = "post", url = h.url("/echo"), headers = { ["X-Attempt"] = "2" },
+          trace_request_ctx = { step = 2 }, kwargs = { data = "second" } },
+      })
+      assert.equal(200, r.status)
+      assert.equal(2, r.attempts)
+      local e = r:json()
+      assert.equal("POST", e.method)
+      assert.equal("2", e.headers["x-attempt"])
+      assert.equal("second", e.body)
+      assert.equal(1, h.hits(retry, bad_key))
+      local ok, err = pcall(client.requests, client, {})
+      assert.is_false(ok)
+      assert.matches("params", err.message)
+    end)
+  end)
+
+  it("ListRetry with a callback that always says false uses every attempt", function()
+    run(function()
+      local client = retry.RetryClient{ retry_options = retry.ListRetry{
+        timeouts = { 0.001, 0.001, 0.001 },
+        evaluate_response_callback = function() return false end } }
+      local url, key = counted("/hello")
+      local r = client:get(url)
+      assert.equal(200, r.status)
+      assert.equal(3, r.attempts)
+      assert.equal(3, h.hits(retry, key))
+    end)
+  end)
+
+  it("two concurrent requests sharing one FibonacciRetry wait the same", function()
+    run(function()
+      local shared = retry.FibonacciRetry{ attempts = 4, multiplier = 0.002,
+        max_timeout = 1 }
+      local client = retry.RetryClient{ retry_options = shared }
+      local function waits()
+        local r = client:get((counted("/status/500")))
+        local w = {}
+        for i = 1, 3 do w[i] = r.history[i].wait end
+        return w
+      end
+      local a, b = retry.spawn(waits), retry.spawn(waits)
+      local wa, wb = a:await(), b:await()
+      assert.same({ 0.004, 0.006, 0.010 }, wa)
+      assert.same(wa, wb)
+    end)
+  end)
+
+  it("retries transport errors per exceptions", function()
+    -- Counted by attempts, not server hits: libcurl re-sends a request once
+    -- on a fresh connection when a reused one dies before any reply byte.
+    run(function()
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 3 } }
+      local function fails(opts)
+        local ok, err = pcall(client.get, client, h.url("/close?n=100&key=" .. h.key("c")), opts)
+        assert.is_false(ok)
+        assert.is_true(retry.is_error(err, "network"))
+        assert.equal(#err.history, err.attempt)
+        return err.attempt
+      end
+      assert.equal(3, fails())
+      assert.equal(3, fails(fast{ attempts = 3, exceptions = { "transport" } }))
+      assert.equal(1, fails(fast{ attempts = 3, exceptions = {} }))
+      assert.equal(1, fails(fast{ attempts = 3, exceptions = { "timeout" } }))
+      -- recovers once the server answers (at once, if libcurl's re-send
+      -- already reached it)
+      local r = client:get((counted("/close?n=1")))
+      assert.equal(200, r.status)
+      for i = 1, r.attempts - 1 do
+        assert.equal("network", r.history[i].error.kind)
+      end
+    end)
+  end)
+
+  it("logs each attempt and each retry decision with the wait", function()
+    run(function()
+      local lines = {}
+      local logger = { debug = function(_, m) lines[#lines + 1] = m end,
+        warning = function() end, exception = function() end }
+      local client = retry.RetryClient{ logger = logger,
+        retry_options = fast{ attempts = 3 } }
+      client:get((flaky(1, 503)))
+      assert.equal("Attempt 1 out of 3", lines[1])
+      assert.matches("^Retrying after response code 503, waiting 0%.001 s$", lines[2])
+      assert.equal("Attempt 2 out of 3", lines[3])
+      assert.equal(3, #lines)
+    end)
+  end)
+
+  it("sleeps what the strategy says between attempts", function()
+    run(function()
+      local client = retry.RetryClient{ retry_options = retry.ListRetry{ 0.05, 0.1 } }
+      local t0 = retry.now()
+      local r = client:get((counted("/status/500")))
+      assert.equal(2, r.attempts)
+      assert.is_true(retry.now() - t0 >= 0.05)
+      assert.is_true(r.elapsed >= 0.05)
+    end)
+  end)
+
+  it("uses a custom strategy written in Lua", function()
+    run(function()
+      local seen = {}
+      local custom = retry.RetryOptionsBase{ attempts = 3,
+        get_timeout = function(self, attempt, response)
+          seen[#seen + 1] = { attempt, response and response.status }
+          return 0.001 * attempt
+        end }
+      local r = retry.RetryClient{ retry_options = custom }:get((counted("/status/500")))
+      assert.equal(3, r.attempts)
+      assert.same({ { 1, 500 }, { 2, 500 } }, seen)
+    end)
+  end)
+
+  it("rejects unknown client and call options", function()
+    local ok, err = pcall(retry.RetryClient, { retry_option = 1 })
+    assert.is_false(ok)
+    assert.matches("retry_option", err.message)
+    run(function()
+      local client = retry.RetryClient()
+      local ok2, err2 = pcall(client.get, client, h.url("/hello"), { tiemout = 1 })
+      assert.is_false(ok2)
+      assert.matches("tiemout", err2.message)
+    end)
+  end)
+end)
