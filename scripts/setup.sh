@@ -2,11 +2,20 @@
 # Install what lretry needs from Debian (only what is missing) and build it.
 #   scripts/setup.sh            build/       (normal build)
 #   scripts/setup.sh --asan     build-asan/  as well (ASan + UBSan)
+#   scripts/setup.sh --bench    also nginx, wrk and GNU time for scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev
   libuv1-dev libmicrohttpd-dev lua-busted lua-cjson)
+asan=no
+for opt in "$@"; do
+  case $opt in
+    --asan) asan=yes ;;
+    --bench) packages+=(nginx-light wrk time) ;;
+    *) echo "setup: unknown option $opt" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" \
@@ -25,6 +34,6 @@ build() {
   cmake --build "$dir" -j"$(nproc)" >/dev/null
 }
 build build -DCMAKE_BUILD_TYPE=RelWithDebInfo
-if [ "${1:-}" = "--asan" ]; then
+if [ "$asan" = yes ]; then
   build build-asan -DCMAKE_BUILD_TYPE=Debug -DLRETRY_SANITIZE=ON
 fi

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Throughput of the retry client beside wrk, measured in one run against
+# nginx on loopback (`return 200`, keep-alive).
+#   scripts/bench.sh [TOTAL] [CONCURRENCY]     defaults: 100000 64
+# Prints req/s for wrk -t1 and for lretry (CONCURRENCY tasks, one
+# RetryClient, TOTAL GETs), their ratio, and lretry's peak RSS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+total=${1:-100000}
+conc=${2:-64}
+scripts/setup.sh --bench
+
+dir=$(mktemp -d)
+# A port nothing listens on (a connect to it fails).
+while :; do
+  port=$((20000 + RANDOM % 40000))
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+done
+cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $dir;
+  server {
+    listen 127.0.0.1:$port;
+    location / { return 200 "ok\n"; }
+  }
+}
+CONF
+nginx -c "$dir/nginx.conf" -e "$dir/error.log" &
+nginx_pid=$!
+trap 'kill $nginx_pid 2>/dev/null; wait $nginx_pid 2>/dev/null; rm -rf "$dir"' EXIT
+url="http://127.0.0.1:$port/"
+for _ in $(seq 50); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+
+wrk -t1 -c"$conc" -d5s "$url" >/dev/null  # warm-up
+wrk_rps=$(wrk -t1 -c"$conc" -d10s "$url" | awk '/Requests\/sec/ {print $2}')
+echo "wrk -t1 -c$conc: $wrk_rps req/s"
+
+/usr/bin/time -v -o "$dir/time" build/lretry scripts/bench_client.lua "$url" \
+  "$total" "$conc" | tee "$dir/out"
+lretry_rps=$(awk '{print $(NF-1)}' "$dir/out")
+rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time")
+cpu=$(awk -F': ' '/Percent of CPU/ {print $2}' "$dir/time")
+echo "lretry peak RSS: $((rss_kb / 1024)) MiB, CPU $cpu"
+awk -v a="$lretry_rps" -v b="$wrk_rps" \
+  'BEGIN { printf "ratio lretry / wrk -t1: %.2f\n", a / b }'
