@@ -196,19 +196,20 @@ local function join_url(base, url)
 end
 
 -- Per-call headers override the client's, names compared case-insensitively.
+-- Without per-call headers the client's table is used as is (http.build
+-- copies it).
 local function merge_headers(base, extra)
+  if extra == nil then return base end
   local out = {}
   for k, v in pairs(base) do out[k] = v end
-  if extra then
-    for k, v in pairs(extra) do
-      local lower = type(k) == "string" and k:lower()
-      for existing in pairs(out) do
-        if type(existing) == "string" and existing:lower() == lower then
-          out[existing] = nil
-        end
+  for k, v in pairs(extra) do
+    local lower = type(k) == "string" and k:lower()
+    for existing in pairs(out) do
+      if type(existing) == "string" and existing:lower() == lower then
+        out[existing] = nil
       end
-      out[k] = v
     end
+    out[k] = v
   end
   return out
 end
@@ -220,9 +221,10 @@ local function call_hooks(client, hook, ctx, params)
   end
 end
 
-local function log(client, level, message)
+-- The message is formatted only when there is a logger to read it.
+local function log(client, level, format, ...)
   local logger = client.logger
-  if logger and logger[level] then logger[level](logger, message) end
+  if logger and logger[level] then logger[level](logger, format:format(...)) end
 end
 
 local function wait_before_retry(options, n, response)
@@ -263,24 +265,34 @@ local function attempt(client, p, n)
     auth = kw.auth, timeout = kw.timeout or client.timeout,
     connect_timeout = client.connect_timeout,
   })
-  local trace_ctx = {}
-  for k, v in pairs(p.trace_request_ctx or {}) do trace_ctx[k] = v end
-  trace_ctx.current_attempt = n
-  local ctx = { trace_request_ctx = trace_ctx }
-  local params = { method = spec.method, url = spec.url, headers = headers }
-  call_hooks(client, "on_request_start", ctx, params)
+  -- Hook arguments are built only for a client that has hooks: a load
+  -- check pays nothing for tracing it does not use.
+  local traced = #client.trace_configs > 0
+  local ctx, params
+  if traced then
+    local trace_ctx = {}
+    for k, v in pairs(p.trace_request_ctx or {}) do trace_ctx[k] = v end
+    trace_ctx.current_attempt = n
+    ctx = { trace_request_ctx = trace_ctx }
+    params = { method = spec.method, url = spec.url, headers = spec.headers }
+    call_hooks(client, "on_request_start", ctx, params)
+  end
   local t0 = core.now()
   local response, err = http.send(spec)
   local record = { attempt = n, elapsed = core.now() - t0 }
   if response then
     record.status = response.status
-    params.response = response
-    call_hooks(client, "on_request_end", ctx, params)
+    if traced then
+      params.response = response
+      call_hooks(client, "on_request_end", ctx, params)
+    end
   else
     err.attempt = n
     record.error = err
-    params.exception = err
-    call_hooks(client, "on_request_exception", ctx, params)
+    if traced then
+      params.exception = err
+      call_hooks(client, "on_request_exception", ctx, params)
+    end
   end
   return response, err, record
 end
@@ -302,7 +314,7 @@ local function execute(client, list, options, raise_for_status)
   while true do
     n = n + 1
     local p = list[n] or list[#list]
-    log(client, "debug", ("Attempt %d out of %d"):format(n, options.attempts))
+    log(client, "debug", "Attempt %d out of %d", n, options.attempts)
     local response, err, record = attempt(client, p, n)
     history[n] = record
     if response then
@@ -325,8 +337,8 @@ local function execute(client, list, options, raise_for_status)
       end
       if not retry_it then return finish(response, n, history, started) end
       record.wait = wait_before_retry(options, n, response)
-      log(client, "debug", ("Retrying after response code %d, waiting %.3f s")
-        :format(response.status, record.wait))
+      log(client, "debug", "Retrying after response code %d, waiting %.3f s",
+        response.status, record.wait)
       response:close()
     else
       err.history = history
@@ -335,8 +347,8 @@ local function execute(client, list, options, raise_for_status)
         error(err, 0)
       end
       record.wait = wait_before_retry(options, n, nil)
-      log(client, "debug", ("Retrying after %s error (%s), waiting %.3f s")
-        :format(err.kind, err.message, record.wait))
+      log(client, "debug", "Retrying after %s error (%s), waiting %.3f s",
+        err.kind, err.message, record.wait)
     end
     core.sleep(record.wait)
   end
