@@ -386,6 +386,15 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int status,
   struct MHD_Response *resp;
   enum MHD_Result ret;
 
+  /* MHD refuses an empty header value or one with CR, LF or tab, and a
+   * refusal would drop the connection: answer 400 instead. */
+  if (hval != NULL && (hval[0] == '\0' || strpbrk(hval, "\r\n\t") != NULL)) {
+    status = MHD_HTTP_BAD_REQUEST;
+    ctype = "text/plain";
+    body = "bad header value in the query\n";
+    len = strlen(body);
+    hname = hval = NULL;
+  }
   /* MUST_COPY: body often lives on our stack or in a buffer we free right
    * after, while MHD sends it later. The API takes a non-const pointer
    * even when it only copies; going through uintptr_t keeps -Wcast-qual
