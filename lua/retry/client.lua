@@ -6,10 +6,16 @@ local errors = require("retry.errors")
 local http = require("retry.http")
 local strategies = require("retry.strategies")
 local task = require("retry.task")
+local values = require("retry.values")
 
 local M = {}
 
 local invalid = errors.invalid
+
+-- Read-only stand-in for absent option tables: no table per request.
+local NO_OPTIONS = setmetatable({}, { __newindex = function()
+  error("retry.client: NO_OPTIONS is read-only", 2)
+end })
 
 --- Defaults of a client, as aiohttp's ClientTimeout(total=300) and a connect
 -- limit so a black-holed host does not hold an attempt for the whole total.
@@ -50,16 +56,10 @@ local function check_strategy(v, name, level)
   end
 end
 
--- A sequence with keys 1..n and nothing else, n >= 1.
+-- The length of a non-empty sequence, else nil.
 local function sequence_length(t)
-  local n = #t
-  if n == 0 then return nil end
-  local count = 0
-  for k in pairs(t) do
-    if math.type(k) ~= "integer" or k < 1 or k > n then return nil end
-    count = count + 1
-  end
-  return count == n and n or nil
+  local n = values.list_length(t)
+  return n ~= 0 and n or nil
 end
 
 --- `RequestParams{method=, url=, headers=, trace_request_ctx=, kwargs=}`:
@@ -257,7 +257,7 @@ end
 -- One attempt: build, trace, send. Returns response or nil, err, plus the
 -- attempt's record.
 local function attempt(client, p, n)
-  local kw = p.kwargs or {}
+  local kw = p.kwargs or NO_OPTIONS
   local url = join_url(client.base_url, p.url)
   local headers = merge_headers(client.headers, p.headers)
   local spec = http.build(p.method, url, {
@@ -360,23 +360,22 @@ local function run_request(client, list, options, raise_for_status)
   end
   local me = task.current()
   if me then client.active[me] = (client.active[me] or 0) + 1 end
-  local results = table.pack(pcall(execute, client, list, options,
-    raise_for_status))
+  local ok, result = pcall(execute, client, list, options, raise_for_status)
   if me then
     local left = client.active[me] - 1
     client.active[me] = left > 0 and left or nil
   end
-  if not results[1] then error(results[2], 0) end
-  return results[2]
+  if not ok then error(result, 0) end
+  return result
 end
 
 -- Per-call opts: a strategy object, or a table of options.
 local function call_options(client, opts, allowed, level)
   if opts == nil then
-    return {}, client.retry_options, client.raise_for_status
+    return NO_OPTIONS, client.retry_options, client.raise_for_status
   end
   if strategies.is_options(opts) then
-    return {}, opts, client.raise_for_status
+    return NO_OPTIONS, opts, client.raise_for_status
   end
   if type(opts) ~= "table" then
     invalid("request options must be a table or retry options, got "

@@ -9,10 +9,12 @@
 -- such as `opts.attempts = 2` or `opts.start_timeout = 1` takes effect on the
 -- next call.
 local errors = require("retry.errors")
+local values = require("retry.values")
 
 local M = {}
 
 local math_type, tointeger = math.type, math.tointeger
+local is_callable, list_length = values.is_callable, values.list_length
 
 -- The nine HTTP methods retried by default (the `methods` default).
 local DEFAULT_METHODS = {
@@ -34,14 +36,6 @@ local CLASS_OF_META = {}
 
 --[[ Small helpers ]]
 
---- Whether `v` can be called: a function, or a value whose metatable has
--- `__call`.
-local function is_callable(v)
-  if type(v) == "function" then return true end
-  local mt = getmetatable(v)
-  return type(mt) == "table" and mt.__call ~= nil
-end
-
 -- `v` as an integer when it is a number with an integral value, else nil.
 -- (math.tointeger alone would also convert the string "3".)
 local function as_integer(v)
@@ -57,19 +51,6 @@ local function describe(v)
   return "a " .. t
 end
 
--- Whether `t` is a proper sequence: only the keys 1..n. Returns its length.
-local function list_length(t)
-  if type(t) ~= "table" then return nil end
-  local n = 0
-  for k in pairs(t) do
-    if math_type(k) ~= "integer" or k < 1 then return nil end
-    n = n + 1
-  end
-  for i = 1, n do
-    if t[i] == nil then return nil end
-  end
-  return n
-end
 
 -- Raise the `invalid` error for a bad field of class `cname`.
 local function bad_field(cname, field, must, got)

@@ -4,6 +4,7 @@
 -- no error is lost.
 local core = require("retry.core")
 local errors = require("retry.errors")
+local is_callable = require("retry.values").is_callable
 
 local M = {}
 
@@ -14,12 +15,6 @@ Task.__index = Task
 local by_thread = setmetatable({}, { __mode = "k" })
 -- The run in progress: { main = Task, live = {[Task]=true}, failed = {} }.
 local current_run = nil
-
-local function is_callable(f)
-  if type(f) == "function" then return true end
-  local mt = getmetatable(f)
-  return type(mt) == "table" and mt.__call ~= nil
-end
 
 -- Message handler: keep the traceback of where the error happened. Error
 -- objects get a `traceback` field; strings get it appended, once.
