@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake gcc make pkg-config lua5.4 liblua5.4-dev libcurl4-openssl-dev
-  libuv1-dev libmicrohttpd-dev lua-busted lua-cjson)
+  libuv1-dev libmicrohttpd-dev lua-busted lua-cjson openssl)
 asan=no
 for opt in "$@"; do
   case $opt in

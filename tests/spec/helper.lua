@@ -6,8 +6,26 @@ M.base = os.getenv("LRETRY_TEST_URL")
 assert(M.base, "LRETRY_TEST_URL is not set: run the specs with scripts/test.sh "
   .. "(it starts tests/server and sets it)")
 
+-- The server's other ports (scripts/server.sh sets these too): the raw
+-- port that misbehaves on purpose, the port whose connects never complete,
+-- and the HTTP routes over TLS with the certificate to trust as a CA.
+M.fault = os.getenv("LRETRY_FAULT_URL")
+M.blackhole = os.getenv("LRETRY_BLACKHOLE_URL")
+M.tls = os.getenv("LRETRY_TLS_URL")
+M.tls_ca = os.getenv("LRETRY_TLS_CA")
+
 --- Full URL of a server path.
 function M.url(path) return M.base .. path end
+
+local function need(value, var)
+  return assert(value, var .. " is not set: run the specs with scripts/test.sh")
+end
+
+--- Full URL of a path on the fault port.
+function M.fault_url(path) return need(M.fault, "LRETRY_FAULT_URL") .. path end
+
+--- Full URL of a path on the TLS port (trust M.tls_ca to reach it).
+function M.tls_url(path) return need(M.tls, "LRETRY_TLS_URL") .. path end
 
 local counter = 0
 --- A key unique to this process, for the server's per-key hit counters.
@@ -21,6 +39,16 @@ end
 function M.hits(retry, key)
   local r <close> = retry.request("GET", M.url("/hits"), { params = { key = key } })
   return r:json().hits
+end
+
+--- The server's whole counter record for key, as /hits returns it:
+-- { key = key, hits = N, peak = P, connections = C }. hits counts requests,
+-- peak the most in flight at once, connections the distinct TCP connections
+-- that carried the key (on every port).
+function M.counts(retry, key)
+  local r <close> = retry.request("GET", M.url("/hits"),
+    { params = { key = key } })
+  return r:json()
 end
 
 --- Run a shell command; returns exit code, stdout, stderr.
