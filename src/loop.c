@@ -1,18 +1,34 @@
 /* loop.c: curl's multi socket API on libuv (a hardened docs/examples/multi-uv).
  *
- * Owns the multi handle, the per-socket poll contexts and curl's timer. Never
- * calls Lua: finished transfers are handed to their job's done hook only
- * after curl_multi_socket_action has returned.
+ * Owns the multi handle, the per-socket poll contexts, curl's timer and the
+ * sizing of curl's connection cache. Never calls Lua: finished transfers are
+ * handed to their job's done hook only after curl_multi_socket_action has
+ * returned.
  */
 #include "loop.h"
 
 #include <stdlib.h>
+
+/* The connection cache never shrinks below this: a script calling a few
+ * hosts one request at a time keeps their connections. */
+#define MIN_CONNECTS 8
+
+/* How often the tidy timer looks at the recent peak of transfers in flight.
+ * Two periods of history make the cache follow a load that pauses for a
+ * moment without dropping its connections. */
+#define TIDY_MS 1000
+
+/* A socket whose poll keeps failing without curl dropping it gets told so
+ * after this many errors in a row, rather than spinning the loop. */
+#define MAX_POLL_ERRORS 3
 
 /* One per socket curl watches, attached with curl_multi_assign so a socket
  * never gets a second poll. Freed in its close callback. */
 struct sock_ctx {
   uv_poll_t poll;
   curl_socket_t fd;
+  int events;      /* what curl asked for, as UV_READABLE | UV_WRITABLE */
+  int errors;      /* poll errors in a row */
   rt_loop_t *loop; /* borrowed */
 };
 
@@ -51,17 +67,36 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
   struct sock_ctx *ctx = handle->data;
   int flags = 0;
 
-  /* A poll error (for example a socket reset under epoll) must still reach
-   * curl, or the transfer would wait for its timeout. */
-  if (status < 0)
-    flags = CURL_CSELECT_ERR;
-  else {
+  if (status < 0) {
+    /* libuv reports POLLERR (a reset, say) as an error and stops the
+     * poll. The socket may still hold a complete response, so curl must
+     * read it and meet the error itself: hand it the events it waits for,
+     * as curl's own tool does after poll() says POLLERR. CURL_CSELECT_ERR
+     * alone would fail the transfer with "select/poll returned error"
+     * without reading a byte. */
+    ctx->errors++;
+    if (ctx->errors > MAX_POLL_ERRORS)
+      flags = CURL_CSELECT_ERR;
+    else {
+      if (ctx->events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+      if (ctx->events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
+    }
+  } else {
+    ctx->errors = 0;
     if (events & UV_READABLE)
       flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE)
       flags |= CURL_CSELECT_OUT;
   }
   socket_action(ctx->loop, ctx->fd, flags);
+  /* curl keeps a socket it is still reading without telling us again, but
+   * libuv stopped the poll: start it again unless curl let go of it (its
+   * close callback has not run yet, so ctx is still ours to look at). */
+  if (status < 0 && !uv_is_closing((uv_handle_t *)handle) &&
+      !uv_is_active((uv_handle_t *)handle) && ctx->events != 0)
+    uv_poll_start(handle, ctx->events, on_poll);
 }
 
 static void free_on_close(uv_handle_t *handle) {
@@ -93,6 +128,7 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
       return -1;
     }
     ctx->fd = fd;
+    ctx->errors = 0;
     ctx->loop = loop;
     ctx->poll.data = ctx;
     curl_multi_assign(loop->multi, fd, ctx);
@@ -101,6 +137,7 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp,
     events |= UV_READABLE;
   if (what & CURL_POLL_OUT)
     events |= UV_WRITABLE;
+  ctx->events = events;
   return uv_poll_start(&ctx->poll, events, on_poll) == 0 ? 0 : -1;
 }
 
@@ -135,27 +172,74 @@ static int on_timeout(CURLM *multi, long timeout_ms, void *userp) {
   return 0;
 }
 
-int rt_loop_init(rt_loop_t *loop) {
-  int err;
+/* libcurl's default cache holds 4 connections per easy handle added at the
+ * moment a transfer ends, which falls to a handful whenever few transfers
+ * happen to be added, and then closes connections a steady load is about to
+ * need again. A fixed size set here does not move under it. */
+static void set_max_connects(rt_loop_t *loop, long n) {
+  if (n < MIN_CONNECTS)
+    n = MIN_CONNECTS;
+  if (n == loop->max_connects)
+    return;
+  loop->max_connects = n;
+  curl_multi_setopt(loop->multi, CURLMOPT_MAXCONNECTS, n);
+}
 
-  loop->in_flight = 0;
-  loop->xfer_pool = NULL;
-  err = uv_loop_init(&loop->uv);
-  if (err != 0)
-    return err;
+static int multi_open(rt_loop_t *loop) {
   loop->multi = curl_multi_init();
-  if (loop->multi == NULL) {
-    uv_loop_close(&loop->uv);
+  if (loop->multi == NULL)
     return UV_ENOMEM;
-  }
-  uv_timer_init(&loop->uv, &loop->curl_timer);
-  uv_idle_init(&loop->uv, &loop->curl_kick);
-  loop->curl_timer.data = loop;
-  loop->curl_kick.data = loop;
   curl_multi_setopt(loop->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
   curl_multi_setopt(loop->multi, CURLMOPT_SOCKETDATA, loop);
   curl_multi_setopt(loop->multi, CURLMOPT_TIMERFUNCTION, on_timeout);
   curl_multi_setopt(loop->multi, CURLMOPT_TIMERDATA, loop);
+  loop->max_connects = 0;
+  set_max_connects(loop, MIN_CONNECTS);
+  return 0;
+}
+
+/* Follow the load down after a burst: connections beyond the recent peak
+ * are closed as transfers hand theirs back, and idle easy handles beyond
+ * what a return to that peak would need are freed now. */
+static void on_tidy(uv_timer_t *timer) {
+  rt_loop_t *loop = timer->data;
+  unsigned want =
+      loop->peak > loop->recent_peak ? loop->peak : loop->recent_peak;
+
+  loop->recent_peak = loop->peak;
+  loop->peak = loop->in_flight;
+  if ((long)want < loop->max_connects)
+    set_max_connects(loop, (long)want);
+  if (loop->trim != NULL)
+    loop->trim(loop, want > loop->in_flight ? want - loop->in_flight : 0);
+}
+
+int rt_loop_init(rt_loop_t *loop) {
+  int err;
+
+  loop->in_flight = 0;
+  loop->peak = 0;
+  loop->recent_peak = 0;
+  loop->xfer_pool = NULL;
+  loop->xfer_idle = 0;
+  loop->trim = NULL;
+  err = uv_loop_init(&loop->uv);
+  if (err != 0)
+    return err;
+  err = multi_open(loop);
+  if (err != 0) {
+    uv_loop_close(&loop->uv);
+    return err;
+  }
+  uv_timer_init(&loop->uv, &loop->curl_timer);
+  uv_idle_init(&loop->uv, &loop->curl_kick);
+  uv_timer_init(&loop->uv, &loop->tidy);
+  loop->curl_timer.data = loop;
+  loop->curl_kick.data = loop;
+  loop->tidy.data = loop;
+  uv_timer_start(&loop->tidy, on_tidy, TIDY_MS, TIDY_MS);
+  /* The tidy timer alone must not keep the loop running. */
+  uv_unref((uv_handle_t *)&loop->tidy);
   return 0;
 }
 
@@ -165,6 +249,10 @@ int rt_loop_add(rt_loop_t *loop, CURL *easy) {
   if (curl_multi_add_handle(loop->multi, easy) != CURLM_OK)
     return -1;
   loop->in_flight++;
+  if (loop->in_flight > loop->peak)
+    loop->peak = loop->in_flight;
+  if ((long)loop->in_flight > loop->max_connects)
+    set_max_connects(loop, (long)loop->in_flight);
   return 0;
 }
 
@@ -179,14 +267,35 @@ static void close_leftover_poll(uv_handle_t *handle, void *arg) {
     uv_close(handle, free_on_close);
 }
 
-int rt_loop_close(rt_loop_t *loop) {
+/* curl_multi_cleanup closes the sockets of kept-alive connections without a
+ * CURL_POLL_REMOVE for those it still watched; their polls go here. */
+static void multi_close(rt_loop_t *loop) {
   curl_multi_cleanup(loop->multi);
   loop->multi = NULL;
+  uv_walk(&loop->uv, close_leftover_poll, NULL);
+}
+
+void rt_loop_reset(rt_loop_t *loop) {
+  if (loop->in_flight != 0)
+    return;
+  if (loop->trim != NULL)
+    loop->trim(loop, 0);
+  multi_close(loop);
+  uv_timer_stop(&loop->curl_timer);
+  uv_idle_stop(&loop->curl_kick);
+  loop->peak = 0;
+  loop->recent_peak = 0;
+  /* Without a multi handle nothing can be added; rt_loop_add then fails
+   * and the transfer reports it, which beats a crash. */
+  multi_open(loop);
+}
+
+int rt_loop_close(rt_loop_t *loop) {
+  if (loop->multi != NULL)
+    multi_close(loop);
   uv_close((uv_handle_t *)&loop->curl_timer, NULL);
   uv_close((uv_handle_t *)&loop->curl_kick, NULL);
-  /* Sockets curl still had open (kept-alive connections) were closed by
-   * curl_multi_cleanup without a CURL_POLL_REMOVE; their polls go here. */
-  uv_walk(&loop->uv, close_leftover_poll, NULL);
+  uv_close((uv_handle_t *)&loop->tidy, NULL);
   uv_run(&loop->uv, UV_RUN_DEFAULT);
   return uv_loop_close(&loop->uv);
 }

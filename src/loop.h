@@ -6,6 +6,10 @@
  * iteration. It knows nothing about Lua or about what a transfer means: an
  * easy handle added here carries, as CURLOPT_PRIVATE, a pointer to an
  * rt_loop_job_t whose done hook is called once the transfer has ended.
+ *
+ * It also sizes libcurl's connection cache: at least as many connections as
+ * transfers were in flight lately, so a steady load keeps one connection per
+ * transfer instead of reconnecting, and fewer again after a burst.
  */
 #ifndef RT_LOOP_H
 #define RT_LOOP_H
@@ -25,13 +29,23 @@ struct rt_loop_job_s {
   rt_loop_done_cb done;
 };
 
+/* Called by the tidy timer with how many idle easy handles are worth
+ * keeping; the pool's owner frees the rest. */
+typedef void (*rt_loop_trim_cb)(rt_loop_t *loop, unsigned keep);
+
 struct rt_loop_s {
   uv_loop_t uv;
-  CURLM *multi;          /* owned; cleaned up in rt_loop_close */
+  CURLM *multi;          /* owned; cleaned up in rt_loop_reset and _close */
   uv_timer_t curl_timer; /* curl's timeout when it is > 0 ms */
   uv_idle_t curl_kick;   /* curl's timeout when it is 0 ms */
+  uv_timer_t tidy;       /* shrinks the caches after a burst; unref'd */
   unsigned in_flight;    /* easy handles currently added */
+  unsigned peak;         /* most in flight since the last tidy */
+  unsigned recent_peak;  /* most in flight in the tidy period before */
+  long max_connects;     /* CURLMOPT_MAXCONNECTS as last set */
   void *xfer_pool;       /* owned by transfer.c; idle easy handles */
+  unsigned xfer_idle;    /* how many there are (transfer.c keeps it) */
+  rt_loop_trim_cb trim;  /* set by transfer.c; may be NULL */
 };
 
 /* Initialise the uv loop and the multi handle. Returns 0 or a negative
@@ -44,6 +58,10 @@ int rt_loop_add(rt_loop_t *loop, CURL *easy);
 
 /* Stop an easy handle that has not finished; its done hook never runs. */
 void rt_loop_remove(rt_loop_t *loop, CURL *easy);
+
+/* Close every idle connection and free every pooled easy handle, so none
+ * outlives a run of the loop. Nothing may be in flight. */
+void rt_loop_reset(rt_loop_t *loop);
 
 /* Clean up the multi handle, close every handle this module opened, run the
  * loop until they are closed and close it. Every easy handle must have been

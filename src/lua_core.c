@@ -4,27 +4,33 @@
  * gets its own context (loop, multi handle, scheduler) kept in the registry
  * and closed by its __gc when the state closes: no mutable globals, so N
  * threads may each run their own state. See README "Architecture" for the
- * functions and their contracts.
+ * functions and their contracts. Every function here refuses, with an
+ * `invalid` error object, a call that would otherwise crash.
  */
 #include <dlfcn.h>
 #include <lauxlib.h>
+#include <limits.h>
 #include <lua.h>
 #include <math.h>
 #include <string.h>
 
+#include "error.h"
+#include "lua_core.h"
 #include "response.h"
 #include "task.h"
 #include "transfer.h"
 
 #define CTX_MT "retry.Context"
 
+/* Defaults of a request that does not say (the Lua layer shows them). */
+#define DEFAULT_MAX_REDIRECTS 10
+#define DEFAULT_MAX_BODY_SIZE ((lua_Integer)64 * 1024 * 1024)
+
 typedef struct rt_ctx_s {
   rt_loop_t loop;
   rt_sched_t sched;
   int open;
 } rt_ctx_t;
-
-int luaopen_retry_core(lua_State *L);
 
 static const char ctx_key = 'c';
 
@@ -45,13 +51,17 @@ static int ctx_gc(lua_State *L) {
   return 0;
 }
 
+/* ------------------------------------------------------------------ */
+/* The run: enter, loop, leave                                         */
+/* ------------------------------------------------------------------ */
+
 /* core.enter(): mark retry.run as running; raises if it already is. */
 static int l_enter(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
 
   if (ctx->sched.running)
-    return luaL_error(L, "retry.run cannot be nested: a loop is already "
-                         "running (use retry.spawn to start more tasks)");
+    return rt_error_invalid(L, "retry.run cannot be nested outside a task: "
+                               "a loop is already running");
   ctx->sched.running = 1;
   ctx->sched.L = L;
   return 0;
@@ -63,8 +73,9 @@ static int l_loop(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
   int finished;
 
-  if (!ctx->sched.running || ctx->sched.L != L)
-    return luaL_error(L, "core.loop called outside retry.run");
+  if (!ctx->sched.running || ctx->sched.L != L || ctx->sched.in_loop)
+    return rt_error_invalid(L, "core.loop: only the code that called "
+                               "core.enter may run the loop, once at a time");
   finished = rt_sched_run(&ctx->sched);
   lua_pushboolean(L, finished);
   if (ctx->sched.fatal_ref == LUA_NOREF)
@@ -75,24 +86,39 @@ static int l_loop(lua_State *L) {
   return 2;
 }
 
-/* core.leave(): retry.run is over. */
+/* core.leave(): retry.run is over. Tasks still alive (an error escaped the
+ * loop) are ended without running; idle connections and pooled handles are
+ * closed, so none outlives the run. */
 static int l_leave(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
 
+  if (ctx->sched.in_loop)
+    return rt_error_invalid(L, "core.leave: the loop is running");
+  if (!ctx->sched.running)
+    return 0;
+  rt_sched_abandon_all(&ctx->sched);
+  rt_loop_reset(&ctx->loop);
   ctx->sched.running = 0;
   ctx->sched.L = NULL;
   return 0;
 }
+
+/* ------------------------------------------------------------------ */
+/* Tasks                                                               */
+/* ------------------------------------------------------------------ */
 
 /* core.spawn(fn, ...) -> handle, thread */
 static int l_spawn(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
   rt_task_t *t;
 
-  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (lua_type(L, 1) != LUA_TFUNCTION)
+    return rt_error_invalid(L, "core.spawn: expected a function, got %s",
+                            luaL_typename(L, 1));
   if (!ctx->sched.running)
-    return luaL_error(L, "retry.spawn must be called inside a task: wrap "
-                         "the code in retry.run(function() ... end)");
+    return rt_error_invalid(L, "retry.spawn must be called inside a task: "
+                               "wrap the code in retry.run(function() ... "
+                               "end)");
   t = rt_task_spawn(L, &ctx->sched, lua_gettop(L) - 1);
   lua_pushthread(t->co);
   lua_xmove(t->co, L, 1);
@@ -102,8 +128,11 @@ static int l_spawn(lua_State *L) {
 /* core.park(what) -> values given to core.wake */
 static int l_park(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
-  rt_task_t *t = rt_task_check(L, &ctx->sched, luaL_checkstring(L, 1));
+  rt_task_t *t;
 
+  if (lua_type(L, 1) != LUA_TSTRING)
+    return rt_error_invalid(L, "core.park: expected what waits, a string");
+  t = rt_task_check(L, &ctx->sched, lua_tostring(L, 1));
   lua_settop(L, 0);
   return rt_task_park_lua(L, t);
 }
@@ -120,24 +149,48 @@ static int l_wake(lua_State *L) {
 static int l_cancel(lua_State *L) {
   rt_task_t *t = rt_task_from(L, 1);
 
-  luaL_checkany(L, 2);
+  if (lua_isnoneornil(L, 2))
+    return rt_error_invalid(L, "core.cancel: the error to raise is missing");
   lua_pushboolean(L, rt_task_cancel(L, t, 2));
   return 1;
+}
+
+/* core.take_cancel(handle) -> the error of a cancel not raised yet, or
+ * nothing */
+static int l_take_cancel(lua_State *L) {
+  return rt_task_take_cancel(L, rt_task_from(L, 1));
+}
+
+/* core.cancelled(handle) -> whether the task was ever cancelled */
+static int l_cancelled(lua_State *L) {
+  lua_pushboolean(L, rt_task_from(L, 1)->cancelled);
+  return 1;
+}
+
+/* A number of seconds >= 0 at idx, named `what` in the error. Infinity is
+ * allowed only where it means "no limit" (allow_huge). */
+static double check_seconds(lua_State *L, int idx, const char *what,
+                            int allow_huge) {
+  int isnum;
+  lua_Number s = lua_tonumberx(L, idx, &isnum);
+
+  if (lua_type(L, idx) != LUA_TNUMBER || !isnum || !(s >= 0) ||
+      (!allow_huge && isinf(s)))
+    rt_error_invalid(L, "%s must be a %snumber of seconds >= 0, got %s", what,
+                     allow_huge ? "" : "finite ",
+                     lua_type(L, idx) == LUA_TNUMBER
+                         ? lua_pushfstring(L, "%f", (double)s)
+                         : luaL_typename(L, idx));
+  return (double)s;
 }
 
 /* core.sleep(seconds) */
 static int l_sleep(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
-  lua_Number seconds = luaL_checknumber(L, 1);
-  rt_task_t *t;
+  double seconds = check_seconds(L, 1, "retry.sleep: seconds", 0);
+  rt_task_t *t = rt_task_check(L, &ctx->sched, "retry.sleep");
 
-  if (!(seconds >= 0) || isinf(seconds))
-    return luaL_error(L,
-                      "retry.sleep: seconds must be a finite number >= 0, "
-                      "got %f",
-                      (double)seconds);
-  t = rt_task_check(L, &ctx->sched, "retry.sleep");
-  return rt_task_sleep(L, t, (double)seconds);
+  return rt_task_sleep(L, t, seconds);
 }
 
 /* core.now() -> monotonic seconds */
@@ -146,37 +199,61 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+/* ------------------------------------------------------------------ */
+/* Requests                                                            */
+/* ------------------------------------------------------------------ */
+
+/* A timeout field in ms for curl, 0 for none. curl holds at most UINT_MAX
+ * ms (49 days); a longer limit, or infinity, is no limit, which never ends
+ * an attempt early. */
 static long opt_ms(lua_State *L, int spec, const char *name) {
-  lua_Number seconds;
-  int isnum;
+  double seconds;
+  double ms;
 
   if (lua_getfield(L, spec, name) == LUA_TNIL) {
     lua_pop(L, 1);
     return 0;
   }
-  seconds = lua_tonumberx(L, -1, &isnum);
-  if (!isnum || !(seconds >= 0) || seconds > 1e6)
-    luaL_error(L, "request: '%s' must be a number of seconds >= 0", name);
+  seconds = check_seconds(L, -1, name, 1);
   lua_pop(L, 1);
-  return (long)ceil(seconds * 1000);
+  ms = ceil(seconds * 1000);
+  if (ms >= (double)UINT_MAX)
+    return 0;
+  return (long)ms;
 }
 
-static int valid_header_name(const char *s, size_t len) {
-  size_t i;
+/* An optional integer field >= 0; `huge` (or more) for infinity. */
+static lua_Integer opt_count(lua_State *L, int spec, const char *name,
+                             lua_Integer dflt, lua_Integer huge) {
+  lua_Integer n;
+  lua_Number f;
 
-  if (len == 0)
-    return 0;
-  for (i = 0; i < len; i++) {
-    unsigned char c = (unsigned char)s[i];
-    if (c <= ' ' || c == ':' || c >= 0x7f)
-      return 0;
+  if (lua_getfield(L, spec, name) == LUA_TNIL) {
+    lua_pop(L, 1);
+    return dflt;
   }
-  return 1;
+  if (lua_type(L, -1) != LUA_TNUMBER)
+    rt_error_invalid(L, "%s must be an integer >= 0, got %s", name,
+                     luaL_typename(L, -1));
+  if (lua_isinteger(L, -1)) {
+    n = lua_tointeger(L, -1);
+    if (n < 0)
+      rt_error_invalid(L, "%s must be an integer >= 0", name);
+    lua_pop(L, 1);
+    return n < huge ? n : huge;
+  }
+  f = lua_tonumber(L, -1);
+  if (!(f >= 0) || (f < (lua_Number)huge && f != floor(f)))
+    rt_error_invalid(L, "%s must be an integer >= 0", name);
+  lua_pop(L, 1);
+  return f >= (lua_Number)huge ? huge : (lua_Integer)f;
 }
 
 /* Turn spec.headers into "Name: value" lines kept alive on the stack.
- * Returns the line array (a userdata on the stack) and sets *count. */
-static const char **header_lines(lua_State *L, int spec, size_t *count) {
+ * Returns the line array (a userdata on the stack) and sets *count, or sets
+ * *bad to what is wrong with a header and returns NULL. */
+static const char **header_lines(lua_State *L, int spec, size_t *count,
+                                 const char **bad) {
   const char **lines;
   size_t n = 0;
   int t;
@@ -186,7 +263,9 @@ static const char **header_lines(lua_State *L, int spec, size_t *count) {
     lua_pop(L, 1);
     return NULL;
   }
-  luaL_argexpected(L, lua_istable(L, -1), spec, "headers as a table");
+  if (!lua_istable(L, -1))
+    rt_error_invalid(L, "request: headers must be a table, got %s",
+                     luaL_typename(L, -1));
   t = lua_gettop(L);
   lua_pushnil(L);
   while (lua_next(L, t) != 0) {
@@ -200,16 +279,20 @@ static const char **header_lines(lua_State *L, int spec, size_t *count) {
     size_t klen, vlen;
     const char *k, *v;
 
-    if (lua_type(L, -2) != LUA_TSTRING)
-      luaL_error(L, "request: header names must be strings");
+    if (lua_type(L, -2) != LUA_TSTRING ||
+        (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)) {
+      *bad = "headers must map names (strings) to values (strings or "
+             "numbers)";
+      lua_pop(L, 2);
+      return NULL;
+    }
     k = lua_tolstring(L, -2, &klen);
-    if (!valid_header_name(k, klen))
-      luaL_error(L, "request: invalid header name '%s'", k);
-    if (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER)
-      luaL_error(L, "request: header '%s' must be a string or number", k);
     v = lua_tolstring(L, -1, &vlen);
-    if (strpbrk(v, "\r\n") != NULL || strlen(v) != vlen)
-      luaL_error(L, "request: header '%s' contains a line break or NUL", k);
+    *bad = rt_request_check_header(k, klen, v, vlen);
+    if (*bad != NULL) {
+      lua_pop(L, 2);
+      return NULL;
+    }
     /* "Name;" is curl's way to send a header with an empty value. */
     if (vlen == 0)
       lua_pushfstring(L, "%s;", k);
@@ -223,6 +306,77 @@ static const char **header_lines(lua_State *L, int spec, size_t *count) {
   return lines;
 }
 
+/* A required string field, its length in *len. */
+static const char *field_string(lua_State *L, int spec, const char *name,
+                                size_t *len) {
+  if (lua_getfield(L, spec, name) != LUA_TSTRING)
+    rt_error_invalid(L, "request: %s must be a string, got %s", name,
+                     luaL_typename(L, -1));
+  return lua_tolstring(L, -1, len);
+}
+
+/* Read the spec at index 1 into req. Returns NULL, or what makes it unfit
+ * to send. Strings stay on the stack for as long as req is used. */
+static const char *read_spec(lua_State *L, rt_request_t *req) {
+  size_t method_len, url_len;
+  const char *bad = NULL;
+  lua_Integer max_body;
+
+  memset(req, 0, sizeof(*req));
+  req->method = field_string(L, 1, "method", &method_len);
+  req->url = field_string(L, 1, "url", &url_len);
+  if (lua_getfield(L, 1, "body") != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      rt_error_invalid(L, "request: body must be a string, got %s",
+                       luaL_typename(L, -1));
+    req->body = lua_tolstring(L, -1, &req->body_len);
+  }
+  req->timeout_ms = opt_ms(L, 1, "timeout");
+  req->connect_timeout_ms = opt_ms(L, 1, "connect_timeout");
+  req->max_redirects =
+      (long)opt_count(L, 1, "max_redirects", DEFAULT_MAX_REDIRECTS, LONG_MAX);
+  max_body =
+      opt_count(L, 1, "max_body_size", DEFAULT_MAX_BODY_SIZE, LUA_MAXINTEGER);
+  req->max_body_size = max_body == LUA_MAXINTEGER ? -1 : (curl_off_t)max_body;
+  if (lua_getfield(L, 1, "ca_file") != LUA_TNIL) {
+    size_t len;
+
+    if (lua_type(L, -1) != LUA_TSTRING)
+      rt_error_invalid(L, "request: ca_file must be a string, got %s",
+                       luaL_typename(L, -1));
+    req->ca_file = lua_tolstring(L, -1, &len);
+    if (strlen(req->ca_file) != len)
+      return "ca_file must not hold NUL";
+  }
+  lua_getfield(L, 1, "verify_tls");
+  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+    rt_error_invalid(L, "request: verify_tls must be a boolean, got %s",
+                     luaL_typename(L, -1));
+  req->verify_tls = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  bad = rt_request_check_method(req->method, method_len);
+  if (bad == NULL)
+    bad = rt_request_check_url(req->url, url_len);
+  if (bad == NULL)
+    req->headers = header_lines(L, 1, &req->header_count, &bad);
+  return bad;
+}
+
+/* core.check(spec) -> nil, or what makes the request unfit to send. The
+ * same checks core.request makes, for code that wants them early. */
+static int l_check(lua_State *L) {
+  rt_request_t req;
+  const char *bad;
+
+  if (!lua_istable(L, 1))
+    return rt_error_invalid(L, "core.check: expected a request table");
+  lua_settop(L, 1);
+  bad = read_spec(L, &req);
+  if (bad == NULL)
+    return 0;
+  lua_pushstring(L, bad);
+  return 1;
+}
+
 static void abandon_xfer(void *op) {
   rt_xfer_release(op);
 }
@@ -234,66 +388,72 @@ static void on_xfer_done(rt_xfer_t *xfer, void *arg) {
 
 static int request_k(lua_State *L, int status, lua_KContext kctx) {
   rt_task_t *t = (rt_task_t *)kctx;
-  rt_xfer_t *xfer = t->op;
+  rt_xfer_t *xfer;
+  const rt_xfer_result_t *res;
   rt_response_t *r;
-  const char *text = NULL;
-  long code = 0;
 
   (void)status;
+  /* A cancel has released the transfer already and raises here. */
   rt_task_resumed(L, t);
-  if (xfer->result != CURLE_OK) {
+  xfer = t->op;
+  res = &xfer->result;
+  if (res->kind != NULL) {
     lua_pushnil(L);
-    lua_pushstring(L, rt_xfer_error_kind(xfer));
-    lua_pushstring(L, rt_xfer_error_message(xfer));
-    lua_pushinteger(L, (lua_Integer)xfer->result);
+    lua_pushstring(L, res->kind);
+    lua_pushstring(L, res->message);
+    lua_pushinteger(L, (lua_Integer)res->code);
+    lua_pushboolean(L, res->resent);
     rt_xfer_release(rt_task_take_op(t));
-    return 4;
+    return 5;
   }
   /* Until the op is taken below, an error raised here leaves the transfer
    * with the task, which releases it when it ends. */
   r = rt_response_push(L);
-  curl_easy_getinfo(xfer->easy, CURLINFO_RESPONSE_CODE, &code);
-  r->status = code;
+  r->status = res->status;
   r->body = rt_buf_take(&xfer->body, &r->body_len);
   r->head = rt_buf_take(&xfer->head, &r->head_len);
-  curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_URL, &text);
-  lua_pushstring(L, text);
+  lua_pushstring(L, res->url);
   rt_response_setfield(L, "url");
-  text = NULL;
-  curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_METHOD, &text);
-  lua_pushstring(L, text);
+  lua_pushstring(L, res->method);
   rt_response_setfield(L, "method");
+  if (res->redirects > 0) {
+    lua_pushinteger(L, res->redirects);
+    rt_response_setfield(L, "redirects");
+  }
+  if (res->resent) {
+    lua_pushboolean(L, 1);
+    rt_response_setfield(L, "resent");
+  }
   rt_xfer_release(rt_task_take_op(t));
   return 1;
 }
 
-/* core.request{method=, url=, headers=, body=, timeout=, connect_timeout=}
- * -> Response | nil, kind, message, curl_code. One attempt, no retries. */
+/* core.request{method=, url=, headers=, body=, timeout=, connect_timeout=,
+ * max_redirects=, max_body_size=, ca_file=, verify_tls=}
+ * -> Response | nil, kind, message, curl_code, resent. One attempt, no
+ * retries. A request unfit to send is an "invalid" outcome, sent nowhere. */
 static int l_request(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
   rt_request_t req;
   rt_xfer_t *xfer = NULL;
   rt_task_t *t;
+  const char *bad;
   int rc;
 
-  luaL_checktype(L, 1, LUA_TTABLE);
+  if (!lua_istable(L, 1))
+    return rt_error_invalid(L,
+                            "core.request: expected a request table, "
+                            "got %s",
+                            luaL_typename(L, 1));
   lua_settop(L, 1);
   t = rt_task_check(L, &ctx->sched, "a request");
-  memset(&req, 0, sizeof(req));
-  lua_getfield(L, 1, "method");
-  req.method = lua_tostring(L, -1);
-  lua_getfield(L, 1, "url");
-  req.url = lua_tostring(L, -1);
-  if (req.method == NULL || req.url == NULL)
-    return luaL_error(L, "request: 'method' and 'url' must be strings");
-  if (lua_getfield(L, 1, "body") != LUA_TNIL) {
-    if (lua_type(L, -1) != LUA_TSTRING)
-      return luaL_error(L, "request: 'body' must be a string");
-    req.body = lua_tolstring(L, -1, &req.body_len);
+  bad = read_spec(L, &req);
+  if (bad != NULL) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "invalid");
+    lua_pushstring(L, bad);
+    return 3;
   }
-  req.timeout_ms = opt_ms(L, 1, "timeout");
-  req.connect_timeout_ms = opt_ms(L, 1, "connect_timeout");
-  req.headers = header_lines(L, 1, &req.header_count);
   rc = rt_xfer_start(&ctx->loop, &req, on_xfer_done, t, &xfer);
   if (rc != 0) {
     lua_pushnil(L);
@@ -304,11 +464,27 @@ static int l_request(lua_State *L) {
   return rt_task_park(L, t, xfer, abandon_xfer, request_k);
 }
 
-static const luaL_Reg core_funcs[] = {
-    {"cancel", l_cancel},   {"enter", l_enter}, {"leave", l_leave},
-    {"loop", l_loop},       {"now", l_now},     {"park", l_park},
-    {"request", l_request}, {"sleep", l_sleep}, {"spawn", l_spawn},
-    {"wake", l_wake},       {NULL, NULL}};
+/* core.is_response(v) -> whether v is a Response */
+static int l_is_response(lua_State *L) {
+  lua_pushboolean(L, rt_response_is(L, 1));
+  return 1;
+}
+
+static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
+                                      {"cancelled", l_cancelled},
+                                      {"check", l_check},
+                                      {"enter", l_enter},
+                                      {"is_response", l_is_response},
+                                      {"leave", l_leave},
+                                      {"loop", l_loop},
+                                      {"now", l_now},
+                                      {"park", l_park},
+                                      {"request", l_request},
+                                      {"sleep", l_sleep},
+                                      {"spawn", l_spawn},
+                                      {"take_cancel", l_take_cancel},
+                                      {"wake", l_wake},
+                                      {NULL, NULL}};
 
 /* The per-state context, made on first load and shared by later loads. */
 static rt_ctx_t *push_ctx(lua_State *L) {
@@ -355,6 +531,12 @@ int luaopen_retry_core(lua_State *L) {
   luaL_setfuncs(L, core_funcs, 1);
   rt_response_open(L);
   lua_setfield(L, -2, "response_methods");
+  rt_error_push_metatable(L);
+  lua_setfield(L, -2, "error_metatable");
+  lua_pushinteger(L, DEFAULT_MAX_REDIRECTS);
+  lua_setfield(L, -2, "DEFAULT_MAX_REDIRECTS");
+  lua_pushinteger(L, DEFAULT_MAX_BODY_SIZE);
+  lua_setfield(L, -2, "DEFAULT_MAX_BODY_SIZE");
   lua_pushliteral(L, RT_VERSION);
   lua_setfield(L, -2, "version");
   lua_pushstring(L, curl_version());

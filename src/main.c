@@ -16,8 +16,7 @@
 #include <uv.h>
 
 #include "embedded.h"
-
-int luaopen_retry_core(lua_State *L);
+#include "lua_core.h"
 
 static const char usage[] =
     "usage: lretry [options] [script.lua [args...]]\n"

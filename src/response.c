@@ -9,11 +9,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "error.h"
+
 #define RESPONSE_MT "retry.Response"
 #define HEADERS_MT "retry.Headers"
 
-static rt_response_t *check_response(lua_State *L) {
-  return luaL_checkudata(L, 1, RESPONSE_MT);
+/* The response at index 1, or an `invalid` error naming the method, as in
+ * `r.text(42)` for `r:text()`. */
+static rt_response_t *check_response(lua_State *L, const char *method) {
+  rt_response_t *r = luaL_testudata(L, 1, RESPONSE_MT);
+
+  if (r == NULL)
+    rt_error_invalid(L,
+                     "response:%s: expected a Response as self, got %s "
+                     "(call it as r:%s())",
+                     method, luaL_typename(L, 1), method);
+  return r;
 }
 
 static void free_body(rt_response_t *r) {
@@ -23,9 +34,16 @@ static void free_body(rt_response_t *r) {
   r->closed = 1;
 }
 
-/* __gc and __close: idempotent, safe on a half-made response. */
+/* :close() and <close>: free the body, keep status, reason and headers
+ * readable. Idempotent. */
+static int resp_close(lua_State *L) {
+  free_body(check_response(L, "close"));
+  return 0;
+}
+
+/* __gc: everything; safe on a half-made response. */
 static int resp_gc(lua_State *L) {
-  rt_response_t *r = check_response(L);
+  rt_response_t *r = check_response(L, "__gc");
 
   free_body(r);
   free(r->head);
@@ -33,17 +51,12 @@ static int resp_gc(lua_State *L) {
   return 0;
 }
 
-/* close() frees the body but keeps the headers readable. */
-static int resp_close(lua_State *L) {
-  free_body(check_response(L));
-  return 0;
-}
-
 static int resp_text(lua_State *L) {
-  rt_response_t *r = check_response(L);
+  rt_response_t *r = check_response(L, "text");
 
   if (r->closed)
-    return luaL_error(L, "attempt to read the body of a closed response");
+    return rt_error_invalid(L, "the response is closed: its body was freed "
+                               "by close() or <close>");
   lua_pushlstring(L, r->body != NULL ? r->body : "", r->body_len);
   return 1;
 }
@@ -159,7 +172,7 @@ static void parse_head(lua_State *L, rt_response_t *r, int f) {
 }
 
 static int resp_index(lua_State *L) {
-  rt_response_t *r = check_response(L);
+  rt_response_t *r = check_response(L, "__index");
   const char *key;
 
   lua_settop(L, 2);
@@ -188,7 +201,7 @@ static int resp_index(lua_State *L) {
 }
 
 static int resp_newindex(lua_State *L) {
-  check_response(L);
+  check_response(L, "__newindex");
   lua_settop(L, 3);
   lua_getiuservalue(L, 1, 1);
   lua_insert(L, 2);
@@ -197,7 +210,7 @@ static int resp_newindex(lua_State *L) {
 }
 
 static int resp_tostring(lua_State *L) {
-  rt_response_t *r = check_response(L);
+  rt_response_t *r = check_response(L, "__tostring");
 
   lua_getiuservalue(L, 1, 1);
   lua_getfield(L, -1, "method");
@@ -215,6 +228,10 @@ rt_response_t *rt_response_push(lua_State *L) {
   lua_createtable(L, 0, 4);
   lua_setiuservalue(L, -2, 1);
   return r;
+}
+
+int rt_response_is(lua_State *L, int idx) {
+  return luaL_testudata(L, idx, RESPONSE_MT) != NULL;
 }
 
 void rt_response_setfield(lua_State *L, const char *name) {
@@ -238,7 +255,7 @@ void rt_response_open(lua_State *L) {
   luaL_newmetatable(L, RESPONSE_MT);
   lua_pushcfunction(L, resp_gc);
   lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, resp_gc);
+  lua_pushcfunction(L, resp_close);
   lua_setfield(L, -2, "__close");
   lua_pushcfunction(L, resp_newindex);
   lua_setfield(L, -2, "__newindex");

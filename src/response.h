@@ -26,6 +26,9 @@ typedef struct rt_response_s {
  * then it holds nothing, so an error while making it leaks nothing. */
 rt_response_t *rt_response_push(lua_State *L);
 
+/* Whether the value at idx is a Response. */
+int rt_response_is(lua_State *L, int idx);
+
 /* Set a field of the response on top of the stack to the value on top
  * (popped). */
 void rt_response_setfield(lua_State *L, const char *name);

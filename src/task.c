@@ -8,8 +8,11 @@
 
 #include <lauxlib.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "error.h"
 
 #define TASK_MT "retry.TaskHandle"
 
@@ -223,22 +226,27 @@ void *rt_task_take_op(rt_task_t *t) {
 }
 
 rt_task_t *rt_task_from(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, TASK_MT);
+  rt_task_t *t = luaL_testudata(L, idx, TASK_MT);
+
+  if (t == NULL)
+    rt_error_invalid(L, "expected a task handle, got %s",
+                     luaL_typename(L, idx));
+  return t;
 }
 
 rt_task_t *rt_task_check(lua_State *L, rt_sched_t *s, const char *what) {
   rt_task_t *t = s->current;
 
   if (t == NULL || !s->running)
-    luaL_error(L,
-               "%s must be called inside a task: wrap the code in "
-               "retry.run(function() ... end)",
-               what);
+    rt_error_invalid(L,
+                     "%s must be called inside a task: wrap the code in "
+                     "retry.run(function() ... end)",
+                     what);
   if (t->co != L)
-    luaL_error(L,
-               "%s cannot be called from a coroutine made inside a task: "
-               "call it from the task itself or use retry.spawn",
-               what);
+    rt_error_invalid(L,
+                     "%s cannot be called from a coroutine made inside a "
+                     "task: call it from the task itself or use retry.spawn",
+                     what);
   return t;
 }
 
@@ -298,8 +306,21 @@ static void abandon_sleep(void *op) {
   uv_timer_stop(((rt_task_t *)op)->timer);
 }
 
+/* Beyond this a deadline in nanoseconds would pass UINT64_MAX: such a sleep
+ * waits until UINT64_MAX, some 580 years, which is as good as forever and
+ * never early. */
+#define MAX_SLEEP_SECONDS 1.8e10
+
+static uint64_t deadline_after(uint64_t now_ns, double seconds) {
+  if (seconds >= MAX_SLEEP_SECONDS)
+    return UINT64_MAX;
+  return now_ns + (uint64_t)ceil(seconds * 1e9);
+}
+
 static uint64_t ms_until(uint64_t deadline_ns, uint64_t now_ns) {
-  return (deadline_ns - now_ns + 999999) / 1000000;
+  uint64_t left = deadline_ns - now_ns;
+
+  return left / 1000000 + (left % 1000000 != 0);
 }
 
 static void on_sleep_timer(uv_timer_t *timer) {
@@ -338,7 +359,7 @@ int rt_task_sleep(lua_State *L, rt_task_t *t, double seconds) {
    * that ran since it was taken; arming against it would end early. */
   uv_update_time(s->uv);
   now = uv_hrtime();
-  t->deadline_ns = now + (uint64_t)ceil(seconds * 1e9);
+  t->deadline_ns = deadline_after(now, seconds);
   uv_timer_start(t->timer, on_sleep_timer, ms_until(t->deadline_ns, now), 0);
   return rt_task_park(L, t, t, abandon_sleep, sleep_k);
 }
@@ -347,13 +368,12 @@ int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx) {
   err_idx = lua_absindex(L, err_idx);
   if (t->state == RT_TASK_DONE)
     return 0;
+  t->cancelled = 1;
   push_handle(L, t);
   lua_pushvalue(L, err_idx);
   lua_setiuservalue(L, -2, 2);
   lua_pop(L, 1);
-  if (!t->started)
-    return 1; /* the Lua wrapper sees the task was cancelled and ends it */
-  if (t->state == RT_TASK_RUNNING ||
+  if (!t->started || t->state == RT_TASK_RUNNING ||
       (t->state == RT_TASK_READY && !t->via_park)) {
     t->cancel_pending = 1;
     return 1;
@@ -370,7 +390,47 @@ int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx) {
   return 1;
 }
 
+int rt_task_take_cancel(lua_State *L, rt_task_t *t) {
+  if (!t->cancel_pending || t->state == RT_TASK_DONE)
+    return 0;
+  t->cancel_pending = 0;
+  push_handle(L, t);
+  lua_getiuservalue(L, -1, 2);
+  lua_remove(L, -2);
+  return 1;
+}
+
+void rt_sched_abandon_all(rt_sched_t *s) {
+  while (s->live != NULL) {
+    rt_task_t *t = s->live;
+
+    if (t->in_ready) {
+      /* Unlink it from the ready queue: it must never be resumed. */
+      rt_task_t **p = &s->ready_head;
+
+      while (*p != t)
+        p = &(*p)->ready_next;
+      *p = t->ready_next;
+      if (s->ready_tail == t) {
+        rt_task_t *last = s->ready_head;
+
+        while (last != NULL && last->ready_next != NULL)
+          last = last->ready_next;
+        s->ready_tail = last;
+      }
+      s->ready_count--;
+      t->in_ready = 0;
+    }
+    finish(s, t);
+  }
+  if (s->ready_head == NULL)
+    uv_idle_stop(&s->idle);
+}
+
 int rt_sched_run(rt_sched_t *s) {
+  int finished = 1;
+
+  s->in_loop = 1;
   while (s->live_count > 0) {
     int alive;
 
@@ -378,8 +438,11 @@ int rt_sched_run(rt_sched_t *s) {
     if (s->live_count == 0)
       break;
     alive = uv_run(s->uv, UV_RUN_ONCE);
-    if (!alive && s->ready_head == NULL && s->live_count > 0)
-      return 0;
+    if (!alive && s->ready_head == NULL && s->live_count > 0) {
+      finished = 0;
+      break;
+    }
   }
-  return 1;
+  s->in_loop = 0;
+  return finished;
 }

@@ -39,7 +39,10 @@ struct rt_task_s {
   int raise;          /* the next resume raises the value on top */
   int via_park;       /* parked through rt_task_park (has a continuation) */
   int lua_parked;     /* parked by core.park, so core.wake may resume it */
-  int cancel_pending; /* cancelled while running: raise at the next park */
+  int cancel_pending; /* cancelled while running or before starting: the
+                         error is raised at the next park */
+  int cancelled;      /* cancel has been called on it (the one record of
+                         cancellation; Lua asks for it) */
   void *op;           /* what it is parked on; released by abandon */
   rt_task_abandon_fn abandon;
   uv_timer_t *timer; /* owned: lazily made for sleeps; freed on close */
@@ -57,7 +60,8 @@ struct rt_sched_s {
   rt_task_t *live; /* every task not yet done */
   unsigned live_count;
   rt_task_t *current;
-  int running;
+  int running;   /* inside retry.run */
+  int in_loop;   /* rt_sched_run is on the stack */
   int fatal_ref; /* registry ref: an error no task wrapper caught */
 };
 
@@ -77,7 +81,8 @@ rt_task_t *rt_task_check(lua_State *L, rt_sched_t *s, const char *what);
 /* Detach the operation from a woken task (its continuation now owns it). */
 void *rt_task_take_op(rt_task_t *t);
 
-/* The task behind the handle at idx. */
+/* The task behind the handle at idx; raises an `invalid` error when it is
+ * not a task handle. */
 rt_task_t *rt_task_from(lua_State *L, int idx);
 
 /* Park the running task on op and yield; k runs on resume with the task as
@@ -105,8 +110,19 @@ int rt_task_wake_lua(lua_State *L, rt_task_t *t, int n);
 int rt_task_sleep(lua_State *L, rt_task_t *t, double seconds);
 
 /* Cancel: the error value at err_idx is raised in the task at its current
- * (or next) park. Returns 0 when the task has already ended. */
+ * (or next) park, every time this is called while the task lives. Returns
+ * 0 when the task has already ended. */
 int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx);
+
+/* A cancel that has not been raised yet (the task was cancelled before it
+ * started, or while running): push its error and forget it (returns 1), or
+ * return 0. The task's wrapper uses it to end a task that never ran. */
+int rt_task_take_cancel(lua_State *L, rt_task_t *t);
+
+/* End every live task without resuming it: its operation is abandoned and
+ * its anchor dropped. For a run that ends with tasks left (an error escaped
+ * the loop). Runs no Lua. */
+void rt_sched_abandon_all(rt_sched_t *s);
 
 /* Run the loop until every task has ended (returns 1) or the live tasks all
  * wait on each other with nothing to wake them (returns 0). */

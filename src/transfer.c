@@ -1,21 +1,213 @@
 /* transfer.c: one HTTP attempt on a pooled curl easy handle.
  *
  * Owns the easy handles of a loop (in flight and idle), their request header
- * lists and response buffers until a response takes them. No Lua here.
+ * lists and response buffers until a response takes them, and the mapping
+ * from libcurl results to the Lua API's error kinds. No Lua here.
  */
 #include "transfer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define RT_USER_AGENT "lretry/" RT_VERSION
+
+/* ------------------------------------------------------------------ */
+/* Checks made before anything is sent                                 */
+/* ------------------------------------------------------------------ */
+
+/* RFC 9110 tchar: what a method and a header name may be made of. */
+static int is_tchar(unsigned char c) {
+  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+      (c >= '0' && c <= '9'))
+    return 1;
+  return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static int is_token(const char *s, size_t len) {
+  size_t i;
+
+  if (len == 0)
+    return 0;
+  for (i = 0; i < len; i++)
+    if (!is_tchar((unsigned char)s[i]))
+      return 0;
+  return 1;
+}
+
+const char *rt_request_check_method(const char *method, size_t len) {
+  if (!is_token(method, len))
+    return "method must be an HTTP token (letters, digits, !#$%&'*+-.^_`|~; "
+           "no spaces, CR, LF or NUL)";
+  return NULL;
+}
+
+const char *rt_request_check_url(const char *url, size_t len) {
+  size_t i;
+
+  for (i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)url[i];
+    if (c <= ' ' || c == 0x7f)
+      return "url must not hold spaces, control characters or NUL "
+             "(percent-encode them)";
+  }
+  if (!(len > 7 && strncasecmp(url, "http://", 7) == 0) &&
+      !(len > 8 && strncasecmp(url, "https://", 8) == 0))
+    return "url must be an absolute http:// or https:// URL";
+  return NULL;
+}
+
+const char *rt_request_check_header(const char *name, size_t name_len,
+                                    const char *value, size_t value_len) {
+  size_t i;
+
+  if (!is_token(name, name_len))
+    return "header names must be HTTP tokens (no spaces, colons, CR, LF "
+           "or NUL)";
+  for (i = 0; i < value_len; i++) {
+    char c = value[i];
+    if (c == '\r' || c == '\n' || c == '\0')
+      return "header values must not hold CR, LF or NUL";
+  }
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Error kinds                                                         */
+/* ------------------------------------------------------------------ */
+
+/* Every libcurl result an HTTP attempt can end with, and its kind in the
+ * Lua API. A result not listed is "network". README "Wire behaviour" shows
+ * this table; keep the two in step. */
+static const struct kind_row {
+  CURLcode code;
+  const char *kind;
+} kind_rows[] = {
+    /* Schemes are checked before sending, so after it this means the reply
+     * was not HTTP/1.x or 2: HTTP/0.9, an unknown version or status. */
+    {CURLE_UNSUPPORTED_PROTOCOL, "protocol"},
+    {CURLE_URL_MALFORMAT, "invalid"},
+    {CURLE_COULDNT_RESOLVE_PROXY, "dns"},
+    {CURLE_COULDNT_RESOLVE_HOST, "dns"},
+    {CURLE_COULDNT_CONNECT, "connect"},
+    {CURLE_WEIRD_SERVER_REPLY, "protocol"},
+    {CURLE_HTTP2, "protocol"},
+    {CURLE_PARTIAL_FILE, "network"},
+    {CURLE_OUT_OF_MEMORY, "protocol"},      /* see kind_of */
+    {CURLE_OPERATION_TIMEDOUT, "timeout"},  /* see kind_of */
+    {CURLE_ABORTED_BY_CALLBACK, "network"}, /* a refused re-send */
+    {CURLE_TOO_MANY_REDIRECTS, "redirect"},
+    {CURLE_GOT_NOTHING, "network"},
+    {CURLE_SEND_ERROR, "network"},
+    {CURLE_RECV_ERROR, "network"},
+    {CURLE_BAD_CONTENT_ENCODING, "protocol"},
+    {CURLE_FILESIZE_EXCEEDED, "too_large"},
+    {CURLE_HTTP2_STREAM, "network"},
+    {CURLE_HTTP3, "protocol"},
+    {CURLE_SSL_CONNECT_ERROR, "tls"},
+    {CURLE_PEER_FAILED_VERIFICATION, "tls"},
+    {CURLE_SSL_CERTPROBLEM, "tls"},
+    {CURLE_SSL_CIPHER, "tls"},
+    {CURLE_SSL_CACERT_BADFILE, "tls"},
+    {CURLE_SSL_ENGINE_NOTFOUND, "tls"},
+    {CURLE_SSL_ENGINE_SETFAILED, "tls"},
+    {CURLE_SSL_ENGINE_INITFAILED, "tls"},
+    {CURLE_SSL_CRL_BADFILE, "tls"},
+    {CURLE_SSL_ISSUER_ERROR, "tls"},
+    {CURLE_SSL_PINNEDPUBKEYNOTMATCH, "tls"},
+    {CURLE_SSL_INVALIDCERTSTATUS, "tls"},
+    {CURLE_SSL_SHUTDOWN_FAILED, "tls"},
+    {CURLE_SSL_CLIENTCERT, "tls"},
+};
+
+static const char *kind_of(rt_xfer_t *xfer, CURLcode code) {
+  size_t i;
+  const char *kind = "network";
+
+  for (i = 0; i < sizeof(kind_rows) / sizeof(kind_rows[0]); i++) {
+    if (kind_rows[i].code == code) {
+      kind = kind_rows[i].kind;
+      break;
+    }
+  }
+  if (code == CURLE_OPERATION_TIMEDOUT) {
+    curl_off_t sent_us = 0;
+
+    /* curl reports both limits with one code. Before the request went out
+     * (no pretransfer time, which a reused connection also has) it is the
+     * connect limit, unless the whole-attempt limit was the tighter one. */
+    curl_easy_getinfo(xfer->easy, CURLINFO_PRETRANSFER_TIME_T, &sent_us);
+    if (sent_us == 0 && xfer->connect_timeout_ms > 0 &&
+        (xfer->timeout_ms == 0 || xfer->connect_timeout_ms < xfer->timeout_ms))
+      kind = "connect";
+  } else if (code == CURLE_FILESIZE_EXCEEDED) {
+    snprintf(xfer->note, sizeof(xfer->note),
+             "the announced body is larger than max_body_size (%ld bytes)",
+             (long)xfer->max_body_size);
+  } else if (code == CURLE_OUT_OF_MEMORY) {
+    long sent = 0;
+
+    /* libcurl 7.88 says "out of memory" when a reply's header line passes
+     * CURL_MAX_HTTP_HEADER (100 KB): that is a reply we cannot take. Before
+     * anything was sent it is what it says. */
+    curl_easy_getinfo(xfer->easy, CURLINFO_REQUEST_SIZE, &sent);
+    if (sent > 0)
+      snprintf(xfer->note, sizeof(xfer->note),
+               "a header line of the reply is larger than libcurl's %d "
+               "byte limit",
+               CURL_MAX_HTTP_HEADER);
+    else
+      kind = "network";
+  }
+  return kind;
+}
+
+static const char *stop_kind(enum rt_xfer_stop stop) {
+  switch (stop) {
+  case RT_STOP_TOO_LARGE:
+    return "too_large";
+  case RT_STOP_REDIRECTS:
+  case RT_STOP_REDIRECT_SCHEME:
+    return "redirect";
+  case RT_STOP_TIMEOUT:
+    return "timeout";
+  default:
+    return "network";
+  }
+}
+
+/* End the attempt for a reason of this file's; the message goes to `note`
+ * (curl writes its own, e.g. "aborted by callback", to errbuf after). */
+static void stop_with(rt_xfer_t *xfer, enum rt_xfer_stop why, const char *fmt,
+                      long n) {
+  xfer->stop = why;
+  snprintf(xfer->note, sizeof(xfer->note), fmt, n);
+}
+
+/* ------------------------------------------------------------------ */
+/* Callbacks (curl calls them; they never re-enter curl nor run Lua)    */
+/* ------------------------------------------------------------------ */
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
   rt_xfer_t *xfer = userp;
   size_t len = size * nmemb;
 
+  if (xfer->max_body_size >= 0 &&
+      (curl_off_t)(xfer->body.len + len) > xfer->max_body_size) {
+    stop_with(xfer, RT_STOP_TOO_LARGE,
+              "the body is larger than max_body_size "
+              "(%ld bytes)",
+              (long)xfer->max_body_size);
+    return 0;
+  }
   /* A short count makes curl fail the transfer with CURLE_WRITE_ERROR. */
-  return rt_buf_append(&xfer->body, data, len) == 0 ? len : 0;
+  if (rt_buf_append(&xfer->body, data, len) != 0) {
+    stop_with(xfer, RT_STOP_NOMEM, "out of memory storing %ld body bytes",
+              (long)(xfer->body.len + len));
+    return 0;
+  }
+  return len;
 }
 
 static size_t on_header(char *data, size_t size, size_t nmemb, void *userp) {
@@ -26,49 +218,57 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userp) {
    * only the last response's headers are kept. */
   if (len >= 5 && memcmp(data, "HTTP/", 5) == 0)
     xfer->head.len = 0;
-  return rt_buf_append(&xfer->head, data, len) == 0 ? len : 0;
-}
-
-static void on_done(rt_loop_job_t *job, CURLcode result) {
-  rt_xfer_t *xfer = (rt_xfer_t *)job;
-
-  xfer->in_flight = 0;
-  xfer->result = result;
-  xfer->done(xfer, xfer->done_arg);
-}
-
-static rt_xfer_t *xfer_get(rt_loop_t *loop) {
-  rt_xfer_t *xfer = loop->xfer_pool;
-
-  if (xfer != NULL) {
-    loop->xfer_pool = xfer->next_idle;
-    curl_easy_reset(xfer->easy);
-    return xfer;
+  if (rt_buf_append(&xfer->head, data, len) != 0) {
+    stop_with(xfer, RT_STOP_NOMEM, "out of memory storing %ld header bytes",
+              (long)(xfer->head.len + len));
+    return 0;
   }
-  xfer = calloc(1, sizeof(*xfer));
-  if (xfer == NULL)
-    return NULL;
-  xfer->easy = curl_easy_init();
-  if (xfer->easy == NULL) {
-    free(xfer);
-    return NULL;
-  }
-  xfer->loop = loop;
-  xfer->job.done = on_done;
-  return xfer;
+  return len;
 }
 
-static void xfer_put(rt_xfer_t *xfer) {
-  rt_loop_t *loop = xfer->loop;
+/* Called by libcurl right before each request goes out. A second call for
+ * the same URL means libcurl found its kept-alive connection dead before
+ * any byte of the reply came back and wants to send the request again on
+ * another one (up to 5 times, silently). One such re-send of an idempotent
+ * request is harmless and saves an attempt; anything more, or any re-send
+ * of POST, PATCH or another method, is refused so the retry policy decides
+ * in the open. */
+static int on_prereq(void *userp, char *primary_ip, char *local_ip,
+                     int primary_port, int local_port) {
+  rt_xfer_t *xfer = userp;
 
-  curl_slist_free_all(xfer->headers);
-  xfer->headers = NULL;
-  rt_buf_free(&xfer->body);
-  /* The header block is kept: it is rewritten by every transfer and its
-   * buffer would be allocated again at once. */
-  xfer->head.len = 0;
-  xfer->next_idle = loop->xfer_pool;
-  loop->xfer_pool = xfer;
+  (void)primary_ip;
+  (void)local_ip;
+  (void)primary_port;
+  (void)local_port;
+  if (xfer->sends++ == 0)
+    return CURL_PREREQFUNC_OK;
+  if (xfer->idempotent && !xfer->result.resent) {
+    xfer->result.resent = 1;
+    return CURL_PREREQFUNC_OK;
+  }
+  xfer->stop = RT_STOP_RESEND;
+  snprintf(xfer->note, sizeof(xfer->note),
+           "the connection closed before any reply%s",
+           xfer->idempotent ? ", again after one re-send"
+                            : "; the request is not idempotent, so it was "
+                              "not sent again");
+  return CURL_PREREQFUNC_ABORT;
+}
+
+/* ------------------------------------------------------------------ */
+/* Configuration                                                       */
+/* ------------------------------------------------------------------ */
+
+static int is_idempotent(const char *method) {
+  static const char *const safe[] = {"GET", "HEAD",   "OPTIONS",
+                                     "PUT", "DELETE", "TRACE"};
+  size_t i;
+
+  for (i = 0; i < sizeof(safe) / sizeof(safe[0]); i++)
+    if (strcmp(method, safe[i]) == 0)
+      return 1;
+  return 0;
 }
 
 static int set_method(CURL *easy, const rt_request_t *req) {
@@ -117,9 +317,6 @@ static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
   CURL *easy = xfer->easy;
   CURLcode rc = CURLE_OK;
 
-  xfer->errbuf[0] = '\0';
-  xfer->timeout_ms = req->timeout_ms;
-  xfer->connect_timeout_ms = req->connect_timeout_ms;
   rc |= curl_easy_setopt(easy, CURLOPT_PRIVATE, &xfer->job);
   rc |= curl_easy_setopt(easy, CURLOPT_URL, req->url);
   rc |= curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
@@ -128,20 +325,297 @@ static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
   rc |= curl_easy_setopt(easy, CURLOPT_WRITEDATA, xfer);
   rc |= curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, on_header);
   rc |= curl_easy_setopt(easy, CURLOPT_HEADERDATA, xfer);
+  rc |= curl_easy_setopt(easy, CURLOPT_PREREQFUNCTION, on_prereq);
+  rc |= curl_easy_setopt(easy, CURLOPT_PREREQDATA, xfer);
   rc |= curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-  rc |= curl_easy_setopt(easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  rc |= curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 1L);
-  rc |= curl_easy_setopt(easy, CURLOPT_MAXREDIRS, 10L);
+  /* Redirects are followed by follow_redirect, not by curl: curl keeps a
+   * custom method across a 303 and drops the body of a PUT on a 302. */
+  rc |= curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
   rc |= curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
   rc |= curl_easy_setopt(easy, CURLOPT_USERAGENT, RT_USER_AGENT);
   rc |= curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, req->timeout_ms);
   rc |= curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                          req->connect_timeout_ms);
+  /* An announced Content-Length over the limit fails before any body byte
+   * is read; a body of unknown length is counted in on_body. */
+  if (req->max_body_size >= 0)
+    rc |= curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, req->max_body_size);
+  if (req->ca_file != NULL)
+    rc |= curl_easy_setopt(easy, CURLOPT_CAINFO, req->ca_file);
+  if (!req->verify_tls) {
+    rc |= curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 0L);
+    rc |= curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
   if (rc != CURLE_OK)
     return -1;
   if (set_method(easy, req) != 0)
     return -1;
   return set_headers(xfer, req);
+}
+
+/* ------------------------------------------------------------------ */
+/* The pool of easy handles                                            */
+/* ------------------------------------------------------------------ */
+
+static void xfer_free(rt_xfer_t *xfer) {
+  curl_easy_cleanup(xfer->easy);
+  rt_buf_free(&xfer->head);
+  rt_buf_free(&xfer->body);
+  free(xfer);
+}
+
+static void pool_trim(rt_loop_t *loop, unsigned keep) {
+  while (loop->xfer_idle > keep) {
+    rt_xfer_t *xfer = loop->xfer_pool;
+
+    loop->xfer_pool = xfer->next_idle;
+    loop->xfer_idle--;
+    xfer_free(xfer);
+  }
+}
+
+static rt_xfer_t *xfer_get(rt_loop_t *loop) {
+  rt_xfer_t *xfer = loop->xfer_pool;
+
+  if (xfer != NULL) {
+    loop->xfer_pool = xfer->next_idle;
+    loop->xfer_idle--;
+    curl_easy_reset(xfer->easy);
+  } else {
+    xfer = calloc(1, sizeof(*xfer));
+    if (xfer == NULL)
+      return NULL;
+    xfer->easy = curl_easy_init();
+    if (xfer->easy == NULL) {
+      free(xfer);
+      return NULL;
+    }
+    xfer->loop = loop;
+    xfer->job.done = NULL;
+    loop->trim = pool_trim;
+  }
+  memset(&xfer->result, 0, sizeof(xfer->result));
+  xfer->errbuf[0] = '\0';
+  xfer->note[0] = '\0';
+  xfer->stop = RT_STOP_NONE;
+  xfer->sends = 0;
+  return xfer;
+}
+
+static void xfer_put(rt_xfer_t *xfer) {
+  rt_loop_t *loop = xfer->loop;
+
+  curl_slist_free_all(xfer->headers);
+  xfer->headers = NULL;
+  rt_buf_free(&xfer->body);
+  /* A steady load never has more idle handles than connections; after a
+   * burst the loop's tidy timer trims the pool to what the load needs. */
+  if ((long)loop->xfer_idle >= loop->max_connects) {
+    xfer_free(xfer);
+    return;
+  }
+  /* The header block is kept: it is rewritten by every transfer and its
+   * buffer would be allocated again at once. */
+  xfer->head.len = 0;
+  xfer->next_idle = loop->xfer_pool;
+  loop->xfer_pool = xfer;
+  loop->xfer_idle++;
+}
+
+/* ------------------------------------------------------------------ */
+/* Redirects                                                           */
+/* ------------------------------------------------------------------ */
+
+static int is_redirect(long status) {
+  return status == 301 || status == 302 || status == 303 || status == 307 ||
+         status == 308;
+}
+
+static int is_http_url(const char *url) {
+  return rt_request_check_url(url, strlen(url)) == NULL;
+}
+
+/* Scheme, host and port of two URLs are the same. */
+static int same_origin(const char *a, const char *b) {
+  static const CURLUPart parts[] = {CURLUPART_SCHEME, CURLUPART_HOST,
+                                    CURLUPART_PORT};
+  CURLU *ua = curl_url();
+  CURLU *ub = curl_url();
+  int same = 0;
+  size_t i;
+
+  if (ua == NULL || ub == NULL ||
+      curl_url_set(ua, CURLUPART_URL, a, 0) != CURLUE_OK ||
+      curl_url_set(ub, CURLUPART_URL, b, 0) != CURLUE_OK)
+    goto out;
+  for (i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+    char *pa = NULL, *pb = NULL;
+    int equal;
+
+    curl_url_get(ua, parts[i], &pa, CURLU_DEFAULT_PORT);
+    curl_url_get(ub, parts[i], &pb, CURLU_DEFAULT_PORT);
+    equal = pa != NULL && pb != NULL && strcasecmp(pa, pb) == 0;
+    curl_free(pa);
+    curl_free(pb);
+    if (!equal)
+      goto out;
+  }
+  same = 1;
+out:
+  curl_url_cleanup(ua);
+  curl_url_cleanup(ub);
+  return same;
+}
+
+static int header_is(const char *line, const char *name) {
+  size_t n = strlen(name);
+
+  return strncasecmp(line, name, n) == 0 && (line[n] == ':' || line[n] == ';');
+}
+
+/* The request headers minus credentials (for another origin) and minus
+ * what described the body (when it is dropped). */
+static int drop_headers(rt_xfer_t *xfer, int credentials, int body) {
+  struct curl_slist *list = NULL;
+  struct curl_slist *item;
+
+  for (item = xfer->headers; item != NULL; item = item->next) {
+    struct curl_slist *grown;
+    const char *h = item->data;
+
+    if (credentials &&
+        (header_is(h, "Authorization") || header_is(h, "Cookie")))
+      continue;
+    if (body &&
+        (header_is(h, "Content-Type") || header_is(h, "Content-Length")))
+      continue;
+    grown = curl_slist_append(list, h);
+    if (grown == NULL) {
+      curl_slist_free_all(list);
+      return -1;
+    }
+    list = grown;
+  }
+  if (curl_easy_setopt(xfer->easy, CURLOPT_HTTPHEADER, list) != CURLE_OK) {
+    curl_slist_free_all(list);
+    return -1;
+  }
+  curl_slist_free_all(xfer->headers);
+  xfer->headers = list;
+  return 0;
+}
+
+/* Send the next request of a redirect, as aiohttp does: a 303 becomes a GET
+ * without a body (except for HEAD), a 301 or 302 turns a POST into a GET
+ * without a body, anything else keeps its method and body; credentials do
+ * not go to another origin. Returns 1 when the next request is on its way,
+ * 0 when this response ends the attempt (xfer->stop says if it failed). */
+static int follow_redirect(rt_xfer_t *xfer) {
+  CURL *easy = xfer->easy;
+  long status = 0;
+  char *location = NULL;
+  char *current = NULL;
+  char *method = NULL;
+  int to_get;
+  uint64_t spent_ms;
+
+  curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+  if (!is_redirect(status) || xfer->max_redirects == 0)
+    return 0;
+  curl_easy_getinfo(easy, CURLINFO_REDIRECT_URL, &location);
+  if (location == NULL)
+    return 0; /* no Location: the 3xx is the response */
+  if (xfer->result.redirects >= xfer->max_redirects) {
+    stop_with(xfer, RT_STOP_REDIRECTS, "more than %ld redirects",
+              xfer->max_redirects);
+    return 0;
+  }
+  if (!is_http_url(location)) {
+    stop_with(xfer, RT_STOP_REDIRECT_SCHEME,
+              "a %ld redirect to a URL that is not http or https", status);
+    return 0;
+  }
+  spent_ms = (uv_hrtime() - xfer->started_ns) / 1000000;
+  if (xfer->timeout_ms > 0 && spent_ms >= (uint64_t)xfer->timeout_ms) {
+    stop_with(xfer, RT_STOP_TIMEOUT,
+              "the attempt took longer than its timeout (%ld ms) following "
+              "redirects",
+              xfer->timeout_ms);
+    return 0;
+  }
+  curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &current);
+  curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_METHOD, &method);
+  to_get = method != NULL &&
+           ((status == 303 && strcmp(method, "HEAD") != 0) ||
+            ((status == 301 || status == 302) && strcmp(method, "POST") == 0));
+  if (drop_headers(xfer, current == NULL || !same_origin(current, location),
+                   to_get) != 0) {
+    stop_with(xfer, RT_STOP_NOMEM, "out of memory following a %ld redirect",
+              status);
+    return 0;
+  }
+  if (to_get) {
+    curl_easy_setopt(easy, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+    xfer->idempotent = 1;
+  }
+  /* curl copies the URL before the handle is added again, which is when
+   * `location` (curl's own memory) becomes invalid. */
+  curl_easy_setopt(easy, CURLOPT_URL, location);
+  if (xfer->timeout_ms > 0)
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
+                     xfer->timeout_ms - (long)spent_ms);
+  xfer->body.len = 0;
+  xfer->head.len = 0;
+  xfer->sends = 0;
+  xfer->result.redirects++;
+  if (rt_loop_add(xfer->loop, easy) != 0) {
+    stop_with(xfer, RT_STOP_NOMEM,
+              "could not start the request of a %ld redirect", status);
+    return 0;
+  }
+  xfer->in_flight = 1;
+  return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Start, finish, release                                              */
+/* ------------------------------------------------------------------ */
+
+static void finish(rt_xfer_t *xfer, CURLcode code) {
+  rt_xfer_result_t *r = &xfer->result;
+
+  r->code = code;
+  if (xfer->stop != RT_STOP_NONE) {
+    r->kind = stop_kind(xfer->stop);
+    r->message = xfer->note;
+    /* Stops made between requests have no libcurl result of their own:
+     * report the one libcurl gives for the same thing. */
+    if (code == CURLE_OK)
+      r->code = xfer->stop == RT_STOP_REDIRECTS ? CURLE_TOO_MANY_REDIRECTS
+                : xfer->stop == RT_STOP_TIMEOUT ? CURLE_OPERATION_TIMEDOUT
+                : xfer->stop == RT_STOP_REDIRECT_SCHEME
+                    ? CURLE_UNSUPPORTED_PROTOCOL
+                    : CURLE_OUT_OF_MEMORY;
+  } else if (code != CURLE_OK) {
+    r->kind = kind_of(xfer, code);
+    r->message = xfer->note[0] != '\0'     ? xfer->note
+                 : xfer->errbuf[0] != '\0' ? xfer->errbuf
+                                           : curl_easy_strerror(code);
+  }
+  curl_easy_getinfo(xfer->easy, CURLINFO_RESPONSE_CODE, &r->status);
+  curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_URL, &r->url);
+  curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_METHOD, &r->method);
+  xfer->done(xfer, xfer->done_arg);
+}
+
+static void on_done(rt_loop_job_t *job, CURLcode code) {
+  rt_xfer_t *xfer = (rt_xfer_t *)job;
+
+  xfer->in_flight = 0;
+  if (code == CURLE_OK && xfer->stop == RT_STOP_NONE && follow_redirect(xfer))
+    return;
+  finish(xfer, code);
 }
 
 int rt_xfer_start(rt_loop_t *loop, const rt_request_t *req,
@@ -150,12 +624,19 @@ int rt_xfer_start(rt_loop_t *loop, const rt_request_t *req,
 
   if (xfer == NULL)
     return UV_ENOMEM;
+  xfer->job.done = on_done;
+  xfer->timeout_ms = req->timeout_ms;
+  xfer->connect_timeout_ms = req->connect_timeout_ms;
+  xfer->max_redirects = req->max_redirects;
+  xfer->max_body_size = req->max_body_size;
+  xfer->idempotent = is_idempotent(req->method);
   if (configure(xfer, req) != 0) {
     xfer_put(xfer);
     return UV_ENOMEM;
   }
   xfer->done = done;
   xfer->done_arg = arg;
+  xfer->started_ns = uv_hrtime();
   if (rt_loop_add(loop, xfer->easy) != 0) {
     xfer_put(xfer);
     return UV_EINVAL;
@@ -174,69 +655,5 @@ void rt_xfer_release(rt_xfer_t *xfer) {
 }
 
 void rt_xfer_pool_drain(rt_loop_t *loop) {
-  rt_xfer_t *xfer = loop->xfer_pool;
-
-  while (xfer != NULL) {
-    rt_xfer_t *next = xfer->next_idle;
-
-    curl_easy_cleanup(xfer->easy);
-    rt_buf_free(&xfer->head);
-    free(xfer);
-    xfer = next;
-  }
-  loop->xfer_pool = NULL;
-}
-
-static int is_tls_error(CURLcode code) {
-  switch (code) {
-  case CURLE_SSL_CONNECT_ERROR:
-  case CURLE_PEER_FAILED_VERIFICATION:
-  case CURLE_SSL_CERTPROBLEM:
-  case CURLE_SSL_CIPHER:
-  case CURLE_SSL_CACERT_BADFILE:
-  case CURLE_SSL_ENGINE_NOTFOUND:
-  case CURLE_SSL_ENGINE_SETFAILED:
-  case CURLE_SSL_ENGINE_INITFAILED:
-  case CURLE_SSL_CRL_BADFILE:
-  case CURLE_SSL_ISSUER_ERROR:
-  case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-  case CURLE_SSL_INVALIDCERTSTATUS:
-  case CURLE_SSL_SHUTDOWN_FAILED:
-  case CURLE_SSL_CLIENTCERT:
-    return 1;
-  default:
-    return 0;
-  }
-}
-
-const char *rt_xfer_error_kind(const rt_xfer_t *xfer) {
-  curl_off_t sent_us = 0;
-
-  switch (xfer->result) {
-  case CURLE_COULDNT_CONNECT:
-    return "connect";
-  case CURLE_COULDNT_RESOLVE_HOST:
-  case CURLE_COULDNT_RESOLVE_PROXY:
-    return "dns";
-  case CURLE_URL_MALFORMAT:
-  case CURLE_UNSUPPORTED_PROTOCOL:
-    return "invalid";
-  case CURLE_OPERATION_TIMEDOUT:
-    /* curl reports both limits with one code. Before the request went out
-     * (no pretransfer time, which a reused connection also has) it is the
-     * connect limit, unless the whole-attempt limit was the tighter one. */
-    curl_easy_getinfo(xfer->easy, CURLINFO_PRETRANSFER_TIME_T, &sent_us);
-    if (sent_us == 0 && xfer->connect_timeout_ms > 0 &&
-        (xfer->timeout_ms == 0 || xfer->connect_timeout_ms < xfer->timeout_ms))
-      return "connect";
-    return "timeout";
-  default:
-    return is_tls_error(xfer->result) ? "tls" : "network";
-  }
-}
-
-const char *rt_xfer_error_message(const rt_xfer_t *xfer) {
-  if (xfer->errbuf[0] != '\0')
-    return xfer->errbuf;
-  return curl_easy_strerror(xfer->result);
+  pool_trim(loop, 0);
 }

@@ -4,55 +4,32 @@
 local core = require("retry.core")
 local errors = require("retry.errors")
 local http = require("retry.http")
+local slots = require("retry.slots")
 local strategies = require("retry.strategies")
 local task = require("retry.task")
 local values = require("retry.values")
 
 local M = {}
 
-local invalid = errors.invalid
+local invalid, describe = errors.invalid, values.describe
+local check_type = values.check_type
 
 -- Read-only stand-in for absent option tables: no table per request.
 local NO_OPTIONS = setmetatable({}, { __newindex = function()
-  error("retry.client: NO_OPTIONS is read-only", 2)
+  invalid("retry.client: NO_OPTIONS is read-only")
 end })
 
---- Defaults of a client, as aiohttp's ClientTimeout(total=300) and a connect
--- limit so a black-holed host does not hold an attempt for the whole total.
+--- Defaults of a client, as aiohttp's ClientTimeout(total=300) and
+-- TCPConnector(limit=100), and a connect limit so a black-holed host does
+-- not hold an attempt for the whole total.
 M.DEFAULT_TIMEOUT = 300
 M.DEFAULT_CONNECT_TIMEOUT = 30
+M.DEFAULT_LIMIT = 100
 
-local function type_name(v)
-  local mt = getmetatable(v)
-  return type(mt) == "table" and mt.__name or type(v)
-end
-
-local function check_keys(t, allowed, what, level)
-  for k in pairs(t) do
-    if not allowed[k] then
-      invalid(what .. ": unknown option '" .. tostring(k) .. "'", level + 1)
-    end
-  end
-end
-
-local function check_type(v, expected, name, level)
-  if v ~= nil and type(v) ~= expected then
-    invalid(name .. " must be a " .. expected .. ", got " .. type_name(v),
-      level + 1)
-  end
-end
-
-local function check_seconds(v, name, level)
-  if v ~= nil and (type(v) ~= "number" or v ~= v or v <= 0) then
-    invalid(name .. " must be a number of seconds > 0, got " .. tostring(v),
-      level + 1)
-  end
-end
-
-local function check_strategy(v, name, level)
+local function check_strategy(v, name)
   if v ~= nil and not strategies.is_options(v) then
-    invalid(name .. " must be retry options (e.g. retry.ExponentialRetry{}), got "
-      .. type_name(v), level + 1)
+    invalid(name .. " must be retry options (e.g. retry.ExponentialRetry{}), "
+      .. "got " .. describe(v))
   end
 end
 
@@ -64,64 +41,63 @@ end
 
 --- `RequestParams{method=, url=, headers=, trace_request_ctx=, kwargs=}`:
 -- one entry of a `client:requests` list. `kwargs` may hold params, data,
--- json, auth and timeout.
+-- json, auth, timeout, max_redirects and max_body_size.
 local RequestParams = { __name = "retry.RequestParams" }
 RequestParams.__index = RequestParams
 
 local PARAMS_KEYS = { method = true, url = true, headers = true,
   trace_request_ctx = true, kwargs = true }
 local KWARGS_KEYS = { params = true, data = true, json = true, auth = true,
-  timeout = true }
+  timeout = true, max_redirects = true, max_body_size = true }
+local HEADERS_ONLY = { headers = true }
 
-local function request_params(t, level)
+local function request_params(t)
   if type(t) ~= "table" then
-    invalid("RequestParams needs a table, got " .. type_name(t), level + 1)
+    invalid("RequestParams needs a table, got " .. describe(t))
   end
-  check_keys(t, PARAMS_KEYS, "RequestParams", level + 1)
-  if type(t.method) ~= "string" or t.method == "" then
-    invalid("RequestParams: method must be a non-empty string", level + 1)
+  values.check_keys(t, PARAMS_KEYS, "RequestParams")
+  values.check_string(t.method, "RequestParams: method")
+  values.check_string(t.url, "RequestParams: url")
+  if t.headers ~= nil then
+    http.check_options({ headers = t.headers }, HEADERS_ONLY, "RequestParams")
   end
-  if type(t.url) ~= "string" or t.url == "" then
-    invalid("RequestParams: url must be a non-empty string, got "
-      .. type_name(t.url), level + 1)
+  check_type(t.trace_request_ctx, "table", "RequestParams: trace_request_ctx")
+  if t.kwargs ~= nil then
+    http.check_options(t.kwargs, KWARGS_KEYS, "RequestParams: kwargs")
   end
-  check_type(t.headers, "table", "RequestParams: headers", level + 1)
-  check_type(t.trace_request_ctx, "table",
-    "RequestParams: trace_request_ctx", level + 1)
-  check_type(t.kwargs, "table", "RequestParams: kwargs", level + 1)
-  if t.kwargs then check_keys(t.kwargs, KWARGS_KEYS, "RequestParams kwargs", level + 1) end
   return setmetatable({
     method = t.method:upper(), url = t.url, headers = t.headers,
     trace_request_ctx = t.trace_request_ctx, kwargs = t.kwargs,
   }, RequestParams)
 end
 
-function M.RequestParams(t) return request_params(t, 2) end
+function M.RequestParams(t) return request_params(t) end
 
 -- Build the per-attempt list for a url (a string or a list of strings).
-local function params_for_url(method, url, o, level)
+local function params_for_url(method, url, o)
   local urls
   if type(url) == "string" then
-    if url == "" then invalid("url must not be empty", level + 1) end
+    if url == "" then invalid("url must not be empty") end
     urls = { url }
   elseif type(url) == "table" and getmetatable(url) == nil then
     local n = sequence_length(url)
     if not n then
-      invalid("url must be a string or a non-empty list of strings", level + 1)
+      invalid("url must be a string or a non-empty list of strings")
     end
     for i = 1, n do
       if type(url[i]) ~= "string" or url[i] == "" then
         invalid("url[" .. i .. "] must be a non-empty string, got "
-          .. type_name(url[i]), level + 1)
+          .. describe(url[i]))
       end
     end
     urls = url
   else
     invalid("url must be a string or a non-empty list of strings, got "
-      .. type_name(url), level + 1)
+      .. describe(url))
   end
   local kwargs = { params = o.params, data = o.data, json = o.json,
-    auth = o.auth, timeout = o.timeout }
+    auth = o.auth, timeout = o.timeout, max_redirects = o.max_redirects,
+    max_body_size = o.max_body_size }
   local list = {}
   for i, u in ipairs(urls) do
     list[i] = setmetatable({ method = method, url = u, headers = o.headers,
@@ -135,47 +111,80 @@ RetryClient.__index = RetryClient
 
 local CLIENT_KEYS = { retry_options = true, raise_for_status = true,
   logger = true, base_url = true, headers = true, timeout = true,
-  connect_timeout = true, trace_configs = true }
+  connect_timeout = true, trace_configs = true, limit = true,
+  limit_per_host = true, max_redirects = true, max_body_size = true,
+  ca_file = true, verify_tls = true }
 local CALL_KEYS = { retry_options = true, raise_for_status = true,
   headers = true, params = true, data = true, json = true, auth = true,
-  timeout = true, trace_request_ctx = true }
+  timeout = true, trace_request_ctx = true, max_redirects = true,
+  max_body_size = true }
 local REQUESTS_KEYS = { retry_options = true, raise_for_status = true }
 local HOOKS = { on_request_start = true, on_request_end = true,
   on_request_exception = true }
+-- The client options whose shape http.check_options knows.
+local WIRE_KEYS = { headers = true, timeout = true, connect_timeout = true,
+  max_redirects = true, max_body_size = true, ca_file = true,
+  verify_tls = true }
 
---- `retry.RetryClient{...}` (all fields optional): retry_options,
--- raise_for_status, logger, base_url, headers, timeout, connect_timeout,
--- trace_configs.
-function M.RetryClient(o)
-  if o == nil then o = {} end
-  if type(o) ~= "table" then
-    invalid("RetryClient needs a table of options, got " .. type_name(o), 2)
+local function check_trace_configs(list)
+  check_type(list, "table", "RetryClient: trace_configs")
+  if list == nil then return end
+  if not values.list_length(list) then
+    invalid("RetryClient: trace_configs must be a list of tables")
   end
-  check_keys(o, CLIENT_KEYS, "RetryClient", 2)
-  check_strategy(o.retry_options, "RetryClient: retry_options", 2)
-  check_type(o.raise_for_status, "boolean", "RetryClient: raise_for_status", 2)
-  check_type(o.base_url, "string", "RetryClient: base_url", 2)
-  check_type(o.headers, "table", "RetryClient: headers", 2)
-  check_seconds(o.timeout, "RetryClient: timeout", 2)
-  check_seconds(o.connect_timeout, "RetryClient: connect_timeout", 2)
-  if o.logger ~= nil and (type(o.logger) ~= "table"
-      or type(o.logger.debug) ~= "function") then
-    invalid("RetryClient: logger must be an object with :debug, :warning "
-      .. "and :exception methods", 2)
-  end
-  check_type(o.trace_configs, "table", "RetryClient: trace_configs", 2)
-  for i, tc in ipairs(o.trace_configs or {}) do
+  for i, tc in ipairs(list) do
     if type(tc) ~= "table" then
-      invalid("RetryClient: trace_configs[" .. i .. "] must be a table", 2)
+      invalid("RetryClient: trace_configs[" .. i .. "] must be a table, got "
+        .. describe(tc))
     end
     for k, v in pairs(tc) do
-      if not HOOKS[k] or type(v) ~= "function" then
+      if not HOOKS[k] or not values.is_callable(v) then
         invalid("RetryClient: trace_configs[" .. i .. "]." .. tostring(k)
           .. " is not a hook (on_request_start, on_request_end, "
-          .. "on_request_exception) function", 2)
+          .. "on_request_exception) function")
       end
     end
   end
+end
+
+--- `retry.RetryClient{...}` (all fields optional): retry_options,
+-- raise_for_status, logger, base_url, headers, timeout, connect_timeout,
+-- trace_configs, limit, limit_per_host, max_redirects, max_body_size,
+-- ca_file, verify_tls.
+function M.RetryClient(o)
+  if o == nil then o = {} end
+  if type(o) ~= "table" then
+    invalid("RetryClient needs a table of options, got " .. describe(o))
+  end
+  values.check_keys(o, CLIENT_KEYS, "RetryClient")
+  local wire = {}
+  for k in pairs(WIRE_KEYS) do wire[k] = o[k] end
+  http.check_options(wire, WIRE_KEYS, "RetryClient")
+  check_strategy(o.retry_options, "RetryClient: retry_options")
+  check_type(o.raise_for_status, "boolean", "RetryClient: raise_for_status")
+  check_type(o.base_url, "string", "RetryClient: base_url")
+  if o.base_url ~= nil then
+    local bad = core.check({ method = "GET", url = o.base_url })
+    if bad then invalid("RetryClient: base_url: " .. bad) end
+  end
+  values.check_integer(o.limit, "RetryClient: limit", 0)
+  values.check_integer(o.limit_per_host, "RetryClient: limit_per_host", 0)
+  if o.ca_file ~= nil then
+    local f = io.open(o.ca_file, "rb")
+    if not f then
+      invalid("RetryClient: ca_file " .. describe(o.ca_file)
+        .. " cannot be read")
+    end
+    f:close()
+  end
+  if o.logger ~= nil and (type(o.logger) ~= "table"
+      or not values.is_callable(o.logger.debug)) then
+    invalid("RetryClient: logger must be an object with :debug, :warning "
+      .. "and :exception methods")
+  end
+  check_trace_configs(o.trace_configs)
+  local limit = math.tointeger(o.limit or M.DEFAULT_LIMIT)
+  local per_host = math.tointeger(o.limit_per_host or 0)
   return setmetatable({
     retry_options = o.retry_options or strategies.ExponentialRetry(),
     raise_for_status = o.raise_for_status or false,
@@ -185,19 +194,26 @@ function M.RetryClient(o)
     timeout = o.timeout or M.DEFAULT_TIMEOUT,
     connect_timeout = o.connect_timeout or M.DEFAULT_CONNECT_TIMEOUT,
     trace_configs = o.trace_configs or {},
+    limit = limit,
+    limit_per_host = per_host,
+    max_redirects = o.max_redirects,
+    max_body_size = o.max_body_size,
+    ca_file = o.ca_file,
+    verify_tls = o.verify_tls,
     closed = false,
     active = {}, -- tasks with a request of this client in progress
+    slots = limit > 0 and slots.new(limit) or nil,
+    host_slots = {}, -- origin -> Slots, while any are held or awaited
   }, RetryClient)
 end
 
 local function join_url(base, url)
-  if url:find("^%a[%w+.-]*://") or base == nil then return url end
+  if base == nil or url:find("^%a[%w+.-]*://") then return url end
   return (base:gsub("/+$", "")) .. (url:sub(1, 1) == "/" and url or "/" .. url)
 end
 
 -- Per-call headers override the client's, names compared case-insensitively.
--- Without per-call headers the client's table is used as is (http.build
--- copies it).
+-- Without per-call headers the client's table is used as is.
 local function merge_headers(base, extra)
   if extra == nil then return base end
   local out = {}
@@ -214,6 +230,26 @@ local function merge_headers(base, extra)
   return out
 end
 
+-- The core's request table for one entry of the attempt list.
+local function spec_for(client, p)
+  local kw = p.kwargs or NO_OPTIONS
+  local headers = merge_headers(client.headers, p.headers)
+  if kw.auth ~= nil and http.has_header(headers, "authorization") then
+    invalid("auth and an Authorization header cannot both be given")
+  end
+  local max_redirects = kw.max_redirects
+  if max_redirects == nil then max_redirects = client.max_redirects end
+  local max_body_size = kw.max_body_size
+  if max_body_size == nil then max_body_size = client.max_body_size end
+  return http.make_spec(p.method, join_url(client.base_url, p.url), {
+    headers = headers, params = kw.params, data = kw.data, json = kw.json,
+    auth = kw.auth, timeout = kw.timeout or client.timeout,
+    connect_timeout = client.connect_timeout, max_redirects = max_redirects,
+    max_body_size = max_body_size, ca_file = client.ca_file,
+    verify_tls = client.verify_tls,
+  })
+end
+
 local function call_hooks(client, hook, ctx, params)
   for _, tc in ipairs(client.trace_configs) do
     local f = tc[hook]
@@ -227,11 +263,21 @@ local function log(client, level, format, ...)
   if logger and logger[level] then logger[level](logger, format:format(...)) end
 end
 
+-- The attempts limit, read live: a change made during a request counts.
+local function attempts_of(options)
+  local attempts = options.attempts
+  if math.type(attempts) ~= "integer" or attempts < 1 then
+    invalid("retry_options: field 'attempts' must be an integer >= 1, got "
+      .. describe(attempts))
+  end
+  return attempts
+end
+
 local function wait_before_retry(options, n, response)
   local wait = options:get_timeout(n, response)
   if type(wait) ~= "number" or wait ~= wait or wait < 0 then
-    error("get_timeout(" .. n .. ") returned " .. tostring(wait)
-      .. ": a number of seconds >= 0 is needed", 0)
+    invalid("retry_options: get_timeout(" .. n .. ") returned "
+      .. describe(wait) .. ": a number of seconds >= 0 is needed")
   end
   return wait
 end
@@ -239,7 +285,7 @@ end
 -- The retry decision for a response (contract section 3), in its order.
 -- Returns true to retry.
 local function should_retry(options, n, method, response)
-  if n >= options.attempts then return false end
+  if n >= attempts_of(options) then return false end
   if not strategies.retries_method(options, method) then return false end
   if strategies.retries_status(options, response.status) then return true end
   local callback = options.evaluate_response_callback
@@ -254,17 +300,50 @@ local function status_error(response, n)
   })
 end
 
--- One attempt: build, trace, send. Returns response or nil, err, plus the
--- attempt's record.
-local function attempt(client, p, n)
-  local kw = p.kwargs or NO_OPTIONS
-  local url = join_url(client.base_url, p.url)
-  local headers = merge_headers(client.headers, p.headers)
-  local spec = http.build(p.method, url, {
-    headers = headers, params = kw.params, data = kw.data, json = kw.json,
-    auth = kw.auth, timeout = kw.timeout or client.timeout,
-    connect_timeout = client.connect_timeout,
-  })
+-- The origin of an http(s) URL, for limit_per_host.
+local function origin(url)
+  local scheme, authority = url:match("^(%a[%w+.-]*)://([^/?#]*)")
+  if not scheme then return url end
+  return (scheme .. "://" .. authority:gsub("^.*@", "")):lower()
+end
+
+-- Wait for a connection slot (per host, then for the client). Returns the
+-- host's Slots or nil, and the seconds spent waiting.
+local function take_slots(client, spec)
+  local host, queued = nil, 0
+  if client.limit_per_host > 0 then
+    local key = origin(spec.url)
+    host = client.host_slots[key]
+    if host == nil then
+      host = slots.new(client.limit_per_host)
+      host.key = key
+      client.host_slots[key] = host
+    end
+    queued = host:acquire()
+  end
+  if client.slots then
+    local ok, waited = pcall(client.slots.acquire, client.slots)
+    if not ok then
+      if host then host:release() end
+      error(waited, 0)
+    end
+    queued = queued + waited
+  end
+  return host, queued
+end
+
+local function give_slots(client, host)
+  if client.slots then client.slots:release() end
+  if host then
+    host:release()
+    if host:idle() then client.host_slots[host.key] = nil end
+  end
+end
+
+-- One attempt: trace, wait for a slot, send. Returns response or nil, err,
+-- plus the attempt's record. Waiting for a slot counts toward neither the
+-- attempt's timeout nor its elapsed.
+local function attempt(client, p, spec, n)
   -- Hook arguments are built only for a client that has hooks: a load
   -- check pays nothing for tracing it does not use.
   local traced = #client.trace_configs > 0
@@ -277,11 +356,19 @@ local function attempt(client, p, n)
     params = { method = spec.method, url = spec.url, headers = spec.headers }
     call_hooks(client, "on_request_start", ctx, params)
   end
+  local limited = client.slots ~= nil or client.limit_per_host > 0
+  local host, queued
+  if limited then host, queued = take_slots(client, spec) end
   local t0 = core.now()
-  local response, err = http.send(spec)
-  local record = { attempt = n, elapsed = core.now() - t0 }
+  local ok, response, err = pcall(http.send, spec)
+  local elapsed = core.now() - t0
+  if limited then give_slots(client, host) end
+  if not ok then error(response, 0) end
+  local record = { attempt = n, elapsed = elapsed }
+  if limited and queued > 0 then record.queued = queued end
   if response then
     record.status = response.status
+    record.resent = response.resent
     if traced then
       params.response = response
       call_hooks(client, "on_request_end", ctx, params)
@@ -289,6 +376,7 @@ local function attempt(client, p, n)
   else
     err.attempt = n
     record.error = err
+    record.resent = err.resent
     if traced then
       params.exception = err
       call_hooks(client, "on_request_exception", ctx, params)
@@ -304,10 +392,26 @@ local function finish(response, n, history, started)
   return response
 end
 
+-- The request table of every entry of the list, checked before the first
+-- attempt goes out (the first entry is checked by its own attempt).
+local function specs_for(client, list)
+  local specs = {}
+  for i = 1, #list do
+    specs[i] = spec_for(client, list[i])
+    if i > 1 then
+      local bad = core.check(specs[i])
+      if bad then invalid("attempt " .. i .. ": " .. bad) end
+    end
+  end
+  return specs
+end
+
 -- The retry loop over a list of RequestParams (entry n for attempt n, the
 -- last one after the list runs out). Fields of `options` are read at every
 -- step, so changes to a shared strategy take effect on the next request.
 local function execute(client, list, options, raise_for_status)
+  strategies.check_live(options, "retry_options")
+  local specs = specs_for(client, list)
   local history = {}
   local started = core.now()
   local n = 0
@@ -315,7 +419,8 @@ local function execute(client, list, options, raise_for_status)
     n = n + 1
     local p = list[n] or list[#list]
     log(client, "debug", "Attempt %d out of %d", n, options.attempts)
-    local response, err, record = attempt(client, p, n)
+    local response, err, record = attempt(client, p, specs[n] or specs[#specs],
+      n)
     history[n] = record
     if response then
       local ok, retry_it = pcall(should_retry, options, n, p.method, response)
@@ -328,7 +433,7 @@ local function execute(client, list, options, raise_for_status)
         -- `exceptions = {"status"}` retries it.
         err = status_error(response, n)
         err.history = history
-        if n >= options.attempts
+        if n >= attempts_of(options)
             or not strategies.retries_error_kind(options, "status") then
           finish(response, n, history, started)
           error(err, 0)
@@ -342,7 +447,8 @@ local function execute(client, list, options, raise_for_status)
       response:close()
     else
       err.history = history
-      if n >= options.attempts
+      -- Bad arguments stay bad: an `invalid` error is never retried.
+      if err.kind == "invalid" or n >= attempts_of(options)
           or not strategies.retries_error_kind(options, err.kind) then
         error(err, 0)
       end
@@ -356,7 +462,7 @@ end
 
 local function run_request(client, list, options, raise_for_status)
   if client.closed then
-    invalid("the RetryClient is closed", 3)
+    invalid("the RetryClient is closed")
   end
   local me = task.current()
   if me then client.active[me] = (client.active[me] or 0) + 1 end
@@ -370,7 +476,7 @@ local function run_request(client, list, options, raise_for_status)
 end
 
 -- Per-call opts: a strategy object, or a table of options.
-local function call_options(client, opts, allowed, level)
+local function call_options(client, opts, allowed)
   if opts == nil then
     return NO_OPTIONS, client.retry_options, client.raise_for_status
   end
@@ -379,29 +485,30 @@ local function call_options(client, opts, allowed, level)
   end
   if type(opts) ~= "table" then
     invalid("request options must be a table or retry options, got "
-      .. type_name(opts), level + 1)
+      .. describe(opts))
   end
-  check_keys(opts, allowed, "request options", level + 1)
-  check_strategy(opts.retry_options, "retry_options", level + 1)
-  check_type(opts.raise_for_status, "boolean", "raise_for_status", level + 1)
-  check_type(opts.headers, "table", "headers", level + 1)
-  check_type(opts.trace_request_ctx, "table", "trace_request_ctx", level + 1)
-  check_seconds(opts.timeout, "timeout", level + 1)
+  http.check_options(opts, allowed, "request options")
+  check_strategy(opts.retry_options, "retry_options")
+  check_type(opts.raise_for_status, "boolean", "raise_for_status")
+  check_type(opts.trace_request_ctx, "table", "trace_request_ctx")
   local raise = opts.raise_for_status
   if raise == nil then raise = client.raise_for_status end
   return opts, opts.retry_options or client.retry_options, raise
 end
 
+local function check_client(self, method)
+  if getmetatable(self) ~= RetryClient then
+    invalid("client:" .. method .. ": expected a RetryClient as self, got "
+      .. describe(self) .. " (call it as client:" .. method .. "(...))")
+  end
+end
+
 --- `client:request(method, url, opts)`: the Response once retrying is over.
 function RetryClient:request(method, url, opts)
-  if getmetatable(self) ~= RetryClient then
-    invalid("use client:request(...), not client.request(...)", 2)
-  end
-  if type(method) ~= "string" or method == "" then
-    invalid("method must be a non-empty string, got " .. type_name(method), 2)
-  end
-  local o, options, raise = call_options(self, opts, CALL_KEYS, 2)
-  local list = params_for_url(method:upper(), url, o, 2)
+  check_client(self, "request")
+  values.check_string(method, "method")
+  local o, options, raise = call_options(self, opts, CALL_KEYS)
+  local list = params_for_url(method:upper(), url, o)
   return run_request(self, list, options, raise)
 end
 
@@ -409,31 +516,32 @@ for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head",
   "options" }) do
   local method = m:upper()
   RetryClient[m] = function(self, url, opts)
-    if getmetatable(self) ~= RetryClient then
-      invalid("use client:" .. m .. "(...), not client." .. m .. "(...)", 2)
-    end
-    local o, options, raise = call_options(self, opts, CALL_KEYS, 2)
-    local list = params_for_url(method, url, o, 2)
+    check_client(self, m)
+    local o, options, raise = call_options(self, opts, CALL_KEYS)
+    local list = params_for_url(method, url, o)
     return run_request(self, list, options, raise)
   end
 end
 
 --- `client:requests(params_list, opts)`: attempt n uses params_list[n].
 function RetryClient:requests(params_list, opts)
+  check_client(self, "requests")
   if type(params_list) ~= "table" or not sequence_length(params_list) then
-    invalid("params_list must be a non-empty list of RequestParams", 2)
+    invalid("params_list must be a non-empty list of RequestParams, got "
+      .. describe(params_list))
   end
   local list = {}
   for i, p in ipairs(params_list) do
-    list[i] = getmetatable(p) == RequestParams and p or request_params(p, 2)
+    list[i] = getmetatable(p) == RequestParams and p or request_params(p)
   end
-  local _, options, raise = call_options(self, opts, REQUESTS_KEYS, 2)
+  local _, options, raise = call_options(self, opts, REQUESTS_KEYS)
   return run_request(self, list, options, raise)
 end
 
 --- Close the client: requests in progress in other tasks are cancelled and
 -- new ones raise. Idempotent; `<close>` calls it.
 function RetryClient:close()
+  check_client(self, "close")
   if self.closed then return end
   self.closed = true
   local me = task.current()

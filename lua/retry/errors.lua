@@ -1,16 +1,20 @@
 --- Error objects raised by the retry module (contract section 5).
 -- Every error is a table with `kind` and `message`, plus `method`, `url`,
 -- `attempt`, and `status`/`response` for status errors or `curl_code` where
--- libcurl reported one. `tostring(err)` gives a one-line description.
+-- libcurl reported one. `tostring(err)` gives a one-line description. The C
+-- core raises the same objects: the metatable is shared with it.
+local core = require("retry.core")
+
 local M = {}
 
-local Error = { __name = "retry.Error" }
+local Error = core.error_metatable
 Error.__index = Error
 
 --- The kinds an error can have.
 M.KINDS = {
   connect = true, dns = true, timeout = true, network = true, tls = true,
-  status = true, cancelled = true, invalid = true,
+  status = true, cancelled = true, protocol = true, redirect = true,
+  too_large = true, invalid = true,
 }
 
 --- Transport kinds: the default `exceptions` of a strategy, and what the
@@ -19,17 +23,36 @@ M.TRANSPORT = { "connect", "dns", "timeout", "network" }
 
 function Error:__tostring()
   local where = ""
-  if self.method and self.url then
-    where = " (" .. self.method .. " " .. self.url
-    if self.attempt then where = where .. ", attempt " .. self.attempt end
+  local method, url = rawget(self, "method"), rawget(self, "url")
+  if method and url then
+    where = " (" .. tostring(method) .. " " .. tostring(url)
+    local attempt = rawget(self, "attempt")
+    if attempt then where = where .. ", attempt " .. tostring(attempt) end
     where = where .. ")"
   end
-  return "retry." .. self.kind .. " error: " .. tostring(self.message) .. where
+  return "retry." .. tostring(rawget(self, "kind")) .. " error: "
+    .. tostring(rawget(self, "message")) .. where
+end
+
+--- Raise an `invalid` error for a bad argument, found before sending.
+-- The error is a table, so Lua adds no file:line to it; `level` is kept
+-- for symmetry with `error`.
+function M.invalid(message)
+  error(setmetatable({ kind = "invalid", message = message }, Error), 0)
 end
 
 --- Make an error of `kind` with `message`; `fields` (optional) are copied in.
 function M.new(kind, message, fields)
-  assert(M.KINDS[kind], "unknown error kind")
+  if not M.KINDS[kind] then
+    M.invalid("retry.errors.new: unknown error kind " .. tostring(kind))
+  end
+  if type(message) ~= "string" then
+    M.invalid("retry.errors.new: message must be a string, got "
+      .. type(message))
+  end
+  if fields ~= nil and type(fields) ~= "table" then
+    M.invalid("retry.errors.new: fields must be a table, got " .. type(fields))
+  end
   local e = setmetatable({ kind = kind, message = message }, Error)
   if fields then
     for k, v in pairs(fields) do e[k] = v end
@@ -40,12 +63,10 @@ end
 --- Whether `e` is an error of this module (of `kind`, when given).
 function M.is_error(e, kind)
   if getmetatable(e) ~= Error then return false end
+  if kind ~= nil and type(kind) ~= "string" then
+    M.invalid("retry.is_error: kind must be a string, got " .. type(kind))
+  end
   return kind == nil or e.kind == kind
-end
-
---- Raise an `invalid` error for a bad argument, found before sending.
-function M.invalid(message, level)
-  error(M.new("invalid", message), (level or 1) + 1)
 end
 
 return M

@@ -1,9 +1,15 @@
 --- One HTTP attempt: turns Lua request options into what the C core sends,
--- and the core's outcome into a Response or an error object.
+-- and the core's outcome into a Response or an error object. The core makes
+-- the checks on what goes on the wire (method token, URL and header bytes);
+-- this file checks the shape of the options.
 local core = require("retry.core")
 local errors = require("retry.errors")
+local values = require("retry.values")
 
 local M = {}
+
+local invalid, describe = errors.invalid, values.describe
+local check_seconds, check_integer = values.check_seconds, values.check_integer
 
 local cjson -- loaded on first use: scripts that never touch JSON skip it
 
@@ -15,6 +21,11 @@ end
 M.METHODS = { "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS",
   "TRACE", "CONNECT" }
 
+--- The options of one request (`retry.request`'s third argument).
+M.OPTIONS = { headers = true, params = true, data = true, json = true,
+  auth = true, timeout = true, connect_timeout = true, max_redirects = true,
+  max_body_size = true, ca_file = true, verify_tls = true }
+
 local function percent_encode(s)
   return (s:gsub("[^%w%-%._~]", function(c)
     return string.format("%%%02X", c:byte())
@@ -25,14 +36,14 @@ local function scalar(v, what)
   local t = type(v)
   if t == "string" then return v end
   if t == "number" or t == "boolean" then return tostring(v) end
-  errors.invalid(what .. " must be a string, number or boolean, got " .. t, 4)
+  invalid(what .. " must be a string, number or boolean, got " .. describe(v))
 end
 
 --- Encode a params table: `{a = 1, b = {"x", "y"}}` (keys sorted, list
 -- values repeated) or a list of pairs `{{"a", 1}, {"a", 2}}`.
 function M.encode_query(params)
   if type(params) ~= "table" then
-    errors.invalid("params must be a table, got " .. type(params), 3)
+    invalid("params must be a table, got " .. describe(params))
   end
   local parts = {}
   local function add(k, v)
@@ -42,14 +53,18 @@ function M.encode_query(params)
   if #params > 0 then
     for _, pair in ipairs(params) do
       if type(pair) ~= "table" then
-        errors.invalid("params as a list must hold {name, value} pairs", 3)
+        invalid("params as a list must hold {name, value} pairs, got "
+          .. describe(pair))
       end
       add(pair[1], pair[2])
     end
     return table.concat(parts, "&")
   end
   local keys = {}
-  for k in pairs(params) do keys[#keys + 1] = k end
+  for k in pairs(params) do
+    scalar(k, "params key")
+    keys[#keys + 1] = k
+  end
   table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
   for _, k in ipairs(keys) do
     local v = params[k]
@@ -78,7 +93,8 @@ local function base64(s)
 end
 M.base64 = base64
 
-local function has_header(headers, name)
+--- Whether the headers table has `name` (compared case-insensitively).
+function M.has_header(headers, name)
   name = name:lower()
   for k in pairs(headers) do
     if type(k) == "string" and k:lower() == name then return true end
@@ -86,30 +102,63 @@ local function has_header(headers, name)
   return false
 end
 
-local function check_seconds(v, name)
-  if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0) then
-    errors.invalid(name .. " must be a number of seconds >= 0, got "
-      .. tostring(v), 4)
+--- Check the shape of request options (keys, types, ranges); raises an
+-- `invalid` error naming the option. `what` prefixes the messages.
+function M.check_options(opts, allowed, what)
+  if type(opts) ~= "table" then
+    invalid(what .. " must be a table, got " .. describe(opts))
   end
-end
-
---- Build the core's request table from method, url and options:
--- headers, params, data, json, auth, timeout, connect_timeout.
-function M.build(method, url, opts)
-  if type(method) ~= "string" or method == "" then
-    errors.invalid("method must be a non-empty string, got "
-      .. tostring(method), 3)
-  end
-  if type(url) ~= "string" or url == "" then
-    errors.invalid("url must be a non-empty string, got " .. tostring(url), 3)
-  end
-  opts = opts or {}
-  local headers = {}
+  values.check_keys(opts, allowed, what)
   if opts.headers ~= nil then
     if type(opts.headers) ~= "table" then
-      errors.invalid("headers must be a table, got " .. type(opts.headers), 3)
+      invalid("headers must be a table, got " .. describe(opts.headers))
     end
-    for k, v in pairs(opts.headers) do headers[k] = v end
+    for k, v in pairs(opts.headers) do
+      if type(k) ~= "string" then
+        invalid("headers: names must be strings, got " .. describe(k))
+      end
+      if type(v) ~= "string" and type(v) ~= "number" then
+        invalid("headers: the value of " .. describe(k)
+          .. " must be a string or number, got " .. describe(v))
+      end
+    end
+  end
+  if opts.data ~= nil and type(opts.data) ~= "string" then
+    invalid("data must be a string, got " .. describe(opts.data))
+  end
+  if opts.data ~= nil and opts.json ~= nil then
+    invalid("data and json cannot both be given")
+  end
+  local auth = opts.auth
+  if auth ~= nil and (type(auth) ~= "table" or type(auth[1]) ~= "string"
+      or type(auth[2]) ~= "string") then
+    invalid("auth must be {user, password} (two strings), got "
+      .. describe(auth))
+  end
+  if auth ~= nil and opts.headers ~= nil
+      and M.has_header(opts.headers, "authorization") then
+    invalid("auth and an Authorization header cannot both be given")
+  end
+  check_seconds(opts.timeout, "timeout", true)
+  check_seconds(opts.connect_timeout, "connect_timeout", true)
+  check_integer(opts.max_redirects, "max_redirects", 0, true)
+  check_integer(opts.max_body_size, "max_body_size", 0, true)
+  values.check_type(opts.ca_file, "string", "ca_file")
+  values.check_type(opts.verify_tls, "boolean", "verify_tls")
+end
+
+--- The core's request table from method, url and checked options. The
+-- headers table is copied only when something must be added to it.
+function M.make_spec(method, url, opts)
+  local headers = opts.headers
+  local added
+  local function add(name, value)
+    if not added then
+      added = {}
+      if headers then for k, v in pairs(headers) do added[k] = v end end
+      headers = added
+    end
+    headers[name] = value
   end
   if opts.params ~= nil then
     local query = M.encode_query(opts.params)
@@ -119,61 +168,78 @@ function M.build(method, url, opts)
   end
   local body
   if opts.json ~= nil then
-    if opts.data ~= nil then
-      errors.invalid("data and json cannot both be given", 3)
-    end
-    body = json().encode(opts.json)
-    if not has_header(headers, "content-type") then
-      headers["Content-Type"] = "application/json"
+    local ok, encoded = pcall(json().encode, opts.json)
+    if not ok then invalid("json cannot be encoded: " .. tostring(encoded)) end
+    body = encoded
+    if not (headers and M.has_header(headers, "content-type")) then
+      add("Content-Type", "application/json")
     end
   elseif opts.data ~= nil then
-    if type(opts.data) ~= "string" then
-      errors.invalid("data must be a string, got " .. type(opts.data), 3)
-    end
     body = opts.data
-    if not has_header(headers, "content-type") then
-      headers["Content-Type"] = "application/octet-stream"
+    if not (headers and M.has_header(headers, "content-type")) then
+      add("Content-Type", "application/octet-stream")
     end
   end
   if opts.auth ~= nil then
-    local auth = opts.auth
-    if type(auth) ~= "table" or type(auth[1]) ~= "string"
-        or type(auth[2]) ~= "string" then
-      errors.invalid("auth must be {user, password} (two strings)", 3)
+    if url:find("^%a[%w+.-]*://[^/?#]*@") then
+      invalid("auth cannot be given with credentials in the url")
     end
-    headers["Authorization"] = "Basic " .. base64(auth[1] .. ":" .. auth[2])
+    add("Authorization", "Basic " .. base64(opts.auth[1] .. ":" .. opts.auth[2]))
   end
-  check_seconds(opts.timeout, "timeout")
-  check_seconds(opts.connect_timeout, "connect_timeout")
   return {
-    method = method:upper(), url = url, headers = headers, body = body,
+    method = method, url = url, headers = headers, body = body,
     timeout = opts.timeout, connect_timeout = opts.connect_timeout,
+    max_redirects = opts.max_redirects, max_body_size = opts.max_body_size,
+    ca_file = opts.ca_file, verify_tls = opts.verify_tls,
   }
 end
 
+local NO_OPTIONS = {}
+
+--- Check and build the core's request table for `retry.request`.
+function M.build(method, url, opts)
+  values.check_string(method, "method")
+  values.check_string(url, "url")
+  if opts == nil then opts = NO_OPTIONS end
+  M.check_options(opts, M.OPTIONS, "request options")
+  return M.make_spec(method:upper(), url, opts)
+end
+
 --- Send one attempt; returns the Response, or nil and an error object.
+-- Either has `resent = true` when libcurl sent the request a second time
+-- because a kept-alive connection died before any byte of the reply.
 function M.send(spec)
-  local resp, kind, message, curl_code = core.request(spec)
+  local resp, kind, message, curl_code, resent = core.request(spec)
   if resp then return resp end
   return nil, errors.new(kind, message, {
     method = spec.method, url = spec.url, curl_code = curl_code,
+    resent = resent or nil,
   })
 end
 
 -- Response methods written in Lua, beside text/read/close from C.
 local methods = core.response_methods
 
---- Decode the body as JSON; raises when it is not valid JSON.
+local function check_response(self, method)
+  if not core.is_response(self) then
+    invalid("response:" .. method .. ": expected a Response as self, got "
+      .. describe(self) .. " (call it as r:" .. method .. "())")
+  end
+end
+
+--- Decode the body as JSON; raises an `invalid` error when it is not JSON.
 function methods:json()
+  check_response(self, "json")
   local ok, value = pcall(json().decode, self:text())
   if not ok then
-    error("response body is not valid JSON: " .. tostring(value), 2)
+    invalid("response body is not valid JSON: " .. tostring(value))
   end
   return value
 end
 
 --- Raise a `status` error when status >= 400.
 function methods:raise_for_status()
+  check_response(self, "raise_for_status")
   if self.status >= 400 then
     error(errors.new("status", self.status .. " " .. (self.reason or ""), {
       status = self.status, response = self, method = self.method,

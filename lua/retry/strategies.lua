@@ -25,6 +25,14 @@ local DEFAULT_METHODS = {
 -- The transport kinds: the `exceptions` default, and what "transport" means.
 local TRANSPORT = errors.TRANSPORT
 
+-- Every error kind, sorted, for messages.
+local KIND_LIST = (function()
+  local kinds = {}
+  for k in pairs(errors.KINDS) do kinds[#kinds + 1] = k end
+  table.sort(kinds)
+  return table.concat(kinds, ", ")
+end)()
+
 -- The fields every class accepts, in validation order.
 local SHARED_FIELDS = {
   "attempts", "statuses", "exceptions", "methods", "retry_all_server_errors",
@@ -43,13 +51,7 @@ local function as_integer(v)
   return tointeger(v)
 end
 
--- A short rendering of a bad value for error messages.
-local function describe(v)
-  local t = type(v)
-  if t == "string" then return string.format("%q", v) end
-  if t == "number" or t == "boolean" or t == "nil" then return tostring(v) end
-  return "a " .. t
-end
+local describe = values.describe
 
 
 -- Raise the `invalid` error for a bad field of class `cname`.
@@ -68,6 +70,11 @@ end
 
 -- A number in [0, 1] as returned by a random_func (checked at call time).
 local function random_value(self, cname)
+  if not is_callable(self.random_func) then
+    errors.invalid(string.format(
+      "%s: field 'random_func' must be a function returning [0, 1), got %s",
+      cname, describe(self.random_func)), 3)
+  end
   local r = self.random_func()
   if type(r) ~= "number" or r ~= r then
     errors.invalid(string.format(
@@ -88,8 +95,14 @@ local function num(self, cname, field)
   return v
 end
 
--- The attempt argument of get_timeout: an integer >= 1.
-local function check_attempt(cname, attempt)
+-- The attempt argument of get_timeout: an integer >= 1. `self` must be an
+-- options object (a call as opts.get_timeout(3) passes 3 as self).
+local function check_attempt(cname, attempt, self)
+  if type(self) ~= "table" then
+    errors.invalid(string.format("%s:get_timeout: expected retry options as "
+      .. "self, got %s (call it as opts:get_timeout(n))", cname,
+      describe(self)), 3)
+  end
   local n = as_integer(attempt)
   if not n or n < 1 then
     errors.invalid(string.format(
@@ -139,9 +152,9 @@ function SHARED_CHECKS.exceptions(cname, v)
     local k = v[i]
     if type(k) ~= "string" or not (errors.KINDS[k] or k == "transport") then
       errors.invalid(string.format(
-        "%s: field 'exceptions' must hold error kinds (connect, dns, timeout, "
-        .. "network, tls, status, cancelled, invalid) or \"transport\", "
-        .. "got %s at index %d", cname, describe(k), i), 2)
+        "%s: field 'exceptions' must hold error kinds (%s) or "
+        .. "\"transport\", got %s at index %d", cname, KIND_LIST,
+        describe(k), i), 2)
     end
     out[i] = k
   end
@@ -191,6 +204,9 @@ end
 -- @param status integer HTTP status
 -- @return boolean
 function M.retries_status(opts, status)
+  if type(opts) ~= "table" then
+    errors.invalid("retries_status: expected retry options, got " .. describe(opts), 2)
+  end
   if type(status) ~= "number" then return false end
   local all = opts.retry_all_server_errors
   if status >= 500 and (all == nil or all) then return true end
@@ -209,6 +225,9 @@ end
 -- @param method string, any case
 -- @return boolean
 function M.retries_method(opts, method)
+  if type(opts) ~= "table" then
+    errors.invalid("retries_method: expected retry options, got " .. describe(opts), 2)
+  end
   if type(method) ~= "string" then return false end
   local list = opts.methods
   if list == nil then list = DEFAULT_METHODS end
@@ -229,6 +248,9 @@ end
 -- @param kind string error kind, or an error object
 -- @return boolean
 function M.retries_error_kind(opts, kind)
+  if type(opts) ~= "table" then
+    errors.invalid("retries_error_kind: expected retry options, got " .. describe(opts), 2)
+  end
   if type(kind) == "table" then kind = kind.kind end
   if type(kind) ~= "string" then return false end
   local list = opts.exceptions
@@ -242,6 +264,39 @@ function M.retries_error_kind(opts, kind)
     if k == kind or (k == "transport" and is_transport) then return true end
   end
   return false
+end
+
+--- Check the fields the retry loop reads, at the start of each request:
+-- a live field set to a bad value since construction (`opts.attempts =
+-- "x"`) is named here instead of failing as a Lua runtime error later.
+-- `what` names the options in the message ("retry_options").
+function M.check_live(opts, what)
+  local attempts = opts.attempts
+  if math_type(attempts) ~= "integer" or attempts < 1 then
+    errors.invalid(string.format("%s: field 'attempts' must be an integer "
+      .. ">= 1, got %s", what, describe(attempts)), 2)
+  end
+  if not is_callable(opts.get_timeout) then
+    errors.invalid(string.format("%s: get_timeout must be a function, got %s",
+      what, describe(opts.get_timeout)), 2)
+  end
+  local callback = opts.evaluate_response_callback
+  if callback ~= nil and not is_callable(callback) then
+    errors.invalid(string.format("%s: field 'evaluate_response_callback' "
+      .. "must be a function or nil, got %s", what, describe(callback)), 2)
+  end
+  local all = opts.retry_all_server_errors
+  if all ~= nil and type(all) ~= "boolean" then
+    errors.invalid(string.format("%s: field 'retry_all_server_errors' must "
+      .. "be a boolean, got %s", what, describe(all)), 2)
+  end
+  for _, field in ipairs({ "statuses", "exceptions", "methods" }) do
+    local v = opts[field]
+    if v ~= nil and type(v) ~= "table" then
+      errors.invalid(string.format("%s: field '%s' must be a list, got %s",
+        what, field, describe(v)), 2)
+    end
+  end
 end
 
 --- Whether `x` can serve as retry options: true for every object built by
@@ -408,7 +463,7 @@ M.ExponentialRetry = define(with_checks({
   },
   get_timeout = function(self, attempt)
     return exponential(self, "ExponentialRetry",
-      check_attempt("ExponentialRetry", attempt))
+      check_attempt("ExponentialRetry", attempt, self))
   end,
 }))
 
@@ -435,7 +490,7 @@ M.RandomRetry = define(with_checks({
   end,
   get_timeout = function(self, attempt)
     local cname = "RandomRetry"
-    check_attempt(cname, attempt)
+    check_attempt(cname, attempt, self)
     local lo = num(self, cname, "min_timeout")
     local hi = num(self, cname, "max_timeout")
     return lo + random_value(self, cname) * (hi - lo)
@@ -502,7 +557,7 @@ M.ListRetry = define(with_checks({
   end,
   get_timeout = function(self, attempt)
     local cname = "ListRetry"
-    local n = check_attempt(cname, attempt)
+    local n = check_attempt(cname, attempt, self)
     local ts = self.timeouts
     local len = type(ts) == "table" and #ts or 0
     if len == 0 then
@@ -529,7 +584,7 @@ M.FibonacciRetry = define(with_checks({
   },
   get_timeout = function(self, attempt)
     local cname = "FibonacciRetry"
-    local n = check_attempt(cname, attempt)
+    local n = check_attempt(cname, attempt, self)
     local m = num(self, cname, "multiplier")
     local cap = num(self, cname, "max_timeout")
     if m == 0 then return math.min(0.0, cap) end
@@ -568,7 +623,7 @@ M.JitterRetry = define(with_checks({
   },
   get_timeout = function(self, attempt)
     local cname = "JitterRetry"
-    local n = check_attempt(cname, attempt)
+    local n = check_attempt(cname, attempt, self)
     local base = exponential(self, cname, n)
     local size = num(self, cname, "random_interval_size")
     local u = random_value(self, cname) * size

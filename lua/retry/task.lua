@@ -1,20 +1,29 @@
 --- Tasks (contract section 1): run, spawn, await, cancel, gather.
--- The C core resumes coroutines from the loop; this file keeps what a task
--- means to a script: its results or error, who awaits it, and the rule that
--- no error is lost.
+-- The C core resumes coroutines from the loop and keeps the one record of
+-- cancellation; this file keeps what a task means to a script: its results
+-- or error, who awaits it, the scope (retry.run, or a retry.run nested in a
+-- task) that waits for it, and the rule that no error is lost.
 local core = require("retry.core")
 local errors = require("retry.errors")
-local is_callable = require("retry.values").is_callable
+local values = require("retry.values")
 
 local M = {}
+
+local invalid, describe = errors.invalid, values.describe
 
 local Task = { __name = "retry.Task" }
 Task.__index = Task
 
 -- The Task object of each task coroutine.
 local by_thread = setmetatable({}, { __mode = "k" })
--- The run in progress: { main = Task, live = {[Task]=true}, failed = {} }.
+-- The run in progress: { main = Task, live = {[Task]=true}, root = scope }.
+-- A scope is what one retry.run waits for: { live = {[Task]=true},
+-- failed = {Task...}, waiter = handle of the task waiting for it or nil }.
 local current_run = nil
+
+local function new_scope()
+  return { live = {}, failed = {} }
+end
 
 -- Message handler: keep the traceback of where the error happened. Error
 -- objects get a `traceback` field; strings get it appended, once.
@@ -34,49 +43,62 @@ local function with_traceback(e)
   return e
 end
 
-local function cancel_all(run)
-  for t in pairs(run.live) do t:cancel() end
+local function cancelled_error()
+  return errors.new("cancelled", "the task was cancelled")
+end
+
+local function cancel_all(live)
+  for t in pairs(live) do core.cancel(t.handle, cancelled_error()) end
 end
 
 local function finish(task, ok, ...)
-  local run = task.run
+  local run, scope = task.run, task.scope
   task.done = true
   task.ok = ok
   if ok then
     task.results = table.pack(...)
   else
     task.err = (...)
-    local cancelled = task.cancelled and errors.is_error(task.err, "cancelled")
-    if not cancelled then run.failed[#run.failed + 1] = task end
+    local cancelled = core.cancelled(task.handle)
+      and errors.is_error(task.err, "cancelled")
+    if not cancelled then scope.failed[#scope.failed + 1] = task end
   end
   run.live[task] = nil
+  scope.live[task] = nil
   local waiters = task.waiters
   task.waiters = nil
   for i = 1, #waiters do core.wake(waiters[i]) end
+  if scope.waiter and next(scope.live) == nil then core.wake(scope.waiter) end
   -- A failed main task ends the run: nobody is left to await the others.
-  if task == run.main and not ok then cancel_all(run) end
+  if task == run.main and not ok then cancel_all(run.live) end
 end
 
 local function task_body(task, fn, ...)
-  if task.cancelled then return finish(task, false, task.cancel_error) end
+  -- Cancelled before it started: it never runs.
+  local pending = core.take_cancel(task.handle)
+  if pending ~= nil then return finish(task, false, pending) end
   return finish(task, xpcall(fn, with_traceback, ...))
 end
 
 --- Start `fn(...)` as a concurrent task; returns a Task.
 function M.spawn(fn, ...)
-  if not is_callable(fn) then
-    error("retry.spawn: expected a function, got " .. type(fn), 2)
+  if not values.is_callable(fn) then
+    invalid("retry.spawn: expected a function, got " .. describe(fn))
   end
   local run = current_run
   if run == nil then
-    error("retry.spawn must be called inside a task: wrap the code in "
-      .. "retry.run(function() ... end)", 2)
+    invalid("retry.spawn must be called inside a task: wrap the code in "
+      .. "retry.run(function() ... end)")
   end
-  local task = setmetatable({ done = false, waiters = {}, run = run }, Task)
+  local parent = by_thread[coroutine.running()]
+  local scope = parent and (parent.inner or parent.scope) or run.root
+  local task = setmetatable({ done = false, waiters = {}, run = run,
+    scope = scope }, Task)
   local handle, thread = core.spawn(task_body, task, fn, ...)
   task.handle = handle
   by_thread[thread] = task
   run.live[task] = true
+  scope.live[task] = true
   return task
 end
 
@@ -85,14 +107,19 @@ function M.current()
   return by_thread[coroutine.running()]
 end
 
+local function check_task(self, method)
+  if getmetatable(self) ~= Task then
+    invalid("task:" .. method .. ": expected a Task as self, got "
+      .. describe(self) .. " (call it as t:" .. method .. "())")
+  end
+end
+
 --- Wait for the task to end; returns its results or raises its error.
 function Task:await()
-  if getmetatable(self) ~= Task then
-    error("task:await: expected a Task (use task:await(), not task.await())", 2)
-  end
+  check_task(self, "await")
   if not self.done then
     local me = by_thread[coroutine.running()]
-    if me == self then error("task:await: a task cannot await itself", 2) end
+    if me == self then invalid("task:await: a task cannot await itself") end
     if me == nil then core.park("task:await") end -- raises: not in a task
     local waiters = self.waiters
     waiters[#waiters + 1] = me.handle
@@ -111,15 +138,13 @@ end
 
 --- Cancel the task: a `cancelled` error is raised inside it where it waits
 -- (its transfer or sleep is stopped at once), or where it next waits if it
--- is the caller. Returns false when the task had already ended.
+-- is the caller. Every call while the task lives cancels again, so a task
+-- that caught one cancel is cancelled by the next. Returns false when the
+-- task had already ended.
 function Task:cancel()
+  check_task(self, "cancel")
   if self.done then return false end
-  if not self.cancelled then
-    self.cancelled = true
-    self.cancel_error = errors.new("cancelled", "the task was cancelled")
-    core.cancel(self.handle, self.cancel_error)
-  end
-  return true
+  return core.cancel(self.handle, cancelled_error())
 end
 
 function Task:__tostring()
@@ -132,13 +157,17 @@ end
 -- have ended.
 function M.gather(...)
   local tasks = { ... }
-  if select("#", ...) == 1 and getmetatable(tasks[1]) ~= Task
-      and type(tasks[1]) == "table" then
+  if select("#", ...) == 1 and getmetatable(tasks[1]) ~= Task then
     tasks = tasks[1]
+    if not values.list_length(tasks) then
+      invalid("retry.gather: expected Tasks or one list of Tasks, got "
+        .. describe(tasks))
+    end
   end
-  for i = 1, #tasks do
+  for i = 1, select("#", ...) > 1 and select("#", ...) or #tasks do
     if getmetatable(tasks[i]) ~= Task then
-      error("retry.gather: argument " .. i .. " is not a Task", 2)
+      invalid("retry.gather: argument " .. i .. " is not a Task, got "
+        .. describe(tasks[i]))
     end
   end
   local results, first_error = { n = #tasks }, nil
@@ -146,31 +175,76 @@ function M.gather(...)
     local ok, r = pcall(tasks[i].await, tasks[i])
     if ok then
       results[i] = r
-    else
-      local me = M.current()
-      if me and me.cancelled then error(r, 0) end
-      if first_error == nil then first_error = r end
+    elseif not tasks[i].done then
+      error(r, 0) -- the await itself was interrupted: this task's cancel
+    elseif first_error == nil then
+      first_error = r
     end
   end
   if first_error ~= nil then error(first_error, 0) end
   return results
 end
 
-local function first_unobserved(run)
-  for _, t in ipairs(run.failed) do
+local function first_unobserved(scope)
+  for _, t in ipairs(scope.failed) do
     if not t.observed then return t end
   end
 end
 
+-- Park the task `me` until every task of `scope` has ended. Being cancelled
+-- meanwhile cancels them, and the first such error is raised once they
+-- have all ended.
+local function wait_scope(me, scope)
+  local interrupted
+  while next(scope.live) ~= nil do
+    scope.waiter = me.handle
+    local ok, e = pcall(core.park, "retry.run")
+    scope.waiter = nil
+    if not ok then
+      interrupted = interrupted or e
+      cancel_all(scope.live)
+    end
+  end
+  if interrupted ~= nil then error(interrupted, 0) end
+end
+
+-- retry.run inside a task: run fn in that task and return once fn and every
+-- task spawned under it have ended. If fn fails, those tasks are cancelled.
+local function nursery(me, fn, ...)
+  local scope = new_scope()
+  local outer = me.inner
+  me.inner = scope
+  local results = table.pack(xpcall(fn, with_traceback, ...))
+  me.inner = outer
+  if not results[1] then cancel_all(scope.live) end
+  wait_scope(me, scope)
+  if not results[1] then error(results[2], 0) end
+  local failed = first_unobserved(scope)
+  if failed then
+    failed.observed = true
+    error(failed.err, 0)
+  end
+  return table.unpack(results, 2, results.n)
+end
+
 --- Run `fn(...)` as the main task and return its results once it and every
 -- task spawned under it have ended. The main task's error, or else the
--- error of a task nobody awaited, is raised with its traceback.
+-- error of a task nobody awaited, is raised with its traceback. Inside a
+-- task it runs `fn` in that task (a nursery).
 function M.run(fn, ...)
-  if not is_callable(fn) then
-    error("retry.run: expected a function, got " .. type(fn), 2)
+  if not values.is_callable(fn) then
+    invalid("retry.run: expected a function, got " .. describe(fn))
   end
-  core.enter() -- raises when nested
-  local run = { live = {}, failed = {} }
+  if current_run ~= nil then
+    local me = by_thread[coroutine.running()]
+    if me == nil then
+      invalid("retry.run cannot be called from a coroutine made inside a "
+        .. "task: call it from the task itself")
+    end
+    return nursery(me, fn, ...)
+  end
+  core.enter() -- raises when a loop runs without this module knowing
+  local run = { live = {}, root = new_scope() }
   current_run = run
   local ok, main = pcall(M.spawn, fn, ...)
   local loop_error, finished, fatal, deadlock
@@ -180,7 +254,7 @@ function M.run(fn, ...)
     if ok and not finished then
       -- Every live task waits on another and nothing can wake them.
       deadlock = true
-      cancel_all(run)
+      cancel_all(run.live)
       ok, finished, fatal = pcall(core.loop)
     end
     if not ok then loop_error = finished end
@@ -193,13 +267,13 @@ function M.run(fn, ...)
   if fatal ~= nil then error(fatal, 0) end
   if deadlock then
     error("retry.run: deadlock: tasks were waiting on each other with "
-      .. "nothing left to wake them, and were cancelled", 2)
+      .. "nothing left to wake them, and were cancelled", 0)
   end
   if not main.ok then
     main.observed = true
     error(main.err, 0)
   end
-  local failed = first_unobserved(run)
+  local failed = first_unobserved(run.root)
   if failed then
     failed.observed = true
     error(failed.err, 0)

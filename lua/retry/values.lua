@@ -1,13 +1,18 @@
---- Predicates on plain Lua values, shared by the modules that check their
--- arguments (task, strategies, client).
+--- Predicates and argument checks on plain Lua values, shared by the
+-- modules of the public API. Every check raises an `invalid` error object
+-- whose message names the argument, never a plain string.
+local errors = require("retry.errors")
+
 local M = {}
+
+local invalid = errors.invalid
 
 --- Whether `v` can be called: a function, or a value whose metatable has
 -- `__call`.
 function M.is_callable(v)
   if type(v) == "function" then return true end
   local mt = getmetatable(v)
-  return type(mt) == "table" and mt.__call ~= nil
+  return type(mt) == "table" and rawget(mt, "__call") ~= nil
 end
 
 --- The length of `t` when it is a proper sequence (only the keys 1..n; 0 for
@@ -20,9 +25,73 @@ function M.list_length(t)
     n = n + 1
   end
   for i = 1, n do
-    if t[i] == nil then return nil end
+    if rawget(t, i) == nil then return nil end
   end
   return n
+end
+
+--- A short rendering of a value for error messages: strings quoted, numbers
+-- as they are, other values by type (or `__name`).
+function M.describe(v)
+  local t = type(v)
+  if t == "string" then
+    if #v > 40 then v = v:sub(1, 37) .. "..." end
+    return string.format("%q", v)
+  end
+  if t == "number" or t == "boolean" or t == "nil" then return tostring(v) end
+  local mt = getmetatable(v)
+  local name = type(mt) == "table" and rawget(mt, "__name")
+  return "a " .. (type(name) == "string" and name or t)
+end
+
+--- `v` must be nil or of Lua type `expected`.
+function M.check_type(v, expected, name)
+  if v ~= nil and type(v) ~= expected then
+    invalid(name .. " must be a " .. expected .. ", got " .. M.describe(v))
+  end
+  return v
+end
+
+--- `v` must be nil or a number of seconds >= 0; infinity only when
+-- `allow_huge` (where it means "no limit").
+function M.check_seconds(v, name, allow_huge)
+  if v == nil then return nil end
+  if type(v) ~= "number" or v ~= v or v < 0
+      or (not allow_huge and v == math.huge) then
+    invalid(name .. " must be a " .. (allow_huge and "" or "finite ")
+      .. "number of seconds >= 0, got " .. M.describe(v))
+  end
+  return v
+end
+
+--- `v` must be nil or an integer >= `min` (an integral float is accepted);
+-- `math.huge` is accepted when `allow_huge`.
+function M.check_integer(v, name, min, allow_huge)
+  if v == nil then return nil end
+  if allow_huge and v == math.huge then return v end
+  local n = type(v) == "number" and math.tointeger(v)
+  if not n or n < min then
+    invalid(name .. " must be an integer >= " .. min
+      .. (allow_huge and " (or math.huge)" or "") .. ", got " .. M.describe(v))
+  end
+  return n
+end
+
+--- Every key of table `t` must be in the set `allowed`.
+function M.check_keys(t, allowed, what)
+  for k in pairs(t) do
+    if not allowed[k] then
+      invalid(what .. ": unknown option " .. M.describe(k))
+    end
+  end
+end
+
+--- `v` must be a non-empty string.
+function M.check_string(v, name)
+  if type(v) ~= "string" or v == "" then
+    invalid(name .. " must be a non-empty string, got " .. M.describe(v))
+  end
+  return v
 end
 
 return M

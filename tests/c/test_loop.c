@@ -43,11 +43,11 @@ static void record_done(rt_xfer_t *xfer, void *arg) {
 
   out->calls++;
   completed++;
-  out->code = xfer->result;
+  out->code = xfer->result.code;
   out->easy = xfer->easy;
-  curl_easy_getinfo(xfer->easy, CURLINFO_RESPONSE_CODE, &out->status);
+  out->status = xfer->result.status;
   curl_easy_getinfo(xfer->easy, CURLINFO_NUM_CONNECTS, &out->connects);
-  out->kind = xfer->result == CURLE_OK ? NULL : rt_xfer_error_kind(xfer);
+  out->kind = xfer->result.kind;
   if (n > 0)
     memcpy(out->body, xfer->body.data, n);
   out->body[n] = '\0';
@@ -68,6 +68,8 @@ static rt_xfer_t *start(rt_loop_t *loop, const char *method, const char *path,
   req.method = method;
   req.url = url;
   req.timeout_ms = timeout_ms;
+  req.max_body_size = -1;
+  req.verify_tls = 1;
   if (rt_xfer_start(loop, &req, record_done, out, &xfer) != 0)
     return NULL;
   return xfer;
@@ -198,6 +200,8 @@ static void test_refused(rt_loop_t *loop) {
   req.method = "GET";
   req.url = "http://127.0.0.1:1/";
   req.timeout_ms = 5000;
+  req.max_body_size = -1;
+  req.verify_tls = 1;
   CHECK(rt_xfer_start(loop, &req, record_done, &out, &xfer) == 0);
   CHECK(run_until(loop, &out.calls, 1, 5000));
   CHECK(out.code == CURLE_COULDNT_CONNECT);
@@ -237,6 +241,8 @@ static void test_post_body(rt_loop_t *loop) {
   req.body = "payload-123";
   req.body_len = strlen(req.body);
   req.timeout_ms = 5000;
+  req.max_body_size = -1;
+  req.verify_tls = 1;
   CHECK(rt_xfer_start(loop, &req, record_done, &out, &xfer) == 0);
   CHECK(run_until(loop, &out.calls, 1, 5000));
   CHECK(out.status == 200);
@@ -273,6 +279,76 @@ static void test_close_with_idle_connections(rt_loop_t *loop) {
   CHECK(a.status == 200 && b.status == 200);
 }
 
+/* A steady load keeps one connection per transfer in flight: libcurl's own
+ * cache size (4 per easy handle added at the moment one ends) would close
+ * and reopen connections between rounds. */
+static void test_connections_follow_concurrency(rt_loop_t *loop) {
+  enum { width = 32, rounds = 10 };
+  static struct outcome outs[width];
+  long connects = 0;
+  int round, i;
+
+  for (round = 0; round < rounds; round++) {
+    memset(outs, 0, sizeof(outs));
+    completed = 0;
+    for (i = 0; i < width; i++)
+      CHECK(start(loop, "GET", "/hello", 5000, &outs[i]) != NULL);
+    CHECK(run_until(loop, &completed, width, 10000));
+    for (i = 0; i < width; i++) {
+      CHECK(outs[i].status == 200);
+      connects += outs[i].connects;
+    }
+  }
+  printf("#   %ld connections for %d rounds of %d\n", connects, rounds, width);
+  CHECK(connects == width);
+}
+
+static void count_poll(uv_handle_t *handle, void *arg) {
+  if (handle->type == UV_POLL && !uv_is_closing(handle))
+    (*(int *)arg)++;
+}
+
+/* rt_loop_reset closes kept-alive connections and empties the handle pool;
+ * the loop serves new transfers afterwards on new connections. */
+static void test_reset_closes_idle(rt_loop_t *loop) {
+  struct outcome a = {0}, b = {0}, c = {0};
+  int polls = 0;
+
+  CHECK(start(loop, "GET", "/hello", 5000, &a) != NULL);
+  CHECK(start(loop, "GET", "/hello", 5000, &b) != NULL);
+  CHECK(run_until(loop, &completed, 2, 5000));
+  CHECK(loop->xfer_idle == 2);
+  rt_loop_reset(loop);
+  CHECK(loop->xfer_idle == 0);
+  uv_walk(&loop->uv, count_poll, &polls);
+  CHECK(polls == 0);
+  CHECK(start(loop, "GET", "/hello", 5000, &c) != NULL);
+  CHECK(run_until(loop, &c.calls, 1, 5000));
+  CHECK(c.status == 200);
+  CHECK(c.connects == 1);
+}
+
+/* After a burst the tidy timer gives the idle easy handles back (within
+ * three of its periods) and shrinks the connection cache. */
+static void test_pool_shrinks_after_burst(rt_loop_t *loop) {
+  enum { burst = 100 };
+  static struct outcome outs[burst];
+  int never = 0;
+  int i;
+
+  memset(outs, 0, sizeof(outs));
+  for (i = 0; i < burst; i++)
+    CHECK(start(loop, "GET", "/hello", 10000, &outs[i]) != NULL);
+  CHECK(run_until(loop, &completed, burst, 10000));
+  CHECK(loop->xfer_idle == burst);
+  CHECK(loop->max_connects >= burst);
+  CHECK(!run_until(loop, &never, 1, 3300));
+  printf("#   %u idle handles, cache of %ld after the burst\n", loop->xfer_idle,
+         loop->max_connects);
+  CHECK(loop->xfer_idle == 0);
+  CHECK(loop->max_connects < burst);
+}
+
 struct test_case {
   const char *name;
   void (*run)(rt_loop_t *loop);
@@ -290,6 +366,9 @@ static const struct test_case cases[] = {
     {"POST body sent", test_post_body},
     {"500 concurrent transfers", test_many_concurrent},
     {"close with idle connections", test_close_with_idle_connections},
+    {"connections follow the concurrency", test_connections_follow_concurrency},
+    {"reset closes idle connections", test_reset_closes_idle},
+    {"handle pool shrinks after a burst", test_pool_shrinks_after_burst},
 };
 
 int main(void) {

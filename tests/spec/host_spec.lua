@@ -95,10 +95,6 @@ describe("lretry", function()
 end)
 
 describe("the build", function()
-  it("puts the Lua C module at build/retry/core.so", function()
-    assert.is_truthy(io.open(root .. "/build/retry/core.so", "rb"))
-  end)
-
   it("installs lretry and a module stock lua5.4 finds under the prefix", function()
     local prefix = os.tmpname()
     os.remove(prefix)
@@ -107,11 +103,7 @@ describe("the build", function()
     assert.is_truthy(io.open(prefix .. "/bin/lretry", "rb"))
     assert.is_truthy(io.open(prefix .. "/lib/lua/5.4/retry/core.so", "rb"))
     assert.is_truthy(io.open(prefix .. "/share/lua/5.4/retry/init.lua", "rb"))
-    -- With the default /usr/local prefix these are on stock Lua's paths.
     local out
-    code, out = h.sh([[lua5.4 -e 'print(package.path) print(package.cpath)']])
-    assert.matches("/usr/local/share/lua/5.4/%?%.lua", out)
-    assert.matches("/usr/local/lib/lua/5.4/%?%.so", out)
     code, out = h.sh("cd / && LUA_PATH='" .. prefix .. "/share/lua/5.4/?.lua;"
       .. prefix .. "/share/lua/5.4/?/init.lua;;' LUA_CPATH='" .. prefix
       .. "/lib/lua/5.4/?.so;;' lua5.4 -e 'print(require(\"retry\")._VERSION)'")

@@ -1,0 +1,64 @@
+--- A counting semaphore for tasks: at most `limit` holders at once, the
+-- others wait in the order they came (aiohttp's connection limits). A
+-- released slot goes straight to the first task still waiting, so a task
+-- that arrives later cannot take it first.
+local core = require("retry.core")
+local task = require("retry.task")
+
+local M = {}
+
+local Slots = { __name = "retry.Slots" }
+Slots.__index = Slots
+
+--- `limit` holders at most; 0 means no limit.
+function M.new(limit)
+  return setmetatable({ limit = limit, used = 0, queue = {}, head = 1,
+    tail = 0 }, Slots)
+end
+
+--- Take a slot, waiting (in a task) while all are taken. Returns how long
+-- it waited, in seconds. A cancel while waiting gives up the place.
+function Slots:acquire()
+  if self.limit == 0 or (self.used < self.limit and self.head > self.tail) then
+    self.used = self.used + 1
+    return 0
+  end
+  local me = task.current()
+  if me == nil then core.park("a request") end -- raises: not in a task
+  local entry = { handle = me.handle }
+  self.tail = self.tail + 1
+  self.queue[self.tail] = entry
+  local t0 = core.now()
+  local ok, e = pcall(core.park, "a connection slot")
+  if not ok then
+    if entry.granted then
+      self:release()
+    else
+      entry.gone = true
+    end
+    error(e, 0)
+  end
+  return core.now() - t0
+end
+
+--- Give a slot back: to the first task still waiting, or to the pool.
+function Slots:release()
+  while self.head <= self.tail do
+    local entry = self.queue[self.head]
+    self.queue[self.head] = nil
+    self.head = self.head + 1
+    -- A waiter whose park was interrupted (cancelled) cannot be woken.
+    if not entry.gone and core.wake(entry.handle) then
+      entry.granted = true
+      return
+    end
+  end
+  self.used = self.used - 1
+end
+
+--- Whether nobody holds or waits for a slot.
+function Slots:idle()
+  return self.used == 0 and self.head > self.tail
+end
+
+return M
