@@ -3,7 +3,9 @@
 # nginx on loopback (`return 200`, keep-alive).
 #   scripts/bench.sh [TOTAL] [CONCURRENCY]     defaults: 100000 64
 # Prints req/s for wrk -t1 and for lretry (CONCURRENCY tasks, one
-# RetryClient, TOTAL GETs), their ratio, and lretry's peak RSS.
+# RetryClient, TOTAL GETs), their ratio, lretry's peak RSS, and how many
+# connections nginx accepted during the lretry run (stub_status): a steady
+# load should open as many as its concurrency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-100000}
@@ -11,12 +13,13 @@ conc=${2:-64}
 scripts/setup.sh --bench
 
 dir=$(mktemp -d)
-# A port nothing listens on (a connect to it fails).
-while :; do
-  port=$((20000 + RANDOM % 40000))
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
-done
-cat >"$dir/nginx.conf" <<CONF
+nginx_pid=
+trap 'kill $nginx_pid 2>/dev/null; wait $nginx_pid 2>/dev/null; rm -rf "$dir"' EXIT
+# nginx on a free port below the ephemeral range (32768 up), where client
+# sockets of other programs cannot be holding it; another port if taken.
+start_nginx() {
+  port=$((20000 + RANDOM % 12000))
+  cat >"$dir/nginx.conf" <<CONF
 worker_processes 1;
 daemon off;
 pid $dir/nginx.pid;
@@ -29,27 +32,44 @@ http {
   server {
     listen 127.0.0.1:$port;
     location / { return 200 "ok\n"; }
+    location = /nginx_status { stub_status; }
   }
 }
 CONF
-nginx -c "$dir/nginx.conf" -e "$dir/error.log" &
-nginx_pid=$!
-trap 'kill $nginx_pid 2>/dev/null; wait $nginx_pid 2>/dev/null; rm -rf "$dir"' EXIT
-url="http://127.0.0.1:$port/"
-for _ in $(seq 50); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
+  nginx -c "$dir/nginx.conf" -e "$dir/error.log" 2>/dev/null &
+  nginx_pid=$!
+  for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    kill -0 "$nginx_pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+for _ in $(seq 10); do
+  start_nginx && break
+  kill "$nginx_pid" 2>/dev/null; wait "$nginx_pid" 2>/dev/null; nginx_pid=
 done
+[ -n "$nginx_pid" ] || { echo "bench: nginx did not start" >&2; exit 1; }
+url="http://127.0.0.1:$port/"
 
 wrk -t1 -c"$conc" -d5s "$url" >/dev/null  # warm-up
 wrk_rps=$(wrk -t1 -c"$conc" -d10s "$url" | awk '/Requests\/sec/ {print $2}')
 echo "wrk -t1 -c$conc: $wrk_rps req/s"
 
+# stub_status: "server accepts handled requests" then the three numbers.
+accepted() {
+  curl -s "http://127.0.0.1:$port/nginx_status" | awk 'NR == 3 {print $1}'
+}
+accepts_before=$(accepted)
 /usr/bin/time -v -o "$dir/time" build/lretry scripts/bench_client.lua "$url" \
   "$total" "$conc" | tee "$dir/out"
+# The status request itself is one connection more.
+accepts=$(($(accepted) - accepts_before - 1))
 lretry_rps=$(awk '{print $(NF-1)}' "$dir/out")
 rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time")
 cpu=$(awk -F': ' '/Percent of CPU/ {print $2}' "$dir/time")
 echo "lretry peak RSS: $((rss_kb / 1024)) MiB, CPU $cpu"
+echo "connections nginx accepted during the lretry run: $accepts" \
+  "(concurrency $conc)"
 awk -v a="$lretry_rps" -v b="$wrk_rps" \
   'BEGIN { printf "ratio lretry / wrk -t1: %.2f\n", a / b }'

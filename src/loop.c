@@ -200,7 +200,11 @@ static int multi_open(rt_loop_t *loop) {
 
 /* Follow the load down after a burst: connections beyond the recent peak
  * are closed as transfers hand theirs back, and idle easy handles beyond
- * what a return to that peak would need are freed now. */
+ * what a return to that peak would need are freed now. With no transfer
+ * at all for two periods after more than MIN_CONNECTS were in flight, every
+ * idle connection is closed: libcurl closes cached connections only when a
+ * transfer ends or starts, so after a burst with nothing following,
+ * thousands of idle sockets would otherwise stay open. */
 static void on_tidy(uv_timer_t *timer) {
   rt_loop_t *loop = timer->data;
   unsigned want =
@@ -208,6 +212,10 @@ static void on_tidy(uv_timer_t *timer) {
 
   loop->recent_peak = loop->peak;
   loop->peak = loop->in_flight;
+  if (want == 0 && loop->in_flight == 0 && loop->high_water > MIN_CONNECTS) {
+    rt_loop_reset(loop);
+    return;
+  }
   if ((long)want < loop->max_connects)
     set_max_connects(loop, (long)want);
   if (loop->trim != NULL)
@@ -220,6 +228,7 @@ int rt_loop_init(rt_loop_t *loop) {
   loop->in_flight = 0;
   loop->peak = 0;
   loop->recent_peak = 0;
+  loop->high_water = 0;
   loop->xfer_pool = NULL;
   loop->xfer_idle = 0;
   loop->trim = NULL;
@@ -251,6 +260,8 @@ int rt_loop_add(rt_loop_t *loop, CURL *easy) {
   loop->in_flight++;
   if (loop->in_flight > loop->peak)
     loop->peak = loop->in_flight;
+  if (loop->in_flight > loop->high_water)
+    loop->high_water = loop->in_flight;
   if ((long)loop->in_flight > loop->max_connects)
     set_max_connects(loop, (long)loop->in_flight);
   return 0;
@@ -285,6 +296,7 @@ void rt_loop_reset(rt_loop_t *loop) {
   uv_idle_stop(&loop->curl_kick);
   loop->peak = 0;
   loop->recent_peak = 0;
+  loop->high_water = 0;
   /* Without a multi handle nothing can be added; rt_loop_add then fails
    * and the transfer reports it, which beats a crash. */
   multi_open(loop);

@@ -42,6 +42,7 @@ struct rt_loop_s {
   unsigned in_flight;    /* easy handles currently added */
   unsigned peak;         /* most in flight since the last tidy */
   unsigned recent_peak;  /* most in flight in the tidy period before */
+  unsigned high_water;   /* most in flight since the caches were emptied */
   long max_connects;     /* CURLMOPT_MAXCONNECTS as last set */
   void *xfer_pool;       /* owned by transfer.c; idle easy handles */
   unsigned xfer_idle;    /* how many there are (transfer.c keeps it) */

@@ -147,44 +147,45 @@ function M.check_options(opts, allowed, what)
   values.check_type(opts.verify_tls, "boolean", "verify_tls")
 end
 
+-- `headers` with name = value added, copying it first unless `copied`.
+local function add_header(headers, copied, name, value)
+  if not copied then
+    local t = {}
+    if headers then for k, v in pairs(headers) do t[k] = v end end
+    headers = t
+  end
+  headers[name] = value
+  return headers
+end
+
 --- The core's request table from method, url and checked options. The
 -- headers table is copied only when something must be added to it.
 function M.make_spec(method, url, opts)
-  local headers = opts.headers
-  local added
-  local function add(name, value)
-    if not added then
-      added = {}
-      if headers then for k, v in pairs(headers) do added[k] = v end end
-      headers = added
-    end
-    headers[name] = value
-  end
+  local headers, copied = opts.headers, false
   if opts.params ~= nil then
     local query = M.encode_query(opts.params)
     if query ~= "" then
       url = url .. (url:find("?", 1, true) and "&" or "?") .. query
     end
   end
-  local body
+  local body, content_type
   if opts.json ~= nil then
     local ok, encoded = pcall(json().encode, opts.json)
     if not ok then invalid("json cannot be encoded: " .. tostring(encoded)) end
-    body = encoded
-    if not (headers and M.has_header(headers, "content-type")) then
-      add("Content-Type", "application/json")
-    end
+    body, content_type = encoded, "application/json"
   elseif opts.data ~= nil then
-    body = opts.data
-    if not (headers and M.has_header(headers, "content-type")) then
-      add("Content-Type", "application/octet-stream")
-    end
+    body, content_type = opts.data, "application/octet-stream"
+  end
+  if content_type and not (headers and M.has_header(headers, "content-type")) then
+    headers, copied = add_header(headers, copied, "Content-Type", content_type),
+      true
   end
   if opts.auth ~= nil then
     if url:find("^%a[%w+.-]*://[^/?#]*@") then
       invalid("auth cannot be given with credentials in the url")
     end
-    add("Authorization", "Basic " .. base64(opts.auth[1] .. ":" .. opts.auth[2]))
+    headers = add_header(headers, copied, "Authorization",
+      "Basic " .. base64(opts.auth[1] .. ":" .. opts.auth[2]))
   end
   return {
     method = method, url = url, headers = headers, body = body,

@@ -266,6 +266,9 @@ function M.retries_error_kind(opts, kind)
   return false
 end
 
+-- The shared fields that hold lists.
+local LIST_FIELDS = { "statuses", "exceptions", "methods" }
+
 --- Check the fields the retry loop reads, at the start of each request:
 -- a live field set to a bad value since construction (`opts.attempts =
 -- "x"`) is named here instead of failing as a Lua runtime error later.
@@ -290,7 +293,8 @@ function M.check_live(opts, what)
     errors.invalid(string.format("%s: field 'retry_all_server_errors' must "
       .. "be a boolean, got %s", what, describe(all)), 2)
   end
-  for _, field in ipairs({ "statuses", "exceptions", "methods" }) do
+  for i = 1, #LIST_FIELDS do
+    local field = LIST_FIELDS[i]
     local v = opts[field]
     if v ~= nil and type(v) ~= "table" then
       errors.invalid(string.format("%s: field '%s' must be a list, got %s",

@@ -329,10 +329,12 @@ static void test_reset_closes_idle(rt_loop_t *loop) {
 }
 
 /* After a burst the tidy timer gives the idle easy handles back (within
- * three of its periods) and shrinks the connection cache. */
+ * three of its periods), shrinks the connection cache and, with nothing in
+ * flight, closes the idle connections: the next transfer connects anew. */
 static void test_pool_shrinks_after_burst(rt_loop_t *loop) {
   enum { burst = 100 };
   static struct outcome outs[burst];
+  struct outcome after = {0};
   int never = 0;
   int i;
 
@@ -347,6 +349,10 @@ static void test_pool_shrinks_after_burst(rt_loop_t *loop) {
          loop->max_connects);
   CHECK(loop->xfer_idle == 0);
   CHECK(loop->max_connects < burst);
+  CHECK(start(loop, "GET", "/hello", 5000, &after) != NULL);
+  CHECK(run_until(loop, &after.calls, 1, 5000));
+  CHECK(after.status == 200);
+  CHECK(after.connects == 1);
 }
 
 struct test_case {
