@@ -393,8 +393,6 @@ static int request_k(lua_State *L, int status, lua_KContext kctx) {
   rt_response_t *r;
 
   (void)status;
-  /* A cancel has released the transfer already and raises here. */
-  rt_task_resumed(L, t);
   xfer = t->op;
   res = &xfer->result;
   if (res->kind != NULL) {

@@ -51,14 +51,20 @@ static int resp_gc(lua_State *L) {
   return 0;
 }
 
-static int resp_text(lua_State *L) {
-  rt_response_t *r = check_response(L, "text");
-
+static int push_body(lua_State *L, rt_response_t *r) {
   if (r->closed)
     return rt_error_invalid(L, "the response is closed: its body was freed "
                                "by close() or <close>");
   lua_pushlstring(L, r->body != NULL ? r->body : "", r->body_len);
   return 1;
+}
+
+static int resp_text(lua_State *L) {
+  return push_body(L, check_response(L, "text"));
+}
+
+static int resp_read(lua_State *L) {
+  return push_body(L, check_response(L, "read"));
 }
 
 static int headers_index(lua_State *L) {
@@ -200,8 +206,15 @@ static int resp_index(lua_State *L) {
   return 1;
 }
 
+/* Fields the Lua layer adds (attempts, history, elapsed) and a script's
+ * own go to the fields table; status and ok come from C and stay put. */
 static int resp_newindex(lua_State *L) {
+  const char *key;
+
   check_response(L, "__newindex");
+  key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  if (key != NULL && (strcmp(key, "status") == 0 || strcmp(key, "ok") == 0))
+    return rt_error_invalid(L, "response.%s is read-only", key);
   lua_settop(L, 3);
   lua_getiuservalue(L, 1, 1);
   lua_insert(L, 2);
@@ -242,7 +255,7 @@ void rt_response_setfield(lua_State *L, const char *name) {
 }
 
 static const luaL_Reg resp_methods[] = {{"close", resp_close},
-                                        {"read", resp_text},
+                                        {"read", resp_read},
                                         {"text", resp_text},
                                         {NULL, NULL}};
 

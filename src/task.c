@@ -250,6 +250,26 @@ rt_task_t *rt_task_check(lua_State *L, rt_sched_t *s, const char *what) {
   return t;
 }
 
+/* The continuation of every park. Only the scheduler may resume a parked
+ * task, and it marks the task running first. A script can get hold of a
+ * task's thread (coroutine.running) and call coroutine.resume on it from
+ * another task: that resume finds the task still parked, drops the values
+ * it brought and yields straight back, so it changes nothing (the resumer
+ * gets true) instead of ending a wait early with whatever it passed. */
+static int parked_k(lua_State *L, int status, lua_KContext ctx) {
+  rt_task_t *t = (rt_task_t *)ctx;
+
+  if (t->state != RT_TASK_RUNNING) {
+    lua_settop(L, t->base + (t->state == RT_TASK_READY ? t->nargs : 0));
+    return lua_yieldk(L, 0, ctx, parked_k);
+  }
+  if (t->raise) {
+    t->raise = 0;
+    return lua_error(L);
+  }
+  return t->k(L, status, ctx);
+}
+
 int rt_task_park(lua_State *L, rt_task_t *t, void *op,
                  rt_task_abandon_fn abandon, lua_KFunction k) {
   if (t->cancel_pending) {
@@ -265,14 +285,8 @@ int rt_task_park(lua_State *L, rt_task_t *t, void *op,
   t->state = RT_TASK_PARKED;
   t->via_park = 1;
   t->base = lua_gettop(L);
-  return lua_yieldk(L, 0, (lua_KContext)t, k);
-}
-
-void rt_task_resumed(lua_State *L, rt_task_t *t) {
-  if (t->raise) {
-    t->raise = 0;
-    lua_error(L);
-  }
+  t->k = k;
+  return lua_yieldk(L, 0, (lua_KContext)t, parked_k);
 }
 
 void rt_task_wake(rt_task_t *t, int nargs) {
@@ -284,7 +298,6 @@ static int park_lua_k(lua_State *L, int status, lua_KContext ctx) {
   rt_task_t *t = (rt_task_t *)ctx;
 
   (void)status;
-  rt_task_resumed(L, t);
   return lua_gettop(L) - t->base;
 }
 
@@ -339,8 +352,9 @@ static void on_sleep_timer(uv_timer_t *timer) {
 }
 
 static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)L;
   (void)status;
-  rt_task_resumed(L, (rt_task_t *)ctx);
+  (void)ctx;
   return 0;
 }
 

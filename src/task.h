@@ -43,6 +43,7 @@ struct rt_task_s {
                          error is raised at the next park */
   int cancelled;      /* cancel has been called on it (the one record of
                          cancellation; Lua asks for it) */
+  lua_KFunction k;    /* continuation of the current park */
   void *op;           /* what it is parked on; released by abandon */
   rt_task_abandon_fn abandon;
   uv_timer_t *timer; /* owned: lazily made for sleeps; freed on close */
@@ -85,14 +86,13 @@ void *rt_task_take_op(rt_task_t *t);
  * not a task handle. */
 rt_task_t *rt_task_from(lua_State *L, int idx);
 
-/* Park the running task on op and yield; k runs on resume with the task as
- * its context and must first call rt_task_resumed. Use as
+/* Park the running task on op and yield; k runs when the scheduler resumes
+ * it, with the task as its context, unless a cancel was delivered (then
+ * the cancel's error is raised instead and k does not run). A resume by
+ * anything but the scheduler leaves the task parked. Use as
  * `return rt_task_park(...)`. */
 int rt_task_park(lua_State *L, rt_task_t *t, void *op,
                  rt_task_abandon_fn abandon, lua_KFunction k);
-
-/* In a continuation: raises the cancellation error if one was delivered. */
-void rt_task_resumed(lua_State *L, rt_task_t *t);
 
 /* The operation finished: queue the task to be resumed (with the nargs values
  * already pushed on its stack). The op stays until the continuation takes

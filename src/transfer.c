@@ -58,6 +58,10 @@ const char *rt_request_check_url(const char *url, size_t len) {
   return NULL;
 }
 
+static int name_is(const char *name, size_t len, const char *what) {
+  return len == strlen(what) && strncasecmp(name, what, len) == 0;
+}
+
 const char *rt_request_check_header(const char *name, size_t name_len,
                                     const char *value, size_t value_len) {
   size_t i;
@@ -65,6 +69,13 @@ const char *rt_request_check_header(const char *name, size_t name_len,
   if (!is_token(name, name_len))
     return "header names must be HTTP tokens (no spaces, colons, CR, LF "
            "or NUL)";
+  /* The framing of the body is libcurl's to write: a Content-Length that
+   * disagrees with the body would make the server read part of it, or of
+   * the next request on the connection, as a request of its own. */
+  if (name_is(name, name_len, "Content-Length") ||
+      name_is(name, name_len, "Transfer-Encoding"))
+    return "Content-Length and Transfer-Encoding headers cannot be given: "
+           "they are set from the body";
   for (i = 0; i < value_len; i++) {
     char c = value[i];
     if (c == '\r' || c == '\n' || c == '\0')
@@ -271,6 +282,12 @@ static int is_idempotent(const char *method) {
   return 0;
 }
 
+static int header_is(const char *line, const char *name) {
+  size_t n = strlen(name);
+
+  return strncasecmp(line, name, n) == 0 && (line[n] == ':' || line[n] == ';');
+}
+
 static int set_method(CURL *easy, const rt_request_t *req) {
   CURLcode rc = CURLE_OK;
   int is_get = strcmp(req->method, "GET") == 0;
@@ -294,6 +311,7 @@ static int set_method(CURL *easy, const rt_request_t *req) {
 static int set_headers(rt_xfer_t *xfer, const rt_request_t *req) {
   struct curl_slist *list = NULL;
   struct curl_slist *grown;
+  int has_type = 0;
   size_t i;
 
   /* curl would otherwise wait up to a second for "100 Continue" before
@@ -302,7 +320,18 @@ static int set_headers(rt_xfer_t *xfer, const rt_request_t *req) {
   if (list == NULL)
     return -1;
   for (i = 0; i < req->header_count; i++) {
+    has_type |= header_is(req->headers[i], "Content-Type");
     grown = curl_slist_append(list, req->headers[i]);
+    if (grown == NULL) {
+      curl_slist_free_all(list);
+      return -1;
+    }
+    list = grown;
+  }
+  /* A POST without a body would go out labelled as a form
+   * (application/x-www-form-urlencoded, libcurl's default): say nothing. */
+  if (req->body == NULL && !has_type && strcmp(req->method, "POST") == 0) {
+    grown = curl_slist_append(list, "Content-Type:");
     if (grown == NULL) {
       curl_slist_free_all(list);
       return -1;
@@ -338,7 +367,7 @@ static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
                          req->connect_timeout_ms);
   /* An announced Content-Length over the limit fails before any body byte
    * is read; a body of unknown length is counted in on_body. */
-  if (req->max_body_size >= 0)
+  if (req->max_body_size >= 0 && strcmp(req->method, "HEAD") != 0)
     rc |= curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, req->max_body_size);
   if (req->ca_file != NULL)
     rc |= curl_easy_setopt(easy, CURLOPT_CAINFO, req->ca_file);
@@ -465,12 +494,6 @@ out:
   curl_url_cleanup(ua);
   curl_url_cleanup(ub);
   return same;
-}
-
-static int header_is(const char *line, const char *name) {
-  size_t n = strlen(name);
-
-  return strncasecmp(line, name, n) == 0 && (line[n] == ':' || line[n] == ';');
 }
 
 /* The request headers minus credentials (for another origin) and minus

@@ -167,18 +167,19 @@ function M.RetryClient(o)
     local bad = core.check({ method = "GET", url = o.base_url })
     if bad then invalid("RetryClient: base_url: " .. bad) end
   end
+  if o.headers ~= nil then
+    local bad = core.check({ method = "GET", url = "http://x/",
+      headers = o.headers })
+    if bad then invalid("RetryClient: " .. bad) end
+  end
   values.check_integer(o.limit, "RetryClient: limit", 0)
   values.check_integer(o.limit_per_host, "RetryClient: limit_per_host", 0)
-  if o.ca_file ~= nil then
-    local f = io.open(o.ca_file, "rb")
-    if not f then
-      invalid("RetryClient: ca_file " .. describe(o.ca_file)
-        .. " cannot be read")
-    end
-    f:close()
-  end
-  if o.logger ~= nil and (type(o.logger) ~= "table"
-      or not values.is_callable(o.logger.debug)) then
+  local logger = o.logger
+  if logger ~= nil and (type(logger) ~= "table"
+      or not values.is_callable(logger.debug)
+      or (logger.warning ~= nil and not values.is_callable(logger.warning))
+      or (logger.exception ~= nil
+        and not values.is_callable(logger.exception))) then
     invalid("RetryClient: logger must be an object with :debug, :warning "
       .. "and :exception methods")
   end
@@ -275,9 +276,9 @@ end
 
 local function wait_before_retry(options, n, response)
   local wait = options:get_timeout(n, response)
-  if type(wait) ~= "number" or wait ~= wait or wait < 0 then
+  if type(wait) ~= "number" or wait ~= wait or wait < 0 or wait == math.huge then
     invalid("retry_options: get_timeout(" .. n .. ") returned "
-      .. describe(wait) .. ": a number of seconds >= 0 is needed")
+      .. describe(wait) .. ": a finite number of seconds >= 0 is needed")
   end
   return wait
 end
@@ -300,11 +301,19 @@ local function status_error(response, n)
   })
 end
 
--- The origin of an http(s) URL, for limit_per_host.
+local DEFAULT_PORTS = { http = "80", https = "443" }
+
+-- The origin of an http(s) URL, for limit_per_host: scheme://host:port,
+-- lower case, without credentials, with the default port written out.
 local function origin(url)
   local scheme, authority = url:match("^(%a[%w+.-]*)://([^/?#]*)")
   if not scheme then return url end
-  return (scheme .. "://" .. authority:gsub("^.*@", "")):lower()
+  scheme = scheme:lower()
+  local hostport = authority:gsub("^.*@", ""):lower()
+  if not hostport:find(":%d+$") then
+    hostport = hostport .. ":" .. (DEFAULT_PORTS[scheme] or "")
+  end
+  return scheme .. "://" .. hostport
 end
 
 -- Wait for a connection slot (per host, then for the client). Returns the
@@ -415,6 +424,11 @@ end
 -- last one after the list runs out). Fields of `options` are read at every
 -- step, so changes to a shared strategy take effect on the next request.
 local function execute(client, list, options, raise_for_status)
+  -- client.retry_options is live, so it may have been set to anything.
+  if not strategies.is_options(options) then
+    invalid("retry_options must be retry options (e.g. "
+      .. "retry.ExponentialRetry{}), got " .. describe(options))
+  end
   strategies.check_live(options, "retry_options")
   local specs = specs_for(client, list)
   local history = {}

@@ -21,11 +21,16 @@ M.KINDS = {
 -- word "transport" stands for in an `exceptions` list.
 M.TRANSPORT = { "connect", "dns", "timeout", "network" }
 
+-- A URL for messages: credentials in it are not printed.
+local function redact(url)
+  return (tostring(url):gsub("^(%a[%w+.-]*://)[^/?#@]*@", "%1***@"))
+end
+
 function Error:__tostring()
   local where = ""
   local method, url = rawget(self, "method"), rawget(self, "url")
   if method and url then
-    where = " (" .. tostring(method) .. " " .. tostring(url)
+    where = " (" .. tostring(method) .. " " .. redact(url)
     local attempt = rawget(self, "attempt")
     if attempt then where = where .. ", attempt " .. tostring(attempt) end
     where = where .. ")"

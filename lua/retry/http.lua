@@ -51,6 +51,10 @@ function M.encode_query(params)
       .. percent_encode(scalar(v, "params value"))
   end
   if #params > 0 then
+    if values.list_length(params) == nil then
+      invalid("params must be either a list of {name, value} pairs or a "
+        .. "table of names, not both")
+    end
     for _, pair in ipairs(params) do
       if type(pair) ~= "table" then
         invalid("params as a list must hold {name, value} pairs, got "
@@ -143,7 +147,7 @@ function M.check_options(opts, allowed, what)
   check_seconds(opts.connect_timeout, "connect_timeout", true)
   check_integer(opts.max_redirects, "max_redirects", 0, true)
   check_integer(opts.max_body_size, "max_body_size", 0, true)
-  values.check_type(opts.ca_file, "string", "ca_file")
+  if opts.ca_file ~= nil then values.check_readable(opts.ca_file, "ca_file") end
   values.check_type(opts.verify_tls, "boolean", "verify_tls")
 end
 
@@ -165,7 +169,11 @@ function M.make_spec(method, url, opts)
   if opts.params ~= nil then
     local query = M.encode_query(opts.params)
     if query ~= "" then
-      url = url .. (url:find("?", 1, true) and "&" or "?") .. query
+      -- The query goes before a #fragment, which is never sent.
+      local base, fragment = url:match("^([^#]*)(#.*)$")
+      base = base or url
+      url = base .. (base:find("?", 1, true) and "&" or "?") .. query
+        .. (fragment or "")
     end
   end
   local body, content_type

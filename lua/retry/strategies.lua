@@ -60,10 +60,16 @@ local function bad_field(cname, field, must, got)
     cname, field, must, describe(got)), 3)
 end
 
--- A number >= 0 (not NaN); math.huge is allowed.
+-- The numeric fields that may be math.huge (no cap, or a cap the cap
+-- takes care of); every other one must be finite, or the wait would be.
+local MAY_BE_HUGE = { max_timeout = true, factor = true }
+
+-- A number >= 0 (not NaN), finite unless the field may be math.huge.
 local function check_non_negative(cname, field, v)
-  if type(v) ~= "number" or v ~= v or v < 0 then
-    bad_field(cname, field, "a number >= 0", v)
+  if type(v) ~= "number" or v ~= v or v < 0
+      or (v == math.huge and not MAY_BE_HUGE[field]) then
+    bad_field(cname, field, MAY_BE_HUGE[field] and "a number >= 0"
+      or "a finite number >= 0", v)
   end
   return v
 end
@@ -87,12 +93,7 @@ end
 -- Read numeric field `field` of `self` at call time, naming it if a later
 -- assignment broke it.
 local function num(self, cname, field)
-  local v = self[field]
-  if type(v) ~= "number" then
-    errors.invalid(string.format("%s: field '%s' must be a number, got %s",
-      cname, field, describe(v)), 3)
-  end
-  return v
+  return check_non_negative(cname, field, self[field])
 end
 
 -- The attempt argument of get_timeout: an integer >= 1. `self` must be an
@@ -301,6 +302,15 @@ function M.check_live(opts, what)
         what, field, describe(v)), 2)
     end
   end
+  -- A built-in strategy's number fields, so a bad one stops the request
+  -- before its first attempt rather than at the first wait.
+  local class = CLASS_OF_META[getmetatable(opts)]
+  local numeric = class and class.numeric
+  if numeric then
+    for i = 1, #numeric do
+      check_non_negative(class.name, numeric[i], opts[numeric[i]])
+    end
+  end
 end
 
 --- Whether `x` can serve as retry options: true for every object built by
@@ -384,22 +394,32 @@ local function define(class)
   end
 end
 
+-- The check makers made by non_negative, so with_checks knows which fields
+-- are numbers (check_live looks at them before each request).
+local NUMERIC = setmetatable({}, { __mode = "k" })
+
 -- A check for a number field >= 0 with a default.
 local function non_negative(default)
-  return function(cname, field_name)
+  local make = function(cname, field_name)
     return function(_, v)
       if v == nil then return default end
       return check_non_negative(cname, field_name, v)
     end
   end
+  NUMERIC[make] = true
+  return make
 end
 
--- Fill class.checks from class.specs (field -> check maker).
+-- Fill class.checks from class.specs (field -> check maker), and
+-- class.numeric with the names of the number fields.
 local function with_checks(class)
   class.checks = {}
+  class.numeric = {}
   for f, make in pairs(class.specs) do
     class.checks[f] = make(class.name, f)
+    if NUMERIC[make] then class.numeric[#class.numeric + 1] = f end
   end
+  table.sort(class.numeric)
   return class
 end
 

@@ -156,22 +156,26 @@ end
 -- of their first results in order. The first error is raised after all
 -- have ended.
 function M.gather(...)
-  local tasks = { ... }
-  if select("#", ...) == 1 and getmetatable(tasks[1]) ~= Task then
-    tasks = tasks[1]
-    if not values.list_length(tasks) then
+  local tasks, count = { ... }, select("#", ...)
+  if count == 1 and getmetatable(tasks[1]) ~= Task then
+    local list = tasks[1]
+    -- A sequence, or one that says its length in `n` (table.pack).
+    count = type(list) == "table" and (math.tointeger(list.n)
+      or values.list_length(list))
+    if not count then
       invalid("retry.gather: expected Tasks or one list of Tasks, got "
-        .. describe(tasks))
+        .. describe(list))
     end
+    tasks = list
   end
-  for i = 1, select("#", ...) > 1 and select("#", ...) or #tasks do
+  for i = 1, count do
     if getmetatable(tasks[i]) ~= Task then
       invalid("retry.gather: argument " .. i .. " is not a Task, got "
         .. describe(tasks[i]))
     end
   end
-  local results, first_error = { n = #tasks }, nil
-  for i = 1, #tasks do
+  local results, first_error = { n = count }, nil
+  for i = 1, count do
     local ok, r = pcall(tasks[i].await, tasks[i])
     if ok then
       results[i] = r
@@ -266,8 +270,8 @@ function M.run(fn, ...)
   if not ok then error(loop_error, 0) end
   if fatal ~= nil then error(fatal, 0) end
   if deadlock then
-    error("retry.run: deadlock: tasks were waiting on each other with "
-      .. "nothing left to wake them, and were cancelled", 0)
+    invalid("retry.run: deadlock: tasks were waiting on each other with "
+      .. "nothing left to wake them, and were cancelled")
   end
   if not main.ok then
     main.observed = true

@@ -86,6 +86,19 @@ function M.check_keys(t, allowed, what)
   end
 end
 
+--- `v` must name a file that can be read and is not empty (a CA bundle).
+function M.check_readable(v, name)
+  M.check_string(v, name)
+  local f = io.open(v, "rb")
+  local first = f and f:read(1)
+  if f then f:close() end
+  if first == nil then
+    invalid(name .. " " .. M.describe(v) .. " cannot be read (missing, "
+      .. "empty or a directory)")
+  end
+  return v
+end
+
 --- `v` must be a non-empty string.
 function M.check_string(v, name)
   if type(v) ~= "string" or v == "" then

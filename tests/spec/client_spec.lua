@@ -492,6 +492,57 @@ describe("RetryClient", function()
     end)
   end)
 
+  it("names a custom strategy's wait that is not a finite number >= 0", function()
+    run(function()
+      for _, bad in ipairs({ -1, 0 / 0, math.huge, "1", false }) do
+        local custom = retry.RetryOptionsBase{ attempts = 2,
+          get_timeout = function() return bad end }
+        local client = retry.RetryClient{ retry_options = custom }
+        local url, key = counted("/status/500")
+        expect.invalid("get_timeout%(1%) returned", client.get, client, url)
+        assert.equal(1, h.hits(retry, key))
+      end
+    end)
+  end)
+
+  it("names a live option set to a bad value, before anything is sent", function()
+    run(function()
+      local url, key = counted("/status/500")
+      for _, bad in ipairs({ 5, true, retry.ExponentialRetry, "x" }) do
+        local client = retry.RetryClient()
+        client.retry_options = bad
+        expect.invalid("retry_options must be retry options", client.get,
+          client, url)
+      end
+      for field, bad in pairs({ start_timeout = -1, factor = "x",
+        max_timeout = 0 / 0, attempts = "x" }) do
+        local client = retry.RetryClient{ retry_options = fast() }
+        client.retry_options[field] = bad
+        expect.invalid("field '" .. field .. "'", client.get, client, url)
+      end
+      local random = retry.RetryClient{ retry_options = retry.RandomRetry() }
+      random.retry_options.min_timeout = math.huge
+      expect.invalid("min_timeout", random.get, random, url)
+      assert.equal(0, h.hits(retry, key))
+    end)
+  end)
+
+  it("refuses waits that could never end, at construction", function()
+    for _, o in ipairs({ { retry.ExponentialRetry, "start_timeout" },
+      { retry.RandomRetry, "min_timeout" }, { retry.FibonacciRetry, "multiplier" },
+      { retry.JitterRetry, "random_interval_size" } }) do
+      expect.invalid("field '" .. o[2] .. "' must be a finite number >= 0",
+        o[1], { [o[2]] = math.huge })
+    end
+    assert.equal(math.huge, retry.ExponentialRetry{ max_timeout = math.huge }.max_timeout)
+  end)
+
+  it("checks the logger's methods", function()
+    expect.invalid("logger", retry.RetryClient,
+      { logger = { debug = print, warning = 5 } })
+    expect.invalid("logger", retry.RetryClient, { logger = { debug = 5 } })
+  end)
+
   it("rejects unknown client and call options", function()
     expect.invalid("unknown option \"retry_option\"", retry.RetryClient,
       { retry_option = 1 })

@@ -209,6 +209,24 @@ describe("connection limits", function()
     end)
   end)
 
+  it("limit_per_host takes one origin however it is spelled", function()
+    run(function()
+      local client = retry.RetryClient{ limit_per_host = 2 }
+      local url, key = keyed("/delay/100")
+      local spellings = { url, url:gsub("^http://", "HTTP://"),
+        url:gsub("://", "://user:pw@") }
+      local tasks = {}
+      for i = 1, 9 do
+        local u = spellings[i % 3 + 1]
+        tasks[i] = retry.spawn(function() return client:get(u) end)
+      end
+      retry.gather(tasks)
+      local c = h.counts(retry, key)
+      assert.equal(9, c.hits)
+      assert.equal(2, c.peak)
+    end)
+  end)
+
   it("limit_per_host caps each origin on its own", function()
     run(function()
       local client = retry.RetryClient{ limit_per_host = 3 }
@@ -425,10 +443,27 @@ describe("checks before sending", function()
         { [""] = "x" }, { X = "a\r\nInjected: 1" }, { X = "a\0b" },
         { ["X\0"] = "v" }, { X = "a\nb" } }) do
         expect.invalid("header", retry.request, "GET", url, { headers = hd })
-        local client = retry.RetryClient{ headers = hd }
-        expect.invalid("header", client.get, client, url)
+        expect.invalid("header", retry.RetryClient, { headers = hd })
+        local client = retry.RetryClient()
+        expect.invalid("header", client.get, client, url, { headers = hd })
       end
       assert.equal(0, h.counts(retry, key).hits)
+    end)
+  end)
+
+  it("refuse Content-Length and Transfer-Encoding: the body sets them", function()
+    run(function()
+      local url, key = keyed("/echo")
+      local client = retry.RetryClient()
+      for _, name in ipairs({ "Content-Length", "content-length",
+        "Transfer-Encoding" }) do
+        expect.invalid("set from the body", client.post, client, url,
+          { headers = { [name] = "1" },
+            data = "xGET /status/418 HTTP/1.1\r\nHost: a\r\n\r\n" })
+      end
+      assert.equal(0, h.counts(retry, key).hits)
+      -- and the connection stays in step: the next request gets its own reply
+      assert.equal(200, client:get(h.url("/hello")).status)
     end)
   end)
 
@@ -477,6 +512,15 @@ describe("max_body_size", function()
     end)
   end)
 
+  it("does not apply to HEAD, which has no body", function()
+    run(function()
+      local r = retry.request("HEAD", h.fault_url("/bytes?size=100000000"),
+        { max_body_size = 1000 })
+      assert.equal(200, r.status)
+      assert.equal("100000000", r.headers["content-length"])
+    end)
+  end)
+
   it("is 64 MiB by default", function()
     run(function()
       assert.equal(64 * 1024 * 1024,
@@ -501,13 +545,30 @@ describe("TLS", function()
     end)
   end)
 
-  it("names a ca_file that cannot be read", function()
-    expect.invalid("ca_file", retry.RetryClient, { ca_file = "/no/such.pem" })
+  it("names a ca_file that cannot be read: missing, empty or a directory", function()
+    local empty = os.tmpname()
+    for _, path in ipairs({ "/no/such.pem", "/tmp", empty }) do
+      expect.invalid("ca_file .* cannot be read", retry.RetryClient,
+        { ca_file = path })
+      run(function()
+        expect.invalid("ca_file .* cannot be read", retry.request, "GET",
+          h.tls_url("/hello"), { ca_file = path })
+      end)
+    end
+    os.remove(empty)
+  end)
+
+  it("a CA file that is not a certificate is a tls error", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write("not a certificate\n")
+    f:close()
     run(function()
       local err = expect.raises("tls", retry.request, "GET", h.tls_url("/hello"),
-        { ca_file = "/no/such.pem" })
+        { ca_file = path })
       assert.equal(77, err.curl_code)
     end)
+    os.remove(path)
   end)
 end)
 
