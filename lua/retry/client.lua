@@ -208,6 +208,45 @@ function M.RetryClient(o)
   }, RetryClient)
 end
 
+-- The client's fields are read by every request, so a script may change
+-- them (the demo empties trace_configs); one set to a bad value is named
+-- here, before anything is sent. The wire options (timeouts, limits of
+-- redirects and body, TLS) are checked by the core as it reads them.
+local function check_settings(client)
+  local function bad(field, must)
+    invalid("RetryClient: " .. field .. " must be " .. must .. ", got "
+      .. describe(client[field]))
+  end
+  if type(client.headers) ~= "table" then bad("headers", "a table") end
+  if type(client.trace_configs) ~= "table" then
+    bad("trace_configs", "a list of tables")
+  end
+  if client.base_url ~= nil and type(client.base_url) ~= "string" then
+    bad("base_url", "a string")
+  end
+  if client.logger ~= nil and type(client.logger) ~= "table" then
+    bad("logger", "an object with :debug, :warning and :exception methods")
+  end
+  if type(client.raise_for_status) ~= "boolean" then
+    bad("raise_for_status", "a boolean")
+  end
+  local limit, per_host = client.limit, client.limit_per_host
+  if math.type(limit) ~= "integer" or limit < 0 then
+    bad("limit", "an integer >= 0")
+  end
+  if math.type(per_host) ~= "integer" or per_host < 0 then
+    bad("limit_per_host", "an integer >= 0")
+  end
+  local total = client.slots
+  if limit == 0 then
+    if total then total.limit = math.huge end
+  elseif total then
+    total.limit = limit
+  else
+    client.slots = slots.new(limit)
+  end
+end
+
 local function join_url(base, url)
   if base == nil or url:find("^%a[%w+.-]*://") then return url end
   return (base:gsub("/+$", "")) .. (url:sub(1, 1) == "/" and url or "/" .. url)
@@ -252,16 +291,33 @@ local function spec_for(client, p)
 end
 
 local function call_hooks(client, hook, ctx, params)
-  for _, tc in ipairs(client.trace_configs) do
+  for i, tc in ipairs(client.trace_configs) do
+    if type(tc) ~= "table" then
+      invalid("RetryClient: trace_configs[" .. i .. "] must be a table, got "
+        .. describe(tc))
+    end
     local f = tc[hook]
-    if f then f(client, ctx, params) end
+    if f then
+      if not values.is_callable(f) then
+        invalid("RetryClient: trace_configs[" .. i .. "]." .. hook
+          .. " must be a function, got " .. describe(f))
+      end
+      f(client, ctx, params)
+    end
   end
 end
 
 -- The message is formatted only when there is a logger to read it.
 local function log(client, level, format, ...)
   local logger = client.logger
-  if logger and logger[level] then logger[level](logger, format:format(...)) end
+  local f = type(logger) == "table" and logger[level]
+  if f then
+    if not values.is_callable(f) then
+      invalid("RetryClient: logger." .. level .. " must be a function, got "
+        .. describe(f))
+    end
+    f(logger, format:format(...))
+  end
 end
 
 -- The attempts limit, read live: a change made during a request counts.
@@ -483,6 +539,7 @@ local function run_request(client, list, options, raise_for_status)
   if client.closed then
     invalid("the RetryClient is closed")
   end
+  check_settings(client)
   local me = task.current()
   if me then client.active[me] = (client.active[me] or 0) + 1 end
   local ok, result = pcall(execute, client, list, options, raise_for_status)

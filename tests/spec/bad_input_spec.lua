@@ -152,6 +152,13 @@ local function fuzz(pool)
       return c:get(h.url("/hello"))
     end,
     function()
+      -- A client field changed to a bad value, named by the next request.
+      local c = a_client()
+      local keys = OPTION_KEYS.client
+      c[keys[math.random(#keys)]] = any()
+      return c:get(h.url("/hello"))
+    end,
+    function()
       local t = retry.spawn(function() return 1 end)
       local op = ({ "await", "cancel" })[math.random(2)]
       if math.random() < 0.5 then return t[op](any()) end

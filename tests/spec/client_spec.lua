@@ -537,6 +537,36 @@ describe("RetryClient", function()
     assert.equal(math.huge, retry.ExponentialRetry{ max_timeout = math.huge }.max_timeout)
   end)
 
+  it("names a client field set to a bad value, before anything is sent", function()
+    run(function()
+      local url, key = counted("/hello")
+      for field, bad in pairs({ headers = 5, trace_configs = "x", base_url = 5,
+        raise_for_status = "yes", limit = "x", limit_per_host = -1, logger = 5,
+        timeout = "x", max_redirects = -1, verify_tls = "no" }) do
+        local client = retry.RetryClient()
+        client[field] = bad
+        expect.invalid(field, client.get, client, url)
+      end
+      local hooked = retry.RetryClient()
+      hooked.trace_configs = { { on_request_start = 5 } }
+      expect.invalid("on_request_start must be a function", hooked.get, hooked, url)
+      hooked.trace_configs = { 5 }
+      expect.invalid("trace_configs%[1%] must be a table", hooked.get, hooked, url)
+      local logged = retry.RetryClient{ logger = { debug = function() end } }
+      logged.logger.debug = 5
+      expect.invalid("logger.debug must be a function", logged.get, logged, url)
+      assert.equal(0, h.hits(retry, key))
+      -- and a good change takes effect
+      local client = retry.RetryClient{ limit = 1 }
+      client.limit = 3
+      local slow, slow_key = counted("/delay/100")
+      local tasks = {}
+      for i = 1, 6 do tasks[i] = retry.spawn(function() return client:get(slow) end) end
+      retry.gather(tasks)
+      assert.equal(3, h.counts(retry, slow_key).peak)
+    end)
+  end)
+
   it("checks the logger's methods", function()
     expect.invalid("logger", retry.RetryClient,
       { logger = { debug = print, warning = 5 } })
