@@ -212,30 +212,34 @@ end
 -- them (the demo empties trace_configs); one set to a bad value is named
 -- here, before anything is sent. The wire options (timeouts, limits of
 -- redirects and body, TLS) are checked by the core as it reads them.
+local function bad_setting(client, field, must)
+  invalid("RetryClient: " .. field .. " must be " .. must .. ", got "
+    .. describe(client[field]))
+end
+
 local function check_settings(client)
-  local function bad(field, must)
-    invalid("RetryClient: " .. field .. " must be " .. must .. ", got "
-      .. describe(client[field]))
+  if type(client.headers) ~= "table" then
+    bad_setting(client, "headers", "a table")
   end
-  if type(client.headers) ~= "table" then bad("headers", "a table") end
   if type(client.trace_configs) ~= "table" then
-    bad("trace_configs", "a list of tables")
+    bad_setting(client, "trace_configs", "a list of tables")
   end
   if client.base_url ~= nil and type(client.base_url) ~= "string" then
-    bad("base_url", "a string")
+    bad_setting(client, "base_url", "a string")
   end
   if client.logger ~= nil and type(client.logger) ~= "table" then
-    bad("logger", "an object with :debug, :warning and :exception methods")
+    bad_setting(client, "logger",
+      "an object with :debug, :warning and :exception methods")
   end
   if type(client.raise_for_status) ~= "boolean" then
-    bad("raise_for_status", "a boolean")
+    bad_setting(client, "raise_for_status", "a boolean")
   end
   local limit, per_host = client.limit, client.limit_per_host
   if math.type(limit) ~= "integer" or limit < 0 then
-    bad("limit", "an integer >= 0")
+    bad_setting(client, "limit", "an integer >= 0")
   end
   if math.type(per_host) ~= "integer" or per_host < 0 then
-    bad("limit_per_host", "an integer >= 0")
+    bad_setting(client, "limit_per_host", "an integer >= 0")
   end
   local total = client.slots
   if limit == 0 then
