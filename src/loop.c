@@ -278,8 +278,10 @@ static void close_leftover_poll(uv_handle_t *handle, void *arg) {
     uv_close(handle, free_on_close);
 }
 
-/* curl_multi_cleanup closes the sockets of kept-alive connections without a
- * CURL_POLL_REMOVE for those it still watched; their polls go here. */
+/* curl_multi_cleanup closes the sockets of kept-alive connections. curl
+ * watches no socket of an idle connection (it sent CURL_POLL_REMOVE when
+ * the transfer ended), so no poll should be left; any that is goes here
+ * rather than outliving its socket. */
 static void multi_close(rt_loop_t *loop) {
   curl_multi_cleanup(loop->multi);
   loop->multi = NULL;

@@ -29,6 +29,8 @@
 typedef struct rt_ctx_s {
   rt_loop_t loop;
   rt_sched_t sched;
+  int run_ref; /* registry ref: the thread running retry.run (sched.L),
+                  so it lives as long as the run; released in l_leave */
   int open;
 } rt_ctx_t;
 
@@ -64,6 +66,8 @@ static int l_enter(lua_State *L) {
                                "a loop is already running");
   ctx->sched.running = 1;
   ctx->sched.L = L;
+  lua_pushthread(L);
+  ctx->run_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
@@ -100,6 +104,8 @@ static int l_leave(lua_State *L) {
   rt_loop_reset(&ctx->loop);
   ctx->sched.running = 0;
   ctx->sched.L = NULL;
+  luaL_unref(L, LUA_REGISTRYINDEX, ctx->run_ref);
+  ctx->run_ref = LUA_NOREF;
   return 0;
 }
 
@@ -493,6 +499,7 @@ static rt_ctx_t *push_ctx(lua_State *L) {
   lua_pop(L, 1);
   ctx = lua_newuserdatauv(L, sizeof(*ctx), 0);
   memset(ctx, 0, sizeof(*ctx));
+  ctx->run_ref = LUA_NOREF;
   if (luaL_newmetatable(L, CTX_MT)) {
     lua_pushcfunction(L, ctx_gc);
     lua_setfield(L, -2, "__gc");

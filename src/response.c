@@ -186,8 +186,9 @@ static int resp_index(lua_State *L) {
   if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
     return 1; /* a method */
   lua_pop(L, 1);
-  key = lua_tostring(L, 2);
-  if (key != NULL && lua_type(L, 2) == LUA_TSTRING) {
+  /* lua_tostring would turn a number key into a string in place. */
+  key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+  if (key != NULL) {
     if (strcmp(key, "status") == 0) {
       lua_pushinteger(L, r->status);
       return 1;

@@ -107,6 +107,13 @@ static void resume(rt_sched_t *s, rt_task_t *t) {
   int nargs = t->nargs;
   int status;
 
+  /* A task suspended by a plain coroutine.yield() can be resumed by a
+   * script holding its thread, and run to its end there (its wrapper has
+   * then finished it in Lua). Resuming it again would start it anew. */
+  if (t->started && lua_status(t->co) != LUA_YIELD) {
+    finish(s, t);
+    return;
+  }
   t->nargs = 0;
   t->state = RT_TASK_RUNNING;
   t->started = 1;
@@ -198,13 +205,20 @@ rt_task_t *rt_task_spawn(lua_State *L, rt_sched_t *s, int nargs) {
   lua_setmetatable(L, -2);
   co = lua_newthread(L);
   lua_setiuservalue(L, -2, 1);
+  if (!lua_checkstack(co, nargs + 2))
+    rt_error_invalid(L, "retry.spawn: too many arguments (%d)", nargs);
   push_anchors(L);
   lua_pushvalue(L, -2);
   lua_rawsetp(L, -2, t);
   lua_pop(L, 1);
-  /* Stack: fn args... handle. Move fn and args to the new thread. */
+  /* Stack: fn args... handle. The thread gets handle fn args...: the
+   * handle stays at the bottom of its stack, below the function, for as
+   * long as the thread lives, so a continuation that runs on it never
+   * finds its task freed. */
   lua_insert(L, -(nargs + 2));
-  lua_xmove(L, co, nargs + 1);
+  lua_pushvalue(L, -(nargs + 2));
+  lua_insert(L, -(nargs + 3));
+  lua_xmove(L, co, nargs + 2);
   t->co = co;
   t->sched = s;
   t->nargs = nargs;
@@ -247,6 +261,15 @@ rt_task_t *rt_task_check(lua_State *L, rt_sched_t *s, const char *what) {
                      "%s cannot be called from a coroutine made inside a "
                      "task: call it from the task itself or use retry.spawn",
                      what);
+  /* lua_yieldk would raise "attempt to yield across a C-call boundary"
+   * only after the operation had started, leaving it running unowned. */
+  if (!lua_isyieldable(L))
+    rt_error_invalid(L,
+                     "%s cannot be called where the task cannot wait: "
+                     "inside a function that C calls (a table.sort "
+                     "comparator, a string.gsub replacement, a metamethod "
+                     "called from C) or while a module loads (require)",
+                     what);
   return t;
 }
 
@@ -259,6 +282,8 @@ rt_task_t *rt_task_check(lua_State *L, rt_sched_t *s, const char *what) {
 static int parked_k(lua_State *L, int status, lua_KContext ctx) {
   rt_task_t *t = (rt_task_t *)ctx;
 
+  if (t->state == RT_TASK_DONE)
+    return rt_error_invalid(L, "this task has ended: its run is over");
   if (t->state != RT_TASK_RUNNING) {
     lua_settop(L, t->base + (t->state == RT_TASK_READY ? t->nargs : 0));
     return lua_yieldk(L, 0, ctx, parked_k);
@@ -280,6 +305,9 @@ int rt_task_park(lua_State *L, rt_task_t *t, void *op,
     lua_getiuservalue(L, -1, 2);
     return lua_error(L);
   }
+  /* An operation left by a continuation that raised before taking it (out
+   * of memory) is released here rather than lost. */
+  release_op(t);
   t->op = op;
   t->abandon = abandon;
   t->state = RT_TASK_PARKED;
@@ -302,13 +330,18 @@ static int park_lua_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 int rt_task_park_lua(lua_State *L, rt_task_t *t) {
-  t->lua_parked = 1;
+  /* Only a park that happens may be woken by core.wake: a pending cancel
+   * raises in rt_task_park instead, and the flag must not outlive it. */
+  if (!t->cancel_pending)
+    t->lua_parked = 1;
   return rt_task_park(L, t, NULL, NULL, park_lua_k);
 }
 
 int rt_task_wake_lua(lua_State *L, rt_task_t *t, int n) {
   if (t->state != RT_TASK_PARKED || !t->lua_parked)
     return 0;
+  if (!lua_checkstack(t->co, n))
+    return rt_error_invalid(L, "core.wake: too many values (%d)", n);
   t->lua_parked = 0;
   lua_xmove(L, t->co, n);
   rt_task_wake(t, n);
@@ -394,6 +427,8 @@ int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx) {
   }
   /* Parked, or woken and not yet resumed: drop the operation and whatever
    * it delivered, and make the resume raise the error instead. */
+  if (!lua_checkstack(t->co, 1))
+    return luaL_error(L, "core.cancel: out of memory");
   release_op(t);
   lua_settop(t->co, lua_gettop(t->co) - t->nargs);
   lua_pushvalue(L, err_idx);

@@ -150,12 +150,9 @@ static const char *kind_of(rt_xfer_t *xfer, CURLcode code) {
      * connect limit, unless the whole-attempt limit was the tighter one. */
     curl_easy_getinfo(xfer->easy, CURLINFO_PRETRANSFER_TIME_T, &sent_us);
     if (sent_us == 0 && xfer->connect_timeout_ms > 0 &&
-        (xfer->timeout_ms == 0 || xfer->connect_timeout_ms < xfer->timeout_ms))
+        (xfer->hop_timeout_ms == 0 ||
+         xfer->connect_timeout_ms < xfer->hop_timeout_ms))
       kind = "connect";
-  } else if (code == CURLE_FILESIZE_EXCEEDED) {
-    snprintf(xfer->note, sizeof(xfer->note),
-             "the announced body is larger than max_body_size (%ld bytes)",
-             (long)xfer->max_body_size);
   } else if (code == CURLE_OUT_OF_MEMORY) {
     long sent = 0;
 
@@ -204,6 +201,8 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
   rt_xfer_t *xfer = userp;
   size_t len = size * nmemb;
 
+  if (xfer->discard_body)
+    return len;
   if (xfer->max_body_size >= 0 &&
       (curl_off_t)(xfer->body.len + len) > xfer->max_body_size) {
     stop_with(xfer, RT_STOP_TOO_LARGE,
@@ -221,6 +220,47 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp) {
   return len;
 }
 
+static int is_redirect(long status) {
+  return status == 301 || status == 302 || status == 303 || status == 307 ||
+         status == 308;
+}
+
+/* The headers of a response are in (libcurl has its Content-Length by the
+ * final header callback). The body of a redirect that will be followed is
+ * thrown away, not limited; otherwise an announced body over the limit
+ * ends the attempt before a byte of it is read. curl's own
+ * CURLOPT_MAXFILESIZE would also refuse a redirect's body and a HEAD's. */
+/* The header block holds a Location line (CURLINFO_REDIRECT_URL is only
+ * set once the transfer is done). */
+static int has_location(const rt_buf_t *head) {
+  size_t i;
+
+  for (i = 0; i + 10 <= head->len; i++)
+    if (head->data[i] == '\n' &&
+        strncasecmp(head->data + i + 1, "location:", 9) == 0)
+      return 1;
+  return 0;
+}
+
+static int end_of_head(rt_xfer_t *xfer) {
+  long status = 0;
+  curl_off_t announced = -1;
+
+  curl_easy_getinfo(xfer->easy, CURLINFO_RESPONSE_CODE, &status);
+  xfer->discard_body = is_redirect(status) && xfer->max_redirects > 0 &&
+                       has_location(&xfer->head);
+  if (xfer->discard_body || xfer->is_head || xfer->max_body_size < 0)
+    return 0;
+  curl_easy_getinfo(xfer->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced);
+  if (announced > xfer->max_body_size) {
+    stop_with(xfer, RT_STOP_TOO_LARGE,
+              "the announced body is larger than max_body_size (%ld bytes)",
+              (long)xfer->max_body_size);
+    return -1;
+  }
+  return 0;
+}
+
 static size_t on_header(char *data, size_t size, size_t nmemb, void *userp) {
   rt_xfer_t *xfer = userp;
   size_t len = size * nmemb;
@@ -234,6 +274,10 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userp) {
               (long)(xfer->head.len + len));
     return 0;
   }
+  /* A short count makes curl fail the transfer with CURLE_WRITE_ERROR. */
+  if (len <= 2 && (data[0] == '\r' || data[0] == '\n') &&
+      end_of_head(xfer) != 0)
+    return 0;
   return len;
 }
 
@@ -365,10 +409,11 @@ static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
   rc |= curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, req->timeout_ms);
   rc |= curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                          req->connect_timeout_ms);
-  /* An announced Content-Length over the limit fails before any body byte
-   * is read; a body of unknown length is counted in on_body. */
-  if (req->max_body_size >= 0 && strcmp(req->method, "HEAD") != 0)
-    rc |= curl_easy_setopt(easy, CURLOPT_MAXFILESIZE_LARGE, req->max_body_size);
+  /* HTTP/1.1, as aiohttp: over HTTP/2 libcurl would also send a request
+   * again after a refused stream or an HTTP_1_1_REQUIRED reset, which the
+   * re-send rule in on_prereq cannot tell from a dead connection. */
+  rc |=
+      curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
   if (req->ca_file != NULL)
     rc |= curl_easy_setopt(easy, CURLOPT_CAINFO, req->ca_file);
   if (!req->verify_tls) {
@@ -454,11 +499,6 @@ static void xfer_put(rt_xfer_t *xfer) {
 /* ------------------------------------------------------------------ */
 /* Redirects                                                           */
 /* ------------------------------------------------------------------ */
-
-static int is_redirect(long status) {
-  return status == 301 || status == 302 || status == 303 || status == 307 ||
-         status == 308;
-}
 
 static int is_http_url(const char *url) {
   return rt_request_check_url(url, strlen(url)) == NULL;
@@ -585,12 +625,14 @@ static int follow_redirect(rt_xfer_t *xfer) {
   /* curl copies the URL before the handle is added again, which is when
    * `location` (curl's own memory) becomes invalid. */
   curl_easy_setopt(easy, CURLOPT_URL, location);
-  if (xfer->timeout_ms > 0)
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
-                     xfer->timeout_ms - (long)spent_ms);
+  if (xfer->timeout_ms > 0) {
+    xfer->hop_timeout_ms = xfer->timeout_ms - (long)spent_ms;
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, xfer->hop_timeout_ms);
+  }
   xfer->body.len = 0;
   xfer->head.len = 0;
   xfer->sends = 0;
+  xfer->discard_body = 0;
   xfer->result.redirects++;
   if (rt_loop_add(xfer->loop, easy) != 0) {
     stop_with(xfer, RT_STOP_NOMEM,
@@ -649,7 +691,10 @@ int rt_xfer_start(rt_loop_t *loop, const rt_request_t *req,
     return UV_ENOMEM;
   xfer->job.done = on_done;
   xfer->timeout_ms = req->timeout_ms;
+  xfer->hop_timeout_ms = req->timeout_ms;
   xfer->connect_timeout_ms = req->connect_timeout_ms;
+  xfer->is_head = strcmp(req->method, "HEAD") == 0;
+  xfer->discard_body = 0;
   xfer->max_redirects = req->max_redirects;
   xfer->max_body_size = req->max_body_size;
   xfer->idempotent = is_idempotent(req->method);

@@ -71,13 +71,16 @@ struct rt_xfer_s {
   char errbuf[CURL_ERROR_SIZE]; /* curl's message (CURLOPT_ERRORBUFFER) */
   char note[CURL_ERROR_SIZE];   /* ours, when we end or explain it */
   uint64_t started_ns;          /* uv_hrtime when the attempt started */
-  long timeout_ms;
+  long timeout_ms;              /* the whole attempt */
+  long hop_timeout_ms; /* what was left of it for the current request */
   long connect_timeout_ms;
   long max_redirects;
   curl_off_t max_body_size;
   enum rt_xfer_stop stop;
-  int sends;      /* requests curl started for the current URL */
-  int idempotent; /* the current request may be re-sent once */
+  int sends;        /* requests curl started for the current URL */
+  int idempotent;   /* the current request may be re-sent once */
+  int is_head;      /* a HEAD: no body to limit */
+  int discard_body; /* the current response is a redirect being followed */
   int in_flight;
   rt_xfer_done_cb done; /* borrowed */
   void *done_arg;       /* borrowed */

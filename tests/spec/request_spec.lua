@@ -91,6 +91,8 @@ describe("a request", function()
       assert.equal(200, r.status)
       r.note = "mine"
       assert.equal("mine", r.note)
+      r[1] = "one"
+      assert.equal("one", r[1])
       expect.invalid("^response:read: expected a Response", r.read)
       expect.invalid("^response:text: expected a Response", r.text, 5)
     end)

@@ -303,6 +303,52 @@ describe("tasks", function()
     end)
   end)
 
+  it("a task whose plain yield a script resumed to its end still ends once", function()
+    local got = retry.run(function()
+      local th
+      local t = retry.spawn(function()
+        th = coroutine.running()
+        coroutine.yield()
+        return "finished"
+      end)
+      retry.spawn(function() coroutine.resume(th) end):await()
+      return t:await()
+    end)
+    assert.equal("finished", got)
+  end)
+
+  it("refuses to wait where the task cannot yield, starting nothing", function()
+    retry.run(function()
+      local url, key = h.url("/delay/300?key=" .. h.key("noyield")), nil
+      key = url:match("key=(.*)$")
+      local ok, err = pcall(table.sort, { 3, 1, 2 }, function(a, b)
+        retry.request("GET", url)
+        return a < b
+      end)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err, "invalid"))
+      assert.matches("cannot wait", err.message)
+      expect.invalid("cannot wait", string.gsub, "x", "x", function()
+        retry.sleep(1)
+      end)
+      -- nothing was left running: a later sleep lasts its whole time
+      local t0 = retry.now()
+      retry.sleep(0.4)
+      assert.is_true(retry.now() - t0 >= 0.4)
+      assert.equal(0, h.hits(retry, key))
+    end)
+  end)
+
+  it("takes hundreds of arguments for spawn and wake", function()
+    retry.run(function()
+      local args = {}
+      for i = 1, 300 do args[i] = i end
+      local t = retry.spawn(function(...) return select("#", ...) end,
+        table.unpack(args))
+      assert.equal(300, t:await())
+    end)
+  end)
+
   it("a plain coroutine.yield lets other tasks run", function()
     local log = {}
     retry.run(function()
@@ -492,6 +538,15 @@ describe("retry.core", function()
         { method = "GET", url = h.url("/"), verify_tls = "no" })
       local handle = core.spawn(function() end)
       expect.invalid("the error to raise is missing", core.cancel, handle)
+      -- a cancel raised by core.park leaves nothing for core.wake to wake
+      local me = retry.current_task()
+      core.cancel(me.handle, "stop")
+      assert.is_false(pcall(core.park, "x"))
+      local waker = retry.spawn(function() return core.wake(me.handle) end)
+      local t0 = retry.now()
+      retry.sleep(0.2)
+      assert.is_true(retry.now() - t0 >= 0.2)
+      assert.is_false(waker:await())
     end)
     -- Outside a run: nothing to leave, nothing to run, no task to park.
     core.leave()

@@ -495,7 +495,7 @@ describe("max_body_size", function()
       local client = retry.RetryClient{ max_body_size = 1000 }
       local url, key = keyed("/bytes/1001")
       local err = expect.raises("too_large", client.get, client, url)
-      assert.equal(63, err.curl_code)
+      assert.equal(23, err.curl_code)
       assert.matches("announced", err.message)
       assert.equal(1, h.counts(retry, key).hits)
       assert.equal(200, client:get(h.url("/bytes/1000")).status)
@@ -509,6 +509,19 @@ describe("max_body_size", function()
         { max_body_size = math.huge }):text())
       expect.raises("too_large", retry.request, "GET",
         h.fault_url("/chunked?size=5000"), { max_body_size = 10 })
+    end)
+  end)
+
+  it("does not apply to the body of a redirect that is followed", function()
+    run(function()
+      -- the 302's body, "redirecting to /hello\n", is longer than 16 bytes
+      local r = retry.request("GET", h.url("/redirect?to=%2Fhello"),
+        { max_body_size = 16 })
+      assert.equal("hello\n", r:text())
+      assert.equal(1, r.redirects)
+      -- but it does to a 3xx that is the response
+      expect.raises("too_large", retry.request, "GET",
+        h.url("/redirect?to=%2Fhello"), { max_body_size = 16, max_redirects = 0 })
     end)
   end)
 
@@ -599,7 +612,7 @@ describe("error kinds", function()
     { "protocol", 8, function() return h.fault_url("/no-colon") end },
     { "protocol", 61, function() return h.fault_url("/bad-gzip") end },
     { "protocol", 27, function() return h.fault_url("/big-header?size=2097152") end },
-    { "too_large", 63, function() return h.url("/bytes/100") end,
+    { "too_large", 23, function() return h.url("/bytes/100") end,
       { max_body_size = 10 } },
     { "too_large", 23, function() return h.fault_url("/chunked?size=100") end,
       { max_body_size = 10 } },
