@@ -167,6 +167,13 @@ static int l_take_cancel(lua_State *L) {
   return rt_task_take_cancel(L, rt_task_from(L, 1));
 }
 
+/* core.ended(handle): the task's wrapper has recorded its outcome (a
+ * thread that stops without this was closed from outside). */
+static int l_ended(lua_State *L) {
+  rt_task_from(L, 1)->ended = 1;
+  return 0;
+}
+
 /* core.cancelled(handle) -> whether the task was ever cancelled */
 static int l_cancelled(lua_State *L) {
   lua_pushboolean(L, rt_task_from(L, 1)->cancelled);
@@ -359,6 +366,8 @@ static const char *read_spec(lua_State *L, rt_request_t *req) {
     rt_error_invalid(L, "request: verify_tls must be a boolean, got %s",
                      luaL_typename(L, -1));
   req->verify_tls = lua_isnil(L, -1) || lua_toboolean(L, -1);
+  lua_getfield(L, 1, "fresh_connect");
+  req->fresh_connect = lua_toboolean(L, -1);
   bad = rt_request_check_method(req->method, method_len);
   if (bad == NULL)
     bad = rt_request_check_url(req->url, url_len);
@@ -377,8 +386,20 @@ static int l_check(lua_State *L) {
     return rt_error_invalid(L, "core.check: expected a request table");
   lua_settop(L, 1);
   bad = read_spec(L, &req);
-  if (bad == NULL)
-    return 0;
+  if (bad == NULL) {
+    /* What libcurl would refuse when the transfer starts (a port over
+     * 65535, a broken IPv6 literal), found now. core.request leaves this
+     * to libcurl: its URL_MALFORMAT comes before anything is sent. */
+    CURLU *u = curl_url();
+    CURLUcode rc = u != NULL ? curl_url_set(u, CURLUPART_URL, req.url, 0)
+                             : CURLUE_OUT_OF_MEMORY;
+
+    curl_url_cleanup(u);
+    if (rc == CURLUE_OK)
+      return 0;
+    lua_pushfstring(L, "url is malformed (%s)", curl_url_strerror(rc));
+    return 1;
+  }
   lua_pushstring(L, bad);
   return 1;
 }
@@ -474,21 +495,15 @@ static int l_is_response(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
-                                      {"cancelled", l_cancelled},
-                                      {"check", l_check},
-                                      {"enter", l_enter},
-                                      {"is_response", l_is_response},
-                                      {"leave", l_leave},
-                                      {"loop", l_loop},
-                                      {"now", l_now},
-                                      {"park", l_park},
-                                      {"request", l_request},
-                                      {"sleep", l_sleep},
-                                      {"spawn", l_spawn},
-                                      {"take_cancel", l_take_cancel},
-                                      {"wake", l_wake},
-                                      {NULL, NULL}};
+static const luaL_Reg core_funcs[] = {
+    {"cancel", l_cancel},   {"cancelled", l_cancelled},
+    {"check", l_check},     {"ended", l_ended},
+    {"enter", l_enter},     {"is_response", l_is_response},
+    {"leave", l_leave},     {"loop", l_loop},
+    {"now", l_now},         {"park", l_park},
+    {"request", l_request}, {"sleep", l_sleep},
+    {"spawn", l_spawn},     {"take_cancel", l_take_cancel},
+    {"wake", l_wake},       {NULL, NULL}};
 
 /* The per-state context, made on first load and shared by later loads. */
 static rt_ctx_t *push_ctx(lua_State *L) {

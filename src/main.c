@@ -67,14 +67,29 @@ static void preload_modules(lua_State *L) {
  * (to a string, or as err.traceback); add one only where none is. */
 static int on_error(lua_State *L) {
   const char *msg;
+  lua_Integer i, n;
 
   if (lua_type(L, 1) == LUA_TTABLE) {
-    lua_getfield(L, 1, "traceback");
-    msg = luaL_tolstring(L, 1, NULL);
-    if (lua_type(L, -2) == LUA_TSTRING)
-      lua_pushfstring(L, "%s\n%s", msg, lua_tostring(L, -2));
+    lua_getfield(L, 1, "traceback");  /* 2 */
+    msg = luaL_tolstring(L, 1, NULL); /* 3 */
+    if (lua_type(L, 2) == LUA_TSTRING)
+      lua_pushfstring(L, "%s\n%s", msg, lua_tostring(L, 2));
     else
       luaL_traceback(L, L, msg, 1);
+    lua_replace(L, 3);
+    /* The errors of other tasks nobody awaited travel with this one. */
+    if (lua_getfield(L, 1, "also_failed") == LUA_TTABLE) { /* 4 */
+      n = luaL_len(L, 4);
+      for (i = 1; i <= n; i++) {
+        lua_geti(L, 4, i);
+        luaL_tolstring(L, 5, NULL);
+        lua_pushfstring(L, "%s\nalso failed: %s", lua_tostring(L, 3),
+                        lua_tostring(L, 6));
+        lua_replace(L, 3);
+        lua_settop(L, 4);
+      }
+    }
+    lua_settop(L, 3);
     return 1;
   }
   msg = luaL_tolstring(L, 1, NULL);

@@ -111,6 +111,15 @@ static void resume(rt_sched_t *s, rt_task_t *t) {
    * script holding its thread, and run to its end there (its wrapper has
    * then finished it in Lua). Resuming it again would start it anew. */
   if (t->started && lua_status(t->co) != LUA_YIELD) {
+    /* Closed by coroutine.close instead, before its wrapper could end it:
+     * its waiters would wait forever, so the run fails with an error that
+     * says why. */
+    if (!t->ended && s->fatal_ref == LUA_NOREF) {
+      rt_error_push(s->L, "invalid",
+                    "a task's coroutine was closed with coroutine.close: "
+                    "the task cannot end");
+      s->fatal_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
+    }
     finish(s, t);
     return;
   }

@@ -43,6 +43,7 @@ struct rt_task_s {
                          error is raised at the next park */
   int cancelled;      /* cancel has been called on it (the one record of
                          cancellation; Lua asks for it) */
+  int ended;          /* its Lua wrapper has recorded its outcome */
   lua_KFunction k;    /* continuation of the current park */
   void *op;           /* what it is parked on; released by abandon */
   rt_task_abandon_fn abandon;

@@ -171,12 +171,30 @@ static const char *kind_of(rt_xfer_t *xfer, CURLcode code) {
   return kind;
 }
 
+/* Stops made between requests have no libcurl result of their own: report
+ * the one libcurl gives for the same thing. */
+static CURLcode stop_code(enum rt_xfer_stop stop) {
+  switch (stop) {
+  case RT_STOP_REDIRECTS:
+    return CURLE_TOO_MANY_REDIRECTS;
+  case RT_STOP_REDIRECT_SCHEME:
+    return CURLE_UNSUPPORTED_PROTOCOL;
+  case RT_STOP_REDIRECT_URL:
+    return CURLE_URL_MALFORMAT;
+  case RT_STOP_TIMEOUT:
+    return CURLE_OPERATION_TIMEDOUT;
+  default:
+    return CURLE_OUT_OF_MEMORY;
+  }
+}
+
 static const char *stop_kind(enum rt_xfer_stop stop) {
   switch (stop) {
   case RT_STOP_TOO_LARGE:
     return "too_large";
   case RT_STOP_REDIRECTS:
   case RT_STOP_REDIRECT_SCHEME:
+  case RT_STOP_REDIRECT_URL:
     return "redirect";
   case RT_STOP_TIMEOUT:
     return "timeout";
@@ -414,6 +432,13 @@ static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
    * re-send rule in on_prereq cannot tell from a dead connection. */
   rc |=
       curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+  /* Without it, removing a transfer that is still resolving its host name
+   * (a cancel, a timeout) waits for getaddrinfo in libcurl's resolver
+   * thread, blocking the whole loop; with it the thread is left to finish
+   * and clean up alone. */
+  rc |= curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L);
+  if (req->fresh_connect)
+    rc |= curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
   if (req->ca_file != NULL)
     rc |= curl_easy_setopt(easy, CURLOPT_CAINFO, req->ca_file);
   if (!req->verify_tls) {
@@ -431,11 +456,15 @@ static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
 /* The pool of easy handles                                            */
 /* ------------------------------------------------------------------ */
 
+static void free_on_close(uv_handle_t *handle) {
+  free(handle->data);
+}
+
 static void xfer_free(rt_xfer_t *xfer) {
   curl_easy_cleanup(xfer->easy);
   rt_buf_free(&xfer->head);
   rt_buf_free(&xfer->body);
-  free(xfer);
+  uv_close((uv_handle_t *)&xfer->deadline, free_on_close);
 }
 
 static void pool_trim(rt_loop_t *loop, unsigned keep) {
@@ -464,6 +493,8 @@ static rt_xfer_t *xfer_get(rt_loop_t *loop) {
       free(xfer);
       return NULL;
     }
+    uv_timer_init(&loop->uv, &xfer->deadline);
+    xfer->deadline.data = xfer;
     xfer->loop = loop;
     xfer->job.done = NULL;
     loop->trim = pool_trim;
@@ -502,6 +533,16 @@ static void xfer_put(rt_xfer_t *xfer) {
 
 static int is_http_url(const char *url) {
   return rt_request_check_url(url, strlen(url)) == NULL;
+}
+
+/* libcurl can parse the URL (a port over 65535, a broken IPv6 literal or
+ * an empty host pass the byte checks but not this). */
+static int is_parsable(const char *url) {
+  CURLU *u = curl_url();
+  int ok = u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK;
+
+  curl_url_cleanup(u);
+  return ok;
 }
 
 /* Scheme, host and port of two URLs are the same. */
@@ -598,6 +639,11 @@ static int follow_redirect(rt_xfer_t *xfer) {
               "a %ld redirect to a URL that is not http or https", status);
     return 0;
   }
+  if (!is_parsable(location)) {
+    stop_with(xfer, RT_STOP_REDIRECT_URL, "a %ld redirect to a malformed URL",
+              status);
+    return 0;
+  }
   spent_ms = (uv_hrtime() - xfer->started_ns) / 1000000;
   if (xfer->timeout_ms > 0 && spent_ms >= (uint64_t)xfer->timeout_ms) {
     stop_with(xfer, RT_STOP_TIMEOUT,
@@ -650,18 +696,13 @@ static int follow_redirect(rt_xfer_t *xfer) {
 static void finish(rt_xfer_t *xfer, CURLcode code) {
   rt_xfer_result_t *r = &xfer->result;
 
+  uv_timer_stop(&xfer->deadline);
   r->code = code;
   if (xfer->stop != RT_STOP_NONE) {
     r->kind = stop_kind(xfer->stop);
     r->message = xfer->note;
-    /* Stops made between requests have no libcurl result of their own:
-     * report the one libcurl gives for the same thing. */
     if (code == CURLE_OK)
-      r->code = xfer->stop == RT_STOP_REDIRECTS ? CURLE_TOO_MANY_REDIRECTS
-                : xfer->stop == RT_STOP_TIMEOUT ? CURLE_OPERATION_TIMEDOUT
-                : xfer->stop == RT_STOP_REDIRECT_SCHEME
-                    ? CURLE_UNSUPPORTED_PROTOCOL
-                    : CURLE_OUT_OF_MEMORY;
+      r->code = stop_code(xfer->stop);
   } else if (code != CURLE_OK) {
     r->kind = kind_of(xfer, code);
     r->message = xfer->note[0] != '\0'     ? xfer->note
@@ -672,6 +713,26 @@ static void finish(rt_xfer_t *xfer, CURLcode code) {
   curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_URL, &r->url);
   curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_METHOD, &r->method);
   xfer->done(xfer, xfer->done_arg);
+}
+
+/* libcurl 7.88 can lose a transfer's timeout: when another of its timers
+ * (the connect timeout) is handled less than a millisecond before it, the
+ * timeout entry is dropped, and with the socket API nothing looks at the
+ * transfer again until its socket speaks, which a stalled server never
+ * does. This timer, a little after libcurl's, ends such a transfer. */
+#define DEADLINE_SLACK_MS 5
+
+static void on_deadline(uv_timer_t *timer) {
+  rt_xfer_t *xfer = timer->data;
+
+  if (!xfer->in_flight)
+    return;
+  rt_loop_remove(xfer->loop, xfer->easy);
+  xfer->in_flight = 0;
+  snprintf(xfer->note, sizeof(xfer->note),
+           "the attempt took longer than its timeout (%ld ms)",
+           xfer->timeout_ms);
+  finish(xfer, CURLE_OPERATION_TIMEDOUT);
 }
 
 static void on_done(rt_loop_job_t *job, CURLcode code) {
@@ -710,11 +771,15 @@ int rt_xfer_start(rt_loop_t *loop, const rt_request_t *req,
     return UV_EINVAL;
   }
   xfer->in_flight = 1;
+  if (req->timeout_ms > 0)
+    uv_timer_start(&xfer->deadline, on_deadline,
+                   (uint64_t)req->timeout_ms + DEADLINE_SLACK_MS, 0);
   *out = xfer;
   return 0;
 }
 
 void rt_xfer_release(rt_xfer_t *xfer) {
+  uv_timer_stop(&xfer->deadline);
   if (xfer->in_flight) {
     rt_loop_remove(xfer->loop, xfer->easy);
     xfer->in_flight = 0;

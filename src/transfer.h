@@ -34,6 +34,7 @@ typedef struct rt_request_s {
   curl_off_t max_body_size; /* bytes; -1 for no limit */
   const char *ca_file;      /* PEM bundle; NULL for the system's */
   int verify_tls;
+  int fresh_connect; /* a new connection, not a kept-alive one */
 } rt_request_t;
 
 /* Why an attempt was ended by this file rather than by libcurl. */
@@ -43,6 +44,7 @@ enum rt_xfer_stop {
   RT_STOP_TOO_LARGE, /* the body passed max_body_size */
   RT_STOP_REDIRECTS, /* more redirects than max_redirects */
   RT_STOP_REDIRECT_SCHEME, /* a redirect to something not http or https */
+  RT_STOP_REDIRECT_URL,    /* a redirect to a URL libcurl cannot parse */
   RT_STOP_TIMEOUT,         /* the timeout ran out between redirects */
   RT_STOP_NOMEM
 };
@@ -68,6 +70,9 @@ struct rt_xfer_s {
   rt_buf_t body;              /* response body; taken by the response */
   rt_buf_t head;              /* raw header block of the last response */
   rt_xfer_result_t result;
+  uv_timer_t deadline; /* the attempt's timeout, kept by us as well: see
+                          on_deadline. Closed (and the struct freed) in
+                          xfer_free's close callback. */
   char errbuf[CURL_ERROR_SIZE]; /* curl's message (CURLOPT_ERRORBUFFER) */
   char note[CURL_ERROR_SIZE];   /* ours, when we end or explain it */
   uint64_t started_ns;          /* uv_hrtime when the attempt started */

@@ -201,6 +201,7 @@ function M.RetryClient(o)
     max_body_size = o.max_body_size,
     ca_file = o.ca_file,
     verify_tls = o.verify_tls,
+    ca_checked = o.ca_file, -- the ca_file last found readable
     closed = false,
     active = {}, -- tasks with a request of this client in progress
     slots = limit > 0 and slots.new(limit) or nil,
@@ -240,6 +241,12 @@ local function check_settings(client)
   end
   if math.type(per_host) ~= "integer" or per_host < 0 then
     bad_setting(client, "limit_per_host", "an integer >= 0")
+  end
+  if client.ca_file ~= client.ca_checked then
+    if client.ca_file ~= nil then
+      values.check_readable(client.ca_file, "RetryClient: ca_file")
+    end
+    client.ca_checked = client.ca_file
   end
   local total = client.slots
   if limit == 0 then
@@ -494,12 +501,26 @@ local function execute(client, list, options, raise_for_status)
   local history = {}
   local started = core.now()
   local n = 0
+  local fresh = false -- the next attempt goes out on a new connection
   while true do
     n = n + 1
+    if n > 1 and client.closed then
+      invalid("the RetryClient was closed during the request")
+    end
     local p = list[n] or list[#list]
-    log(client, "debug", "Attempt %d out of %d", n, options.attempts)
-    local response, err, record = attempt(client, p, specs[n] or specs[#specs],
-      n)
+    if client.logger then
+      log(client, "debug", "Attempt %d out of %d", n, attempts_of(options))
+    end
+    local spec = specs[n] or specs[#specs]
+    if fresh then
+      -- libcurl 7.88 takes a reset idle connection for alive, so after a
+      -- connection fault another pooled one may be as dead: a retry that
+      -- reaches the server needs a connection of its own.
+      local copy = { fresh_connect = true }
+      for k, v in pairs(spec) do copy[k] = v end
+      spec = copy
+    end
+    local response, err, record = attempt(client, p, spec, n)
     history[n] = record
     if response then
       local ok, retry_it = pcall(should_retry, options, n, p.method, response)
@@ -521,6 +542,7 @@ local function execute(client, list, options, raise_for_status)
       end
       if not retry_it then return finish(response, n, history, started) end
       record.wait = wait_before_retry(options, n, response)
+      fresh = false
       log(client, "debug", "Retrying after response code %d, waiting %.3f s",
         response.status, record.wait)
       response:close()
@@ -532,6 +554,7 @@ local function execute(client, list, options, raise_for_status)
         error(err, 0)
       end
       record.wait = wait_before_retry(options, n, nil)
+      fresh = err.kind == "network"
       log(client, "debug", "Retrying after %s error (%s), waiting %.3f s",
         err.kind, err.message, record.wait)
     end

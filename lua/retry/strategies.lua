@@ -60,15 +60,17 @@ local function bad_field(cname, field, must, got)
     cname, field, must, describe(got)), 3)
 end
 
--- The numeric fields that may be math.huge (no cap, or a cap the cap
--- takes care of); every other one must be finite, or the wait would be.
-local MAY_BE_HUGE = { max_timeout = true, factor = true }
+-- Class name -> set of the number fields that may be math.huge: a cap
+-- (max_timeout of the capped strategies) or what a cap bounds (Exponential's
+-- factor). Every other number field must be finite, or a wait would be.
+local HUGE_OK = {}
 
 -- A number >= 0 (not NaN), finite unless the field may be math.huge.
 local function check_non_negative(cname, field, v)
+  local huge_ok = HUGE_OK[cname] and HUGE_OK[cname][field]
   if type(v) ~= "number" or v ~= v or v < 0
-      or (v == math.huge and not MAY_BE_HUGE[field]) then
-    bad_field(cname, field, MAY_BE_HUGE[field] and "a number >= 0"
+      or (v == math.huge and not huge_ok) then
+    bad_field(cname, field, huge_ok and "a number >= 0"
       or "a finite number >= 0", v)
   end
   return v
@@ -399,8 +401,12 @@ end
 local NUMERIC = setmetatable({}, { __mode = "k" })
 
 -- A check for a number field >= 0 with a default.
-local function non_negative(default)
+local function non_negative(default, huge_ok)
   local make = function(cname, field_name)
+    if huge_ok then
+      HUGE_OK[cname] = HUGE_OK[cname] or {}
+      HUGE_OK[cname][field_name] = true
+    end
     return function(_, v)
       if v == nil then return default end
       return check_non_negative(cname, field_name, v)
@@ -482,8 +488,8 @@ M.ExponentialRetry = define(with_checks({
   fields = { "start_timeout", "max_timeout", "factor" },
   specs = {
     start_timeout = non_negative(0.1),
-    max_timeout = non_negative(30.0),
-    factor = non_negative(2.0),
+    max_timeout = non_negative(30.0, true),
+    factor = non_negative(2.0, true),
   },
   get_timeout = function(self, attempt)
     return exponential(self, "ExponentialRetry",
@@ -604,7 +610,7 @@ M.FibonacciRetry = define(with_checks({
   fields = { "multiplier", "max_timeout" },
   specs = {
     multiplier = non_negative(1.0),
-    max_timeout = non_negative(3.0),
+    max_timeout = non_negative(3.0, true),
   },
   get_timeout = function(self, attempt)
     local cname = "FibonacciRetry"
@@ -640,7 +646,7 @@ M.JitterRetry = define(with_checks({
   },
   specs = {
     start_timeout = non_negative(0.1),
-    max_timeout = non_negative(30.0),
+    max_timeout = non_negative(30.0, true),
     factor = non_negative(2.0),
     random_interval_size = non_negative(2.0),
     random_func = random_func_check,

@@ -53,6 +53,7 @@ end
 
 local function finish(task, ok, ...)
   local run, scope = task.run, task.scope
+  core.ended(task.handle)
   task.done = true
   task.ok = ok
   if ok then
@@ -189,10 +190,28 @@ function M.gather(...)
   return results
 end
 
-local function first_unobserved(scope)
+-- Raise the errors of the scope's failed tasks nobody awaited, if any: the
+-- first, carrying the others (nothing is lost) in `also_failed` when it is
+-- an error object, or named in the message when it is a string.
+local function raise_unobserved(scope)
+  local errs = {}
   for _, t in ipairs(scope.failed) do
-    if not t.observed then return t end
+    if not t.observed then
+      t.observed = true
+      errs[#errs + 1] = t.err
+    end
   end
+  local first = errs[1]
+  if first == nil then return end
+  if #errs > 1 then
+    if type(first) == "table" then
+      first.also_failed = { table.unpack(errs, 2) }
+    else
+      first = tostring(first) .. ("\n(%d more tasks failed too; the next: %s)")
+        :format(#errs - 1, tostring(errs[2]):match("[^\n]*"))
+    end
+  end
+  error(first, 0)
 end
 
 -- Park the task `me` until every task of `scope` has ended. Being cancelled
@@ -223,11 +242,7 @@ local function nursery(me, fn, ...)
   if not results[1] then cancel_all(scope.live) end
   wait_scope(me, scope)
   if not results[1] then error(results[2], 0) end
-  local failed = first_unobserved(scope)
-  if failed then
-    failed.observed = true
-    error(failed.err, 0)
-  end
+  raise_unobserved(scope)
   return table.unpack(results, 2, results.n)
 end
 
@@ -277,11 +292,7 @@ function M.run(fn, ...)
     main.observed = true
     error(main.err, 0)
   end
-  local failed = first_unobserved(run.root)
-  if failed then
-    failed.observed = true
-    error(failed.err, 0)
-  end
+  raise_unobserved(run.root)
   return table.unpack(main.results, 1, main.results.n)
 end
 

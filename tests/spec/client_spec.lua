@@ -530,7 +530,8 @@ describe("RetryClient", function()
   it("refuses waits that could never end, at construction", function()
     for _, o in ipairs({ { retry.ExponentialRetry, "start_timeout" },
       { retry.RandomRetry, "min_timeout" }, { retry.FibonacciRetry, "multiplier" },
-      { retry.JitterRetry, "random_interval_size" } }) do
+      { retry.JitterRetry, "random_interval_size" },
+      { retry.RandomRetry, "max_timeout" }, { retry.JitterRetry, "factor" } }) do
       expect.invalid("field '" .. o[2] .. "' must be a finite number >= 0",
         o[1], { [o[2]] = math.huge })
     end
@@ -564,6 +565,38 @@ describe("RetryClient", function()
       for i = 1, 6 do tasks[i] = retry.spawn(function() return client:get(slow) end) end
       retry.gather(tasks)
       assert.equal(3, h.counts(retry, slow_key).peak)
+    end)
+  end)
+
+  it("stops retrying once the client is closed during the request", function()
+    run(function()
+      local url, key = counted("/status/503")
+      local client
+      client = retry.RetryClient{ retry_options = fast{ attempts = 5 },
+        trace_configs = { { on_request_end = function() client:close() end } } }
+      expect.invalid("closed during the request", client.get, client, url)
+      assert.equal(1, h.hits(retry, key))
+    end)
+  end)
+
+  it("names attempts broken in the middle of a request, with a logger", function()
+    run(function()
+      local options = fast{ attempts = 3 }
+      options.evaluate_response_callback = function()
+        options.attempts = "x"
+        return false
+      end
+      local client = retry.RetryClient{ retry_options = options,
+        logger = { debug = function() end } }
+      expect.invalid("attempts", client.get, client, h.url("/hello"))
+    end)
+  end)
+
+  it("checks a ca_file changed after construction", function()
+    run(function()
+      local client = retry.RetryClient()
+      client.ca_file = "/no/such.pem"
+      expect.invalid("ca_file", client.get, client, h.url("/hello"))
     end)
   end)
 

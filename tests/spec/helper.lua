@@ -66,4 +66,7 @@ end
 
 M.lretry = os.getenv("LRETRY_BIN") or "build/lretry"
 
+--- The repository root (busted runs from it).
+M.root = assert(io.popen("pwd")):read("l")
+
 return M

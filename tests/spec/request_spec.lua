@@ -205,6 +205,18 @@ describe("a failed attempt raises an error object", function()
     assert.equal("dns", fails("GET", "http://no-such-host.invalid/").kind)
   end)
 
+  it("timeout: enforced even when libcurl drops its own timer", function()
+    -- libcurl 7.88 loses the timeout when the connect timeout is handled
+    -- less than a millisecond before it; lretry keeps a deadline of its own.
+    for _ = 1, 10 do
+      local t0 = retry.now()
+      local e = fails("GET", h.url("/delay/10000"), { timeout = 0.3,
+        connect_timeout = 0.299 })
+      assert.equal("timeout", e.kind)
+      assert.is_true(retry.now() - t0 < 1, retry.now() - t0)
+    end
+  end)
+
   it("timeout: the attempt took longer than timeout", function()
     local t0 = retry.now()
     local e = fails("GET", h.url("/delay/2000"), { timeout = 0.2 })

@@ -339,6 +339,71 @@ describe("tasks", function()
     end)
   end)
 
+  it("a slow host name lookup blocks neither a timeout, a cancel nor other tasks", function()
+    local path = os.tmpname() .. ".lua"
+    local f = assert(io.open(path, "w"))
+    f:write([[
+      local retry = require("retry")
+      local url = arg[1]
+      local ticks, stop = 0, false
+      local ticker = retry.spawn(function()
+        while not stop do retry.sleep(0.01); ticks = ticks + 1 end
+      end)
+      local t0 = retry.now()
+      local ok, e = pcall(retry.request, "GET", url, { timeout = 0.3 })
+      local timed_out = retry.now() - t0
+      local t = retry.spawn(function() return retry.request("GET", url) end)
+      retry.sleep(0.1)
+      local c0 = retry.now()
+      t:cancel()
+      local cancelled = retry.now() - c0
+      stop = true
+      ticker:await()
+      print(e.kind, timed_out < 1, cancelled < 0.1, ticks >= 30)
+      -- let the resolver threads end before the process does
+      retry.sleep(2.2)
+    ]])
+    f:close()
+    local url = h.url("/hello"):gsub("127%.0%.0%.1", "slow.test")
+    local code, out, err = h.sh("LD_PRELOAD=" .. h.root .. "/build/tests/c/slowdns.so"
+      .. " ASAN_OPTIONS=verify_asan_link_order=0:detect_leaks=0"
+      .. " SLOWDNS_SECONDS=2 " .. h.lretry .. " " .. path .. " " .. url)
+    os.remove(path)
+    assert.equal(0, code, err)
+    assert.equal("timeout\ttrue\ttrue\ttrue\n", out)
+  end)
+
+  it("the errors of several tasks nobody awaited all reach the caller", function()
+    local ok, err = pcall(retry.run, function()
+      for i = 1, 3 do
+        retry.spawn(function() error(retry.errors.new("network", "task " .. i)) end)
+      end
+    end)
+    assert.is_false(ok)
+    assert.equal("task 1", err.message)
+    assert.equal(2, #err.also_failed)
+    assert.equal("task 3", err.also_failed[2].message)
+    ok, err = pcall(retry.run, function()
+      retry.spawn(function() error("first") end)
+      retry.spawn(function() error("second") end)
+    end)
+    assert.is_false(ok)
+    assert.matches("first", err)
+    assert.matches("1 more tasks failed too; the next: .*second", err)
+  end)
+
+  it("names a task's coroutine closed from outside", function()
+    local ok, err = pcall(retry.run, function()
+      local th
+      retry.spawn(function() th = coroutine.running(); retry.sleep(0.05) end)
+      retry.sleep(0.01)
+      coroutine.close(th)
+    end)
+    assert.is_false(ok)
+    assert.is_true(retry.is_error(err, "invalid"))
+    assert.matches("coroutine.close", err.message)
+  end)
+
   it("takes hundreds of arguments for spawn and wake", function()
     retry.run(function()
       local args = {}

@@ -121,6 +121,40 @@ describe("re-sends", function()
   end)
 end)
 
+describe("after a connection fault", function()
+  it("the retry goes out on a new connection and reaches the server", function()
+    -- /reply-then-reset resets every connection right after its reply;
+    -- libcurl 7.88 takes such an idle connection for alive.
+    local url, key = fault_keyed("/reply-then-reset")
+    local attempts, failed = 0, 0
+    run(function()
+      local client = retry.RetryClient{ retry_options = once{ attempts = 2 } }
+      for _ = 1, 3 do
+        local tasks = {}
+        for i = 1, 50 do
+          tasks[i] = retry.spawn(function()
+            local ok, r = pcall(client.post, client, url, { data = "x" })
+            if ok then attempts = attempts + r.attempts else failed = failed + 1 end
+          end)
+        end
+        retry.gather(tasks)
+        retry.sleep(0.05)
+      end
+      for _ = 1, 10 do
+        local r = client:post(url, { data = "y" })
+        attempts = attempts + r.attempts
+        retry.sleep(0.05)
+      end
+    end)
+    assert.equal(0, failed)
+    -- every request reached the server once; the first attempts that found
+    -- a dead connection did not
+    local hits = run(function() return h.counts(retry, key).hits end)
+    assert.equal(160, hits)
+    assert.is_true(attempts >= hits)
+  end)
+end)
+
 describe("connection faults", function()
   it("a complete response followed by a reset is a response, every time", function()
     run(function()
@@ -394,6 +428,15 @@ describe("redirects", function()
     end)
   end)
 
+  it("a redirect to a URL libcurl cannot parse is a redirect error", function()
+    run(function()
+      local err = expect.raises("redirect", retry.request, "GET",
+        h.url("/redirect?to=http%3A%2F%2F127.0.0.1%3A99999%2Fx"))
+      assert.matches("malformed", err.message)
+      assert.equal(3, err.curl_code)
+    end)
+  end)
+
   it("the timeout covers the whole chain of redirects", function()
     run(function()
       local t0 = retry.now()
@@ -432,6 +475,10 @@ describe("checks before sending", function()
       local client = retry.RetryClient()
       expect.invalid("attempt 2: url must", client.get, client,
         { url, url .. " x" })
+      expect.invalid("attempt 2: url is malformed", client.get, client,
+        { url, "http://127.0.0.1:99999/x" })
+      expect.invalid("base_url: url is malformed", retry.RetryClient,
+        { base_url = "http://127.0.0.1:99999" })
       assert.equal(0, h.counts(retry, key).hits)
     end)
   end)
