@@ -59,28 +59,15 @@ static bool wait_connected(int fd) {
 struct blackhole *blackhole_start(void) {
   struct blackhole *bh = calloc(1, sizeof *bh);
   struct sockaddr_in addr;
-  socklen_t alen = sizeof addr;
   size_t i;
 
   if (bh == NULL)
     return NULL;
   for (i = 0; i < FILLERS; i++)
     bh->fillers[i] = -1;
-  bh->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (bh->listen_fd < 0) {
-    perror("black hole: socket");
-    free(bh);
-    return NULL;
-  }
-  memset(&addr, 0, sizeof addr);
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(bh->listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 ||
-      listen(bh->listen_fd, 0) != 0 ||
-      getsockname(bh->listen_fd, (struct sockaddr *)&addr, &alen) != 0) {
-    perror("black hole: bind/listen");
+  bh->listen_fd = listen_loopback(0, &addr, "black hole");
+  if (bh->listen_fd < 0)
     goto fail;
-  }
   bh->port = ntohs(addr.sin_port);
   /* The first filler must really sit in the queue before the port is
    * announced, or the first client would be queued instead. */

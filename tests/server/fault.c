@@ -647,25 +647,14 @@ static void *acceptor_main(void *arg_) {
 struct fault_port *fault_start(struct server_state *st) {
   struct fault_port *fp = calloc(1, sizeof *fp);
   struct sockaddr_in addr;
-  socklen_t alen = sizeof addr;
 
   if (fp == NULL)
     return NULL;
   fp->st = st;
-  fp->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  fp->listen_fd = listen_loopback(LISTEN_BACKLOG, &addr, "fault port");
   if (fp->listen_fd < 0) {
-    perror("fault port: socket");
     free(fp);
     return NULL;
-  }
-  memset(&addr, 0, sizeof addr);
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(fp->listen_fd, (struct sockaddr *)&addr, sizeof addr) != 0 ||
-      listen(fp->listen_fd, LISTEN_BACKLOG) != 0 ||
-      getsockname(fp->listen_fd, (struct sockaddr *)&addr, &alen) != 0) {
-    perror("fault port: bind/listen");
-    goto fail;
   }
   fp->port = ntohs(addr.sin_port);
   if (pthread_create(&fp->acceptor, NULL, acceptor_main, fp) != 0) {

@@ -8,6 +8,7 @@
 #ifndef LRETRY_TEST_SERVER_H
 #define LRETRY_TEST_SERVER_H
 
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -100,6 +101,10 @@ void fault_stop(struct fault_port *fp);
 
 /* blackhole.c: a port whose accept queue is full, so connects hang. */
 struct blackhole;
+/* listen.c: a listening socket on 127.0.0.1, port picked by the kernel
+ * (written to addr); -1 after saying why on stderr. */
+int listen_loopback(int backlog, struct sockaddr_in *addr, const char *who);
+
 struct blackhole *blackhole_start(void);
 unsigned int blackhole_port_number(const struct blackhole *bh);
 void blackhole_stop(struct blackhole *bh);
