@@ -22,7 +22,7 @@
 
 #define CTX_MT "retry.Context"
 
-/* Defaults of a request that does not say (the Lua layer shows them). */
+/* Defaults of a request that does not say (README "Wire behaviour"). */
 #define DEFAULT_MAX_REDIRECTS 10
 #define DEFAULT_MAX_BODY_SIZE ((lua_Integer)64 * 1024 * 1024)
 
@@ -553,10 +553,6 @@ int luaopen_retry_core(lua_State *L) {
   lua_setfield(L, -2, "response_methods");
   rt_error_push_metatable(L);
   lua_setfield(L, -2, "error_metatable");
-  lua_pushinteger(L, DEFAULT_MAX_REDIRECTS);
-  lua_setfield(L, -2, "DEFAULT_MAX_REDIRECTS");
-  lua_pushinteger(L, DEFAULT_MAX_BODY_SIZE);
-  lua_setfield(L, -2, "DEFAULT_MAX_BODY_SIZE");
   lua_pushliteral(L, RT_VERSION);
   lua_setfield(L, -2, "version");
   lua_pushstring(L, curl_version());

@@ -243,11 +243,6 @@ static int is_redirect(long status) {
          status == 308;
 }
 
-/* The headers of a response are in (libcurl has its Content-Length by the
- * final header callback). The body of a redirect that will be followed is
- * thrown away, not limited; otherwise an announced body over the limit
- * ends the attempt before a byte of it is read. curl's own
- * CURLOPT_MAXFILESIZE would also refuse a redirect's body and a HEAD's. */
 /* The header block holds a Location line (CURLINFO_REDIRECT_URL is only
  * set once the transfer is done). */
 static int has_location(const rt_buf_t *head) {
@@ -260,6 +255,11 @@ static int has_location(const rt_buf_t *head) {
   return 0;
 }
 
+/* The headers of a response are in (libcurl has its Content-Length by the
+ * final header callback). The body of a redirect that will be followed is
+ * thrown away, not limited; otherwise an announced body over the limit
+ * ends the attempt before a byte of it is read. curl's own
+ * CURLOPT_MAXFILESIZE would also refuse a redirect's body and a HEAD's. */
 static int end_of_head(rt_xfer_t *xfer) {
   long status = 0;
   curl_off_t announced = -1;
@@ -535,18 +535,11 @@ static int is_http_url(const char *url) {
   return rt_request_check_url(url, strlen(url)) == NULL;
 }
 
-/* libcurl can parse the URL (a port over 65535, a broken IPv6 literal or
- * an empty host pass the byte checks but not this). */
-static int is_parsable(const char *url) {
-  CURLU *u = curl_url();
-  int ok = u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK;
-
-  curl_url_cleanup(u);
-  return ok;
-}
-
-/* Scheme, host and port of two URLs are the same. */
-static int same_origin(const char *a, const char *b) {
+/* Whether the redirect target `to` has the scheme, host and port of
+ * `from` (1) or not (0); -1 when libcurl cannot parse `to` (a port over
+ * 65535, a broken IPv6 literal or an empty host pass the byte checks but
+ * not this). */
+static int same_origin(const char *from, const char *to) {
   static const CURLUPart parts[] = {CURLUPART_SCHEME, CURLUPART_HOST,
                                     CURLUPART_PORT};
   CURLU *ua = curl_url();
@@ -554,9 +547,12 @@ static int same_origin(const char *a, const char *b) {
   int same = 0;
   size_t i;
 
-  if (ua == NULL || ub == NULL ||
-      curl_url_set(ua, CURLUPART_URL, a, 0) != CURLUE_OK ||
-      curl_url_set(ub, CURLUPART_URL, b, 0) != CURLUE_OK)
+  if (ub == NULL || curl_url_set(ub, CURLUPART_URL, to, 0) != CURLUE_OK) {
+    same = -1;
+    goto out;
+  }
+  if (ua == NULL || from == NULL ||
+      curl_url_set(ua, CURLUPART_URL, from, 0) != CURLUE_OK)
     goto out;
   for (i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
     char *pa = NULL, *pb = NULL;
@@ -620,7 +616,7 @@ static int follow_redirect(rt_xfer_t *xfer) {
   char *location = NULL;
   char *current = NULL;
   char *method = NULL;
-  int to_get;
+  int to_get, same;
   uint64_t spent_ms;
 
   curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
@@ -639,7 +635,9 @@ static int follow_redirect(rt_xfer_t *xfer) {
               "a %ld redirect to a URL that is not http or https", status);
     return 0;
   }
-  if (!is_parsable(location)) {
+  curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &current);
+  same = same_origin(current, location);
+  if (same < 0) {
     stop_with(xfer, RT_STOP_REDIRECT_URL, "a %ld redirect to a malformed URL",
               status);
     return 0;
@@ -652,13 +650,11 @@ static int follow_redirect(rt_xfer_t *xfer) {
               xfer->timeout_ms);
     return 0;
   }
-  curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &current);
   curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_METHOD, &method);
   to_get = method != NULL &&
            ((status == 303 && strcmp(method, "HEAD") != 0) ||
             ((status == 301 || status == 302) && strcmp(method, "POST") == 0));
-  if (drop_headers(xfer, current == NULL || !same_origin(current, location),
-                   to_get) != 0) {
+  if (drop_headers(xfer, !same, to_get) != 0) {
     stop_with(xfer, RT_STOP_NOMEM, "out of memory following a %ld redirect",
               status);
     return 0;

@@ -398,17 +398,13 @@ local function take_slots(client, spec)
     queued = host:acquire()
   end
   local total = client.slots
-  if total then
-    if total.used < total.limit and total.head > total.tail then
-      total.used = total.used + 1 -- a free slot and nobody waiting: take it
-    else
-      local ok, waited = pcall(total.acquire, total)
-      if not ok then
-        if host then host:release() end
-        error(waited, 0)
-      end
-      queued = queued + waited
+  if total and not total:try_take() then
+    local ok, waited = pcall(total.acquire, total)
+    if not ok then
+      if host then host:release() end
+      error(waited, 0)
     end
+    queued = queued + waited
   end
   return host, queued
 end

@@ -16,13 +16,19 @@ function M.new(limit)
     tail = 0 }, Slots)
 end
 
+--- Take a slot if one is free and nobody waits for one; true if taken.
+function Slots:try_take()
+  if self.limit == 0 or (self.used < self.limit and self.head > self.tail) then
+    self.used = self.used + 1
+    return true
+  end
+  return false
+end
+
 --- Take a slot, waiting (in a task) while all are taken. Returns how long
 -- it waited, in seconds. A cancel while waiting gives up the place.
 function Slots:acquire()
-  if self.limit == 0 or (self.used < self.limit and self.head > self.tail) then
-    self.used = self.used + 1
-    return 0
-  end
+  if self:try_take() then return 0 end
   local me = task.current()
   if me == nil then core.park("a request") end -- raises: not in a task
   local entry = { handle = me.handle }
