@@ -1,6 +1,7 @@
 /*
  * Per-key counters shared by every port: hits, the peak number of requests
- * in flight at once, and the set of connections that carried the key.
+ * in flight at once, the set of connections that carried the key, and how
+ * many requests their client abandoned before the reply.
  *
  * Ownership: an entry belongs to the table while it is linked into it.
  * /reset unlinks entries; one that still has requests in flight is then
@@ -19,6 +20,7 @@ struct hit_entry {
   unsigned long hits;
   unsigned long in_flight;
   unsigned long peak;
+  unsigned long aborted;
   /* Distinct connection ids, unsorted: a key rarely sees more than a few
    * hundred connections, and a linear scan from the newest end finds a
    * kept-alive connection's id at once. */
@@ -110,6 +112,17 @@ fail:
   return NULL;
 }
 
+/* The caller counts each request at most once (struct request_ctx's
+ * aborted flag in http.c). An entry unlinked by /reset meanwhile takes
+ * the count with it, as it does the request's hit. */
+void counters_abort(struct server_state *st, struct hit_entry *e) {
+  if (e == NULL)
+    return;
+  pthread_mutex_lock(&st->lock);
+  e->aborted++;
+  pthread_mutex_unlock(&st->lock);
+}
+
 void counters_end(struct server_state *st, struct hit_entry *e) {
   if (e == NULL)
     return;
@@ -121,7 +134,7 @@ void counters_end(struct server_state *st, struct hit_entry *e) {
 }
 
 struct key_stats counters_get(struct server_state *st, const char *key) {
-  struct key_stats ks = {0, 0, 0};
+  struct key_stats ks = {0, 0, 0, 0};
   struct hit_entry *e;
 
   pthread_mutex_lock(&st->lock);
@@ -130,6 +143,7 @@ struct key_stats counters_get(struct server_state *st, const char *key) {
     ks.hits = e->hits;
     ks.peak = e->peak;
     ks.connections = (unsigned long)e->nconns;
+    ks.aborted = e->aborted;
   }
   pthread_mutex_unlock(&st->lock);
   return ks;

@@ -55,6 +55,12 @@ struct request_ctx {
   bool has_key;
   unsigned long hits;      /* this request's hit number for its key */
   struct hit_entry *entry; /* in flight on this key until completed */
+  /* Counted as aborted already (by /delay, which sees the client leave
+   * while it sleeps), so request_completed() does not count it again. */
+  bool aborted;
+  /* The access handler returned MHD_NO: MHD reports the request as
+   * terminated with an error, but we dropped it, not the client. */
+  bool dropped;
 };
 
 /* One key/value pair borrowed from MHD (valid for the current request). */
@@ -238,15 +244,32 @@ static enum MHD_Result route_fail(struct MHD_Connection *conn,
                     query_arg(conn, "retry_after"));
 }
 
+/* Count the request as abandoned by its client, once. */
+static void mark_aborted(struct server_state *st, struct request_ctx *rq) {
+  if (rq->aborted)
+    return;
+  rq->aborted = true;
+  counters_abort(st, rq->entry);
+}
+
+/* Sleeps watching the client's socket, so a client that gives up (a
+ * timeout, a cancelled hedge) is counted as aborted the moment it closes,
+ * not when the delay is over and the reply fails to go out. */
 static enum MHD_Result route_delay(struct server_state *st,
                                    struct MHD_Connection *conn,
-                                   const char *arg) {
+                                   struct request_ctx *rq, const char *arg) {
+  const union MHD_ConnectionInfo *info;
   unsigned long ms;
   struct strbuf sb = {0};
 
   if (!parse_ulong(arg, MAX_DELAY_MS, &ms))
     return bad_request(conn, "delay must be 0..600000 ms");
-  interruptible_sleep(st, ms);
+  info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (sleep_watching_peer(st, info != NULL ? info->connect_fd : -1, ms)) {
+    mark_aborted(st, rq);
+    /* No one is left to read a reply: drop the connection now. */
+    return MHD_NO;
+  }
   sb_printf(&sb, "{\"delayed_ms\":%lu}", ms);
   return reply_json(conn, MHD_HTTP_OK, &sb, NULL, NULL);
 }
@@ -400,8 +423,10 @@ static enum MHD_Result route_hits(struct server_state *st,
   ks = counters_get(st, key);
   sb_puts(&sb, "{\"key\":");
   sb_json_string(&sb, key, strlen(key), false);
-  sb_printf(&sb, ",\"hits\":%lu,\"peak\":%lu,\"connections\":%lu}", ks.hits,
-            ks.peak, ks.connections);
+  sb_printf(&sb,
+            ",\"hits\":%lu,\"peak\":%lu,\"connections\":%lu,"
+            "\"aborted\":%lu}",
+            ks.hits, ks.peak, ks.connections, ks.aborted);
   return reply_json(conn, MHD_HTTP_OK, &sb, NULL, NULL);
 }
 
@@ -533,7 +558,7 @@ static enum MHD_Result route_loop(struct MHD_Connection *conn,
 
 static enum MHD_Result dispatch(struct http_port *hp,
                                 struct MHD_Connection *conn,
-                                const struct request_ctx *rq, const char *url,
+                                struct request_ctx *rq, const char *url,
                                 const char *method) {
   struct server_state *st = hp->st;
   const char *arg;
@@ -545,7 +570,7 @@ static enum MHD_Result dispatch(struct http_port *hp,
   if (strcmp(url, "/fail") == 0)
     return route_fail(conn, rq);
   if ((arg = path_tail(url, "/delay/")) != NULL)
-    return route_delay(st, conn, arg);
+    return route_delay(st, conn, rq, arg);
   if (strcmp(url, "/close") == 0)
     return route_close(conn, rq);
   if (strcmp(url, "/echo") == 0)
@@ -599,6 +624,7 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
                size_t *upload_data_size, void **con_cls) {
   struct http_port *hp = cls;
   struct request_ctx *rq = *con_cls;
+  enum MHD_Result ret;
 
   (void)version;
   if (rq == NULL) {
@@ -625,15 +651,37 @@ handle_request(void *cls, struct MHD_Connection *conn, const char *url,
         sb_free(&rq->body);
       } else {
         sb_append(&rq->body, upload_data, *upload_data_size);
-        if (rq->body.failed)
+        if (rq->body.failed) {
+          rq->dropped = true;
           return MHD_NO;
+        }
       }
     }
     *upload_data_size = 0;
     return MHD_YES;
   }
 
-  return dispatch(hp, conn, rq, url, method);
+  ret = dispatch(hp, conn, rq, url, method);
+  if (ret == MHD_NO)
+    rq->dropped = true;
+  return ret;
+}
+
+/* Whether a request MHD cut short was cut short by its client: it closed
+ * or reset the connection while MHD was reading the request or sending
+ * the reply. Not our own MHD_NO (also reported as WITH_ERROR), a shutdown,
+ * or the idle timeout, which is MHD closing on a client still there. */
+static bool client_went_away(const struct request_ctx *rq,
+                             enum MHD_RequestTerminationCode toe) {
+  switch (toe) {
+  case MHD_REQUEST_TERMINATED_WITH_ERROR:
+    return !rq->dropped;
+  case MHD_REQUEST_TERMINATED_READ_ERROR:
+  case MHD_REQUEST_TERMINATED_CLIENT_ABORT:
+    return true;
+  default:
+    return false;
+  }
 }
 
 /* Also called when a request is cut short (client gone, MHD_NO, daemon
@@ -645,9 +693,10 @@ static void request_completed(void *cls, struct MHD_Connection *conn,
   struct request_ctx *rq = *con_cls;
 
   (void)conn;
-  (void)toe;
   if (rq == NULL)
     return;
+  if (client_went_away(rq, toe))
+    mark_aborted(hp->st, rq);
   counters_end(hp->st, rq->entry);
   sb_free(&rq->body);
   free(rq);

@@ -17,21 +17,29 @@
  * that new count (1 when there is no key). Per key the server also keeps
  * the peak number of such requests in flight at once (MHD ports: from the
  * first access-handler call to the request-completed callback; fault port:
- * from the head being read until the reply, close or reset is done) and
- * the number of distinct TCP connections that carried the key.
+ * from the head being read until the reply, close or reset is done),
+ * the number of distinct TCP connections that carried the key, and (MHD
+ * ports only) how many of its requests were aborted: the client closed or
+ * reset the connection before the reply was sent. /delay watches its
+ * client while it sleeps and counts that at once; any other request counts
+ * when MHD reports it cut short by the client (not by the server's own
+ * drop, as in /close, nor by shutdown or the idle timeout). Each request
+ * counts at most once.
  *
  * HTTP port (libmicrohttpd) and TLS port (the same routes over HTTPS):
  *   /, /hello          200 text "hello\n"
  *   /status/N          N (200..599), text "status N\n"; ?retry_after=X
  *   /fail              ?key&n=1&status=503&retry_after&bad_json=1:
  *                      n <= N -> S {"ok":false,"hits":n}, else 200 ok:true
- *   /delay/MS          wait MS (<= 600000) ms, 200 {"delayed_ms":MS}
+ *   /delay/MS          wait MS (<= 600000) ms, 200 {"delayed_ms":MS};
+ *                      if the client hangs up meanwhile, stop waiting and
+ *                      close at once (counted as aborted)
  *   /close             ?key&n=1: drop the connection without a reply while
  *                      n <= N (curl exit 52), else 200 {"ok":true,"hits":n}
  *   /echo              200 JSON of method, path, query, headers, body, hits
  *   /auth/USER/PASS    200 if Basic auth matches, else 401 + challenge
- *   /hits?key=K        200 {"key":"K","hits":N,"peak":P,"connections":C}
- *                      (not counted)
+ *   /hits?key=K        200 {"key":"K","hits":N,"peak":P,"connections":C,
+ *                      "aborted":A} (not counted; all 0 for an unknown K)
  *   /reset[?key=K]     clear all counters or one, 200 {"reset":true}
  *   /stats             200 {"connections":A,"open":O}: connections this
  *                      daemon accepted since start, and open now

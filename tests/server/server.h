@@ -31,9 +31,11 @@ struct hit_entry;
  * deadlock. */
 struct server_state {
   pthread_mutex_t lock;
-  /* Signalled at shutdown so sleepers (/delay) wake up early instead of
-   * holding the daemon's shutdown hostage for the rest of their delay. */
-  pthread_cond_t stop_cond;
+  /* An eventfd made readable at shutdown so sleepers (/delay) wake up
+   * early instead of holding the daemon's shutdown hostage for the rest
+   * of their delay. A descriptor rather than a condition variable because
+   * /delay also polls its client's socket while it sleeps. */
+  int stop_fd;
   bool stopping;
   /* Ids for accepted connections of every port, so a key's connection set
    * never mixes up a fault-port connection with an MHD one. */
@@ -46,6 +48,7 @@ struct key_stats {
   unsigned long hits;
   unsigned long peak;
   unsigned long connections;
+  unsigned long aborted;
 };
 
 /* Growable byte buffer used for request and response bodies. A sticky
@@ -75,12 +78,17 @@ void state_stop(struct server_state *st);
 bool state_stopping(struct server_state *st);
 uint64_t state_next_conn_id(struct server_state *st);
 void interruptible_sleep(struct server_state *st, unsigned long ms);
+bool sleep_watching_peer(struct server_state *st, int peer_fd,
+                         unsigned long ms);
 
 /* counters.c. A request with ?key=K calls counters_begin() when it starts
  * and counters_end() with the returned entry once it is over; in between
- * it counts as in flight. */
+ * it counts as in flight. counters_abort(), at most once per request and
+ * before counters_end(), records that its client went away before the
+ * reply was sent. */
 struct hit_entry *counters_begin(struct server_state *st, const char *key,
                                  uint64_t conn_id, unsigned long *hits);
+void counters_abort(struct server_state *st, struct hit_entry *e);
 void counters_end(struct server_state *st, struct hit_entry *e);
 struct key_stats counters_get(struct server_state *st, const char *key);
 void counters_reset(struct server_state *st, const char *key);

@@ -42,9 +42,12 @@ function M.hits(retry, key)
 end
 
 --- The server's whole counter record for key, as /hits returns it:
--- { key = key, hits = N, peak = P, connections = C }. hits counts requests,
--- peak the most in flight at once, connections the distinct TCP connections
--- that carried the key (on every port).
+-- { key = key, hits = N, peak = P, connections = C, aborted = A }. hits
+-- counts requests, peak the most in flight at once, connections the
+-- distinct TCP connections that carried the key (on every port), aborted
+-- the requests whose client closed or reset the connection before the
+-- reply was sent (HTTP and TLS ports only; /delay sees it within a few
+-- ms, while it sleeps). All are 0 for a key never seen.
 function M.counts(retry, key)
   local r <close> = retry.request("GET", M.url("/hits"),
     { params = { key = key } })
