@@ -1,664 +1,389 @@
---- Retry strategies (contract section 3): the options objects that say how
--- many attempts to make, what to retry and how long to wait in between.
--- Pure Lua; owns no state between requests and does no I/O.
+--- Retry strategies (contract sections 3 and 8): how many attempts to make,
+-- what to retry and how long to wait. Pure Lua, no state, no I/O.
 --
--- Every constructor takes one table of fields (or nothing, for defaults) and
--- returns an options object: a plain table holding the fields, with a
--- metatable per class (`__name` "retry.<Class>", `__tostring`). Fields stay
--- plain table fields, and every method reads them when called, so a change
--- such as `opts.attempts = 2` or `opts.start_timeout = 1` takes effect on the
--- next call.
+-- A class is a table of fields with their checks. The one constructor checks
+-- each field once and stores it as a plain table field, so get_timeout reads
+-- fields unchecked. Fields stay live (a script may set `opts.attempts = 2`),
+-- so the retry loop calls check_live, the same checks, before each request.
 local errors = require("retry.errors")
 local values = require("retry.values")
 
 local M = {}
 
-local math_type, tointeger = math.type, math.tointeger
+local invalid, describe, fmt = errors.invalid, values.describe, string.format
 local is_callable, list_length = values.is_callable, values.list_length
+local huge = math.huge
 
--- The nine HTTP methods retried by default (the `methods` default).
-local DEFAULT_METHODS = {
-  "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE",
-  "CONNECT",
-}
+local DEFAULT_METHODS = { "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD",
+  "OPTIONS", "TRACE", "CONNECT" }
+local TRANSPORT, IS_TRANSPORT = errors.TRANSPORT, {}
+for _, k in ipairs(TRANSPORT) do IS_TRANSPORT[k] = true end
 
--- The transport kinds: the `exceptions` default, and what "transport" means.
-local TRANSPORT = errors.TRANSPORT
-
--- Every error kind, sorted, for messages.
-local KIND_LIST = (function()
-  local kinds = {}
-  for k in pairs(errors.KINDS) do kinds[#kinds + 1] = k end
-  table.sort(kinds)
-  return table.concat(kinds, ", ")
-end)()
-
--- The fields every class accepts, in validation order.
-local SHARED_FIELDS = {
-  "attempts", "statuses", "exceptions", "methods", "retry_all_server_errors",
-  "evaluate_response_callback",
-}
-
--- Metatable -> class record, for every class built here (see is_options).
-local CLASS_OF_META = {}
-
---[[ Small helpers ]]
-
--- `v` as an integer when it is a number with an integral value, else nil.
--- (math.tointeger alone would also convert the string "3".)
+-- `v` as an integer when it is a number with an integral value, else nil
+-- (math.tointeger alone would also convert the string "3").
 local function as_integer(v)
-  if type(v) ~= "number" then return nil end
-  return tointeger(v)
+  return type(v) == "number" and math.tointeger(v) or nil
 end
 
-local describe = values.describe
+--[[ Field types. `must` ends "field 'x' must be ..."; `ok(v)` accepts v (a
+list check also returns the index of a bad entry); `store(v)` makes the value
+stored (lists are copied: no object shares one); `required` forbids nil.
+math.huge is allowed only for a cap (or what a cap bounds): elsewhere it
+would make an infinite wait. ]]
 
+local SECONDS = { must = "a finite number >= 0",
+  ok = function(v) return type(v) == "number" and v >= 0 and v < huge end }
+local CAP = { must = "a number >= 0",
+  ok = function(v) return type(v) == "number" and v >= 0 end }
+local POSITIVE = { must = "a finite number > 0",
+  ok = function(v) return type(v) == "number" and v > 0 and v < huge end }
+local BOOLEAN = { must = "a boolean",
+  ok = function(v) return type(v) == "boolean" end }
+local CALLBACK = { must = "a function or nil", ok = is_callable }
+local RANDOM_FUNC = { must = "a function returning [0, 1)", ok = is_callable }
+local ATTEMPTS = { must = "an integer >= 1", store = as_integer,
+  ok = function(v) return (as_integer(v) or 0) >= 1 end }
+local JITTER = { must = '"none", "full" or "equal"', ok = function(v)
+  return v == "none" or v == "full" or v == "equal"
+end }
 
--- Raise the `invalid` error for a bad field of class `cname`.
-local function bad_field(cname, field, must, got)
-  errors.invalid(string.format("%s: field '%s' must be %s, got %s",
-    cname, field, must, describe(got)), 3)
-end
-
--- Class name -> set of the number fields that may be math.huge: a cap
--- (max_timeout of the capped strategies) or what a cap bounds (Exponential's
--- factor). Every other number field must be finite, or a wait would be.
-local HUGE_OK = {}
-
--- A number >= 0 (not NaN), finite unless the field may be math.huge.
-local function check_non_negative(cname, field, v)
-  local huge_ok = HUGE_OK[cname] and HUGE_OK[cname][field]
-  if type(v) ~= "number" or v ~= v or v < 0
-      or (v == math.huge and not huge_ok) then
-    bad_field(cname, field, huge_ok and "a number >= 0"
-      or "a finite number >= 0", v)
-  end
-  return v
-end
-
--- A number in [0, 1] as returned by a random_func (checked at call time).
-local function random_value(self, cname)
-  if not is_callable(self.random_func) then
-    errors.invalid(string.format(
-      "%s: field 'random_func' must be a function returning [0, 1), got %s",
-      cname, describe(self.random_func)), 3)
-  end
-  local r = self.random_func()
-  if type(r) ~= "number" or r ~= r then
-    errors.invalid(string.format(
-      "%s: field 'random_func' must return a number in [0, 1), got %s",
-      cname, describe(r)), 3)
-  end
-  return r
-end
-
--- Read numeric field `field` of `self` at call time, naming it if a later
--- assignment broke it.
-local function num(self, cname, field)
-  return check_non_negative(cname, field, self[field])
-end
-
--- The attempt argument of get_timeout: an integer >= 1. `self` must be an
--- options object (a call as opts.get_timeout(3) passes 3 as self).
-local function check_attempt(cname, attempt, self)
-  if type(self) ~= "table" then
-    errors.invalid(string.format("%s:get_timeout: expected retry options as "
-      .. "self, got %s (call it as opts:get_timeout(n))", cname,
-      describe(self)), 3)
-  end
-  local n = as_integer(attempt)
-  if not n or n < 1 then
-    errors.invalid(string.format(
-      "%s:get_timeout: argument 'attempt' must be an integer >= 1, got %s",
-      cname, describe(attempt)), 3)
-  end
-  return n
-end
-
---[[ Shared field validation ]]
-
--- Each takes (class name, given value or nil) and returns the stored value.
-local SHARED_CHECKS = {}
-
-function SHARED_CHECKS.attempts(cname, v)
-  if v == nil then return 3 end
-  local n = as_integer(v)
-  if not n or n < 1 then bad_field(cname, "attempts", "an integer >= 1", v) end
-  return n
-end
-
-function SHARED_CHECKS.statuses(cname, v)
-  if v == nil then return {} end
-  local n = list_length(v)
-  if not n then bad_field(cname, "statuses", "a list of integers", v) end
-  local out = {}
-  for i = 1, n do
-    local s = as_integer(v[i])
-    if not s or s < 100 or s > 599 then
-      errors.invalid(string.format(
-        "%s: field 'statuses' must hold integers 100..599, got %s at index %d",
-        cname, describe(v[i]), i), 2)
+-- A list of entries passing `ok_entry`, stored with `convert` applied.
+local function list_type(must, ok_entry, convert, nonempty)
+  return { must = must, required = nonempty, ok = function(v)
+    local n = list_length(v)
+    if not n or (nonempty and n == 0) then return false end
+    for i = 1, n do
+      if not ok_entry(v[i]) then return false, i end
     end
-    out[i] = s
-  end
-  return out
+    return true
+  end, store = function(v)
+    local out = {}
+    for i = 1, #v do out[i] = convert and convert(v[i]) or v[i] end
+    return out
+  end }
+end
+local function is_status(v) return (as_integer(v) or 0) >= 100 and v <= 599 end
+local STATUSES = list_type("a list of integers 100..599", is_status,
+  as_integer)
+local KINDS = list_type('a list of error kinds or "transport"',
+  function(k) return errors.KINDS[k] or k == "transport" end)
+local METHODS = list_type("a list of non-empty method names",
+  function(m) return type(m) == "string" and m ~= "" end, string.upper)
+local TIMEOUTS = list_type("a non-empty list of finite numbers >= 0",
+  SECONDS.ok, nil, true)
+
+-- The fields of every class, in check order: { name, type, default }.
+local SHARED = {
+  { "attempts", ATTEMPTS, 3 },
+  { "statuses", STATUSES, {} },
+  { "exceptions", KINDS, TRANSPORT },
+  { "methods", METHODS, DEFAULT_METHODS },
+  { "retry_all_server_errors", BOOLEAN, true },
+  { "evaluate_response_callback", CALLBACK },
+  { "respect_retry_after", BOOLEAN, true },
+  { "max_retry_after", CAP, 120 },
+  { "retry_after_statuses", STATUSES, { 429, 503 } },
+  { "before_retry", CALLBACK },
+}
+
+-- Raise an `invalid` error, owned by `owner` (a class name, or the `what` of
+-- check_live), unless field `f` may hold `v`.
+local function check(owner, f, v)
+  local ok, i = f[2].ok(v)
+  if ok then return end
+  local at = i and " at index " .. i or ""
+  if i then v = v[i] end
+  invalid(fmt("%s: field '%s' must be %s, got %s%s", owner, f[1], f[2].must,
+    describe(v), at))
 end
 
-function SHARED_CHECKS.exceptions(cname, v)
-  if v == nil then return { table.unpack(TRANSPORT) } end
-  local n = list_length(v)
-  if not n then
-    bad_field(cname, "exceptions", "a list of error kinds", v)
+-- Metatable -> class record, for every class built here.
+local CLASSES = {}
+
+-- Field class.order[1] must not exceed field class.order[2].
+local function check_order(class, self, owner)
+  local a, b = class.order[1], class.order[2]
+  if self[a] > self[b] then
+    invalid(fmt("%s: field '%s' (%s) must not exceed field '%s' (%s)", owner,
+      a, self[a], b, self[b]))
   end
-  local out = {}
-  for i = 1, n do
-    local k = v[i]
-    if type(k) ~= "string" or not (errors.KINDS[k] or k == "transport") then
-      errors.invalid(string.format(
-        "%s: field 'exceptions' must hold error kinds (%s) or "
-        .. "\"transport\", got %s at index %d", cname, KIND_LIST,
-        describe(k), i), 2)
-    end
-    out[i] = k
-  end
-  return out
 end
 
-function SHARED_CHECKS.methods(cname, v)
-  if v == nil then return { table.unpack(DEFAULT_METHODS) } end
-  local n = list_length(v)
-  if not n then bad_field(cname, "methods", "a list of method names", v) end
-  local out = {}
-  for i = 1, n do
-    local m = v[i]
-    if type(m) ~= "string" or m == "" then
-      errors.invalid(string.format(
-        "%s: field 'methods' must hold non-empty strings, got %s at index %d",
-        cname, describe(m), i), 2)
-    end
-    out[i] = m:upper()
-  end
-  return out
-end
+--[[ Retry decisions, on any options table: a nil field counts as its
+default, a bad entry matches nothing. ]]
 
-function SHARED_CHECKS.retry_all_server_errors(cname, v)
-  if v == nil then return true end
-  if type(v) ~= "boolean" then
-    bad_field(cname, "retry_all_server_errors", "a boolean", v)
-  end
-  return v
-end
+local EMPTY = {}
 
-function SHARED_CHECKS.evaluate_response_callback(cname, v)
-  if v ~= nil and not is_callable(v) then
-    bad_field(cname, "evaluate_response_callback", "a function or nil", v)
-  end
-  return v
-end
-
---[[ Retry decisions, usable on any options table ]]
-
---- Whether a response with `status` should be retried by `opts` (any options
--- table, built here or duck-typed): true when `status >= 500` and
--- `opts.retry_all_server_errors` (nil counts as true), or when `status` is
--- in the list `opts.statuses` (nil counts as `{}`). The attempts limit, the
--- method check and the callback are the retry loop's business.
--- @param opts options table
--- @param status integer HTTP status
--- @return boolean
-function M.retries_status(opts, status)
+-- The list opts[name] (nil: `default`; not a table: empty). `fname` names
+-- the caller when opts is not a table.
+local function list_of(opts, fname, name, default)
   if type(opts) ~= "table" then
-    errors.invalid("retries_status: expected retry options, got " .. describe(opts), 2)
+    invalid(fname .. ": expected retry options, got " .. describe(opts))
   end
+  local l = opts[name]
+  if l == nil then l = default end
+  return type(l) == "table" and l or EMPTY
+end
+
+--- Whether `status` is retried: it is >= 500 (unless
+-- `opts.retry_all_server_errors` is false) or in `opts.statuses`.
+function M.retries_status(opts, status)
+  local statuses = list_of(opts, "retries_status", "statuses", EMPTY)
   if type(status) ~= "number" then return false end
-  local all = opts.retry_all_server_errors
-  if status >= 500 and (all == nil or all) then return true end
-  local list = opts.statuses
-  if type(list) ~= "table" then return false end
-  for _, s in ipairs(list) do
+  if status >= 500 and opts.retry_all_server_errors ~= false then
+    return true
+  end
+  for _, s in ipairs(statuses) do
     if s == status then return true end
   end
   return false
 end
 
---- Whether requests with HTTP `method` may be retried by `opts`: `method` is
--- compared case-insensitively, at call time, with the list `opts.methods`
--- (nil counts as the nine standard methods).
--- @param opts options table
--- @param method string, any case
--- @return boolean
+--- Whether `method` is in `opts.methods` (nil: all nine), in any case.
 function M.retries_method(opts, method)
-  if type(opts) ~= "table" then
-    errors.invalid("retries_method: expected retry options, got " .. describe(opts), 2)
-  end
+  local methods = list_of(opts, "retries_method", "methods", DEFAULT_METHODS)
   if type(method) ~= "string" then return false end
-  local list = opts.methods
-  if list == nil then list = DEFAULT_METHODS end
-  if type(list) ~= "table" then return false end
   method = method:upper()
-  for _, m in ipairs(list) do
+  for _, m in ipairs(methods) do
     if type(m) == "string" and m:upper() == method then return true end
   end
   return false
 end
 
---- Whether a transport error of `kind` should be retried by `opts`: `kind`
--- is looked up in the list `opts.exceptions` (nil counts as the four
--- transport kinds), where the entry "transport" stands for connect, dns,
--- timeout and network. `kind` may also be an error object (its `.kind` is
--- used).
--- @param opts options table
--- @param kind string error kind, or an error object
--- @return boolean
+--- Whether an error of `kind` (or an error object) is in `opts.exceptions`
+-- (nil: the transport kinds), "transport" standing for all four.
 function M.retries_error_kind(opts, kind)
-  if type(opts) ~= "table" then
-    errors.invalid("retries_error_kind: expected retry options, got " .. describe(opts), 2)
-  end
+  local kinds = list_of(opts, "retries_error_kind", "exceptions", TRANSPORT)
   if type(kind) == "table" then kind = kind.kind end
   if type(kind) ~= "string" then return false end
-  local list = opts.exceptions
-  if list == nil then list = TRANSPORT end
-  if type(list) ~= "table" then return false end
-  local is_transport = false
-  for _, t in ipairs(TRANSPORT) do
-    if t == kind then is_transport = true end
-  end
-  for _, k in ipairs(list) do
-    if k == kind or (k == "transport" and is_transport) then return true end
+  for _, k in ipairs(kinds) do
+    if k == kind or (k == "transport" and IS_TRANSPORT[kind]) then
+      return true
+    end
   end
   return false
 end
 
--- The shared fields that hold lists.
-local LIST_FIELDS = { "statuses", "exceptions", "methods" }
-
---- Check the fields the retry loop reads, at the start of each request:
--- a live field set to a bad value since construction (`opts.attempts =
--- "x"`) is named here instead of failing as a Lua runtime error later.
--- `what` names the options in the message ("retry_options").
+--- Check, before each request, the fields the retry loop and get_timeout
+-- read, naming one set to a bad value since construction, owned by `what`
+-- ("retry_options"). An object built here must keep every field that has a
+-- default; a duck-typed table's shared fields are checked where present.
 function M.check_live(opts, what)
-  local attempts = opts.attempts
-  if math_type(attempts) ~= "integer" or attempts < 1 then
-    errors.invalid(string.format("%s: field 'attempts' must be an integer "
-      .. ">= 1, got %s", what, describe(attempts)), 2)
+  local class = CLASSES[getmetatable(opts)]
+  for _, f in ipairs(class and class.fields or SHARED) do
+    local v = opts[f[1]]
+    if v ~= nil or (class and (f[3] ~= nil or f[2].required)) then
+      check(what, f, v)
+    end
   end
   if not is_callable(opts.get_timeout) then
-    errors.invalid(string.format("%s: get_timeout must be a function, got %s",
-      what, describe(opts.get_timeout)), 2)
+    invalid(fmt("%s: get_timeout must be a function, got %s", what,
+      describe(opts.get_timeout)))
   end
-  local callback = opts.evaluate_response_callback
-  if callback ~= nil and not is_callable(callback) then
-    errors.invalid(string.format("%s: field 'evaluate_response_callback' "
-      .. "must be a function or nil, got %s", what, describe(callback)), 2)
-  end
-  local all = opts.retry_all_server_errors
-  if all ~= nil and type(all) ~= "boolean" then
-    errors.invalid(string.format("%s: field 'retry_all_server_errors' must "
-      .. "be a boolean, got %s", what, describe(all)), 2)
-  end
-  for i = 1, #LIST_FIELDS do
-    local field = LIST_FIELDS[i]
-    local v = opts[field]
-    if v ~= nil and type(v) ~= "table" then
-      errors.invalid(string.format("%s: field '%s' must be a list, got %s",
-        what, field, describe(v)), 2)
-    end
-  end
-  -- A built-in strategy's number fields, so a bad one stops the request
-  -- before its first attempt rather than at the first wait.
-  local class = CLASS_OF_META[getmetatable(opts)]
-  local numeric = class and class.numeric
-  if numeric then
-    for i = 1, #numeric do
-      check_non_negative(class.name, numeric[i], opts[numeric[i]])
-    end
-  end
+  if class and class.order then check_order(class, opts, what) end
 end
 
---- Whether `x` can serve as retry options: true for every object built by
--- this module, and for any table with a callable `get_timeout` and an
--- integral number `attempts` (duck typing for user-made strategies).
--- @param x any value
--- @return boolean
+--- Whether `x` can serve as retry options: an object built here, or any
+-- table with a callable `get_timeout` and an integral number `attempts`.
 function M.is_options(x)
   if type(x) ~= "table" then return false end
-  if CLASS_OF_META[getmetatable(x)] then return true end
+  if CLASSES[getmetatable(x)] then return true end
   return is_callable(x.get_timeout) and as_integer(x.attempts) ~= nil
 end
 
 --[[ Classes ]]
 
--- Build a class from a record:
---   name            class name ("ExponentialRetry")
---   fields          extra field names, in validation and display order
---   checks          field name -> function(cname, value) -> stored value
---   prepare(args)   optional: rewrite the argument table (ListRetry)
---   finish(self, args)  optional: cross-field checks and derived defaults
---   get_timeout(self, attempt, response)
-local function define(class)
-  local cname = class.name
-  local known = {}
-  for _, f in ipairs(SHARED_FIELDS) do known[f] = true end
-  for _, f in ipairs(class.fields) do known[f] = true end
+-- Make class `name` with its own `fields` (in check and display order) and
+-- `wait(self, n, response, ctx)`, the body of get_timeout, called with a
+-- checked self and attempt. `extra` may hold `order` (see check_order) and
+-- `prepare(args) -> args`. Returns the constructor.
+local function define(name, own, wait, extra)
+  local class = extra or {}
+  local meta, fields, known = { __name = "retry." .. name }, {}, {}
+  for _, group in ipairs({ SHARED, own }) do
+    for _, f in ipairs(group) do
+      fields[#fields + 1], known[f[1]] = f, true
+    end
+  end
+  class.name, class.fields, CLASSES[meta] = name, fields, class
 
-  local methods = {
-    get_timeout = class.get_timeout,
+  meta.__index = {
     retries_status = M.retries_status,
     retries_method = M.retries_method,
     retries_error_kind = M.retries_error_kind,
+    get_timeout = function(self, attempt, response, ctx)
+      if getmetatable(self) ~= meta then
+        invalid(fmt("%s:get_timeout: self must be a %s, got %s (call it as "
+          .. "opts:get_timeout(n))", name, meta.__name, describe(self)))
+      end
+      local n = as_integer(attempt)
+      if not n or n < 1 then
+        invalid(fmt("%s:get_timeout: argument 'attempt' must be an integer "
+          .. ">= 1, got %s", name, describe(attempt)))
+      end
+      return wait(self, n, response, ctx)
+    end,
   }
 
-  local meta = { __name = "retry." .. cname, __index = methods }
-
+  -- attempts, then the own numbers, lists and strings set.
   function meta.__tostring(self)
     local parts = { "attempts=" .. tostring(rawget(self, "attempts")) }
-    for _, f in ipairs(class.fields) do
-      local v = rawget(self, f)
-      if type(v) == "number" then
-        parts[#parts + 1] = f .. "=" .. tostring(v)
-      elseif f == "timeouts" and type(v) == "table" then
-        local ts = {}
-        for i, t in ipairs(v) do ts[i] = tostring(t) end
-        parts[#parts + 1] = "timeouts={" .. table.concat(ts, ", ") .. "}"
+    for _, f in ipairs(own) do
+      local v = rawget(self, f[1])
+      if type(v) == "table" then
+        local ok, items = pcall(table.concat, v, ", ")
+        v = ok and "{" .. items .. "}" or nil
+      end
+      if type(v) == "number" or type(v) == "string" and v ~= f[3] then
+        parts[#parts + 1] = f[1] .. "=" .. tostring(v)
       end
     end
     return meta.__name .. "{" .. table.concat(parts, ", ") .. "}"
   end
 
-  CLASS_OF_META[meta] = class
-
   return function(args)
     if args == nil then args = {} end
     if type(args) ~= "table" then
-      errors.invalid(string.format("%s: expected a table of fields, got %s",
-        cname, describe(args)), 2)
+      invalid(fmt("%s: expected a table of fields, got %s", name,
+        describe(args)))
     end
     if class.prepare then args = class.prepare(args) end
     for k in pairs(args) do
       if not known[k] then
-        if type(k) == "string" then
-          errors.invalid(string.format("%s: unknown field '%s'", cname, k), 2)
-        end
-        errors.invalid(string.format(
-          "%s: unknown field %s (fields are named, e.g. {attempts = 3})",
-          cname, describe(k)), 2)
+        invalid(fmt("%s: unknown field %s", name,
+          type(k) == "string" and "'" .. k .. "'" or describe(k)))
       end
     end
     local self = {}
-    for _, f in ipairs(SHARED_FIELDS) do
-      self[f] = SHARED_CHECKS[f](cname, args[f])
+    for _, f in ipairs(fields) do
+      local v, t = args[f[1]], f[2]
+      if v == nil then v = f[3] end
+      if v ~= nil or t.required then check(name, f, v) end
+      if v ~= nil and t.store then v = t.store(v) end
+      self[f[1]] = v
     end
-    for _, f in ipairs(class.fields) do
-      self[f] = class.checks[f](cname, args[f])
-    end
-    if class.finish then class.finish(self, args) end
+    if class.order then check_order(class, self, name) end
     return setmetatable(self, meta)
   end
 end
 
--- The check makers made by non_negative, so with_checks knows which fields
--- are numbers (check_live looks at them before each request).
-local NUMERIC = setmetatable({}, { __mode = "k" })
-
--- A check for a number field >= 0 with a default.
-local function non_negative(default, huge_ok)
-  local make = function(cname, field_name)
-    if huge_ok then
-      HUGE_OK[cname] = HUGE_OK[cname] or {}
-      HUGE_OK[cname][field_name] = true
-    end
-    return function(_, v)
-      if v == nil then return default end
-      return check_non_negative(cname, field_name, v)
-    end
+-- The next value of self.random_func, meant to be in [0, 1). Only its type
+-- can be checked beforehand, so its result is checked here.
+local function random(self)
+  local r = self.random_func()
+  if type(r) ~= "number" or r ~= r then
+    invalid(fmt("%s: field 'random_func' must return a number in [0, 1), "
+      .. "got %s", CLASSES[getmetatable(self)].name, describe(r)))
   end
-  NUMERIC[make] = true
-  return make
+  return r
 end
 
--- Fill class.checks from class.specs (field -> check maker), and
--- class.numeric with the names of the number fields.
-local function with_checks(class)
-  class.checks = {}
-  class.numeric = {}
-  for f, make in pairs(class.specs) do
-    class.checks[f] = make(class.name, f)
-    if NUMERIC[make] then class.numeric[#class.numeric + 1] = f end
-  end
-  table.sort(class.numeric)
-  return class
+-- min(start_timeout * factor^(n-1), max_timeout); 0 for start_timeout 0,
+-- not the NaN of 0 * inf once factor^(n-1) overflows.
+local function exponential(self, n)
+  if self.start_timeout == 0 then return 0.0 end
+  return math.min(self.start_timeout * self.factor ^ (n - 1), self.max_timeout)
 end
 
--- A random_func field: callable, default math.random.
-local function random_func_check(cname, field_name)
-  return function(_, v)
-    if v == nil then return math.random end
-    if not is_callable(v) then
-      bad_field(cname, field_name, "a function returning [0, 1)", v)
-    end
-    return v
-  end
-end
+--- `RetryOptionsBase{...}`: the shared fields and a `get_timeout` field,
+-- `function(self, attempt, response, ctx) -> seconds`: a custom strategy.
+M.RetryOptionsBase = define("RetryOptionsBase", {
+  { "get_timeout", { must = "a function(self, attempt, response)",
+    ok = is_callable } },
+}, function()
+  invalid("RetryOptionsBase: no get_timeout: give a 'get_timeout' field, "
+    .. "function(self, attempt, response) -> seconds, or use a concrete "
+    .. "strategy such as ExponentialRetry")
+end)
 
--- min(start_timeout * factor^(n-1), max_timeout), reading live fields.
-local function exponential(self, cname, n)
-  local start = num(self, cname, "start_timeout")
-  local factor = num(self, cname, "factor")
-  local cap = num(self, cname, "max_timeout")
-  -- 0 * inf would be NaN once factor^(n-1) overflows.
-  if start == 0 then return math.min(0.0, cap) end
-  local t = start * factor ^ (n - 1)
-  if t > cap then return cap end
-  return t
-end
+--- `ExponentialRetry{...}`: exp(n) = min(start_timeout * factor^(n-1),
+-- max_timeout). `jitter` "none" waits exp(n), "full" random_func() * exp(n),
+-- "equal" exp(n)/2 + random_func() * exp(n)/2.
+M.ExponentialRetry = define("ExponentialRetry", {
+  { "start_timeout", SECONDS, 0.1 }, { "max_timeout", CAP, 30.0 },
+  { "factor", CAP, 2.0 }, { "jitter", JITTER, "none" },
+  { "random_func", RANDOM_FUNC, math.random },
+}, function(self, n)
+  local e = exponential(self, n)
+  if self.jitter == "full" then return random(self) * e end
+  if self.jitter == "equal" then return e / 2 + random(self) * e / 2 end
+  return e
+end)
 
---- `RetryOptionsBase{...}`: only the shared fields, plus a `get_timeout`
--- field `function(self, attempt, response) -> seconds` making a custom
--- strategy. Without one, `opts:get_timeout()` raises an `invalid` error.
--- @param args table of fields, or nil
--- @return options object
-M.RetryOptionsBase = define(with_checks({
-  name = "RetryOptionsBase",
-  fields = { "get_timeout" },
-  specs = {
-    get_timeout = function(cname, f)
-      return function(_, v)
-        if v ~= nil and not is_callable(v) then
-          bad_field(cname, f, "a function(self, attempt, response)", v)
-        end
-        return v
-      end
-    end,
-  },
-  get_timeout = function()
-    errors.invalid("RetryOptionsBase: no get_timeout: give a 'get_timeout' "
-      .. "field, function(self, attempt, response) -> seconds, or use a "
-      .. "concrete strategy such as ExponentialRetry", 2)
-  end,
-}))
+--- `RandomRetry{...}`: min_timeout + random_func() * (max_timeout -
+-- min_timeout), where min_timeout <= max_timeout.
+M.RandomRetry = define("RandomRetry", {
+  { "min_timeout", SECONDS, 0.1 }, { "max_timeout", SECONDS, 3.0 },
+  { "random_func", RANDOM_FUNC, math.random },
+}, function(self)
+  local lo = self.min_timeout
+  return lo + random(self) * (self.max_timeout - lo)
+end, { order = { "min_timeout", "max_timeout" } })
 
---- `ExponentialRetry{...}`: fields `start_timeout` (0.1), `max_timeout`
--- (30.0), `factor` (2.0), all numbers >= 0; waits
--- `min(start_timeout * factor^(n-1), max_timeout)`. A `start_timeout`
--- above `max_timeout` is allowed (every wait is then `max_timeout`).
--- @param args table of fields, or nil
--- @return options object
-M.ExponentialRetry = define(with_checks({
-  name = "ExponentialRetry",
-  fields = { "start_timeout", "max_timeout", "factor" },
-  specs = {
-    start_timeout = non_negative(0.1),
-    max_timeout = non_negative(30.0, true),
-    factor = non_negative(2.0, true),
-  },
-  get_timeout = function(self, attempt)
-    return exponential(self, "ExponentialRetry",
-      check_attempt("ExponentialRetry", attempt, self))
-  end,
-}))
-
---- `RandomRetry{...}`: fields `min_timeout` (0.1), `max_timeout` (3.0),
--- numbers >= 0 with `min_timeout <= max_timeout`, and `random_func`
--- (math.random), called with no argument for a number in [0, 1); waits
--- `min_timeout + random_func() * (max_timeout - min_timeout)`.
--- @param args table of fields, or nil
--- @return options object
-M.RandomRetry = define(with_checks({
-  name = "RandomRetry",
-  fields = { "min_timeout", "max_timeout", "random_func" },
-  specs = {
-    min_timeout = non_negative(0.1),
-    max_timeout = non_negative(3.0),
-    random_func = random_func_check,
-  },
-  finish = function(self)
-    if self.min_timeout > self.max_timeout then
-      errors.invalid(string.format("RandomRetry: field 'min_timeout' (%s) "
-        .. "must not exceed field 'max_timeout' (%s)",
-        tostring(self.min_timeout), tostring(self.max_timeout)), 3)
-    end
-  end,
-  get_timeout = function(self, attempt)
-    local cname = "RandomRetry"
-    check_attempt(cname, attempt, self)
-    local lo = num(self, cname, "min_timeout")
-    local hi = num(self, cname, "max_timeout")
-    return lo + random_value(self, cname) * (hi - lo)
-  end,
-}))
-
--- ListRetry accepts its timeouts as the positional part of the table.
-local function list_prepare(args)
-  local positional = {}
-  local has_positional = false
-  for k in pairs(args) do
-    if math_type(k) == "integer" then has_positional = true; break end
-  end
-  if not has_positional then return args end
-  if args.timeouts ~= nil then
-    errors.invalid("ListRetry: field 'timeouts' given twice: as the list "
-      .. "part of the table and as the 'timeouts' field", 3)
-  end
-  local rest = {}
-  for k, v in pairs(args) do
-    if math_type(k) == "integer" then positional[k] = v else rest[k] = v end
-  end
-  rest.timeouts = positional
-  return rest
-end
-
---- `ListRetry{timeouts = {...}}` or `ListRetry({...})`: `timeouts` is a
--- required non-empty list of numbers >= 0; waits `timeouts[n]`, or the last
--- entry once n is past the end. `attempts` defaults to `#timeouts`; an
--- explicit `attempts` is kept as given. `attempts` is computed once, so a
--- later change of `opts.timeouts` does not change it.
--- @param args table of fields or list of timeouts
--- @return options object
-M.ListRetry = define(with_checks({
-  name = "ListRetry",
-  fields = { "timeouts" },
-  prepare = list_prepare,
-  specs = {
-    timeouts = function(cname, f)
-      return function(_, v)
-        if v == nil then
-          errors.invalid(cname .. ": field 'timeouts' is required (a "
-            .. "non-empty list of numbers >= 0)", 3)
-        end
-        local n = list_length(v)
-        if not n or n == 0 then
-          bad_field(cname, f, "a non-empty list of numbers >= 0", v)
-        end
-        local out = {}
-        for i = 1, n do
-          local t = v[i]
-          if type(t) ~= "number" or t ~= t or t < 0 then
-            errors.invalid(string.format("%s: field 'timeouts' must hold "
-              .. "numbers >= 0, got %s at index %d", cname, describe(t), i), 3)
-          end
-          out[i] = t
-        end
-        return out
-      end
-    end,
-  },
-  finish = function(self, args)
-    if args.attempts == nil then self.attempts = #self.timeouts end
-  end,
-  get_timeout = function(self, attempt)
-    local cname = "ListRetry"
-    local n = check_attempt(cname, attempt, self)
+--- `ListRetry{timeouts = {...}}` or `ListRetry({...})`: timeouts[n], the
+-- last one past the end. `attempts` defaults to #timeouts (set once).
+M.ListRetry = define("ListRetry", { { "timeouts", TIMEOUTS } },
+  function(self, n)
     local ts = self.timeouts
-    local len = type(ts) == "table" and #ts or 0
-    if len == 0 then
-      errors.invalid(cname .. ": field 'timeouts' must be a non-empty list "
-        .. "of numbers, got " .. describe(ts), 2)
+    return ts[math.min(n, #ts)]
+  end, { prepare = function(args)
+    local named, positional = {}, {}
+    for k, v in pairs(args) do
+      if math.type(k) == "integer" then positional[k] = v else named[k] = v end
     end
-    if n > len then n = len end
-    return ts[n]
-  end,
-}))
-
---- `FibonacciRetry{...}`: fields `multiplier` (1.0), `max_timeout` (3.0),
--- numbers >= 0; waits `min(multiplier * F(n), max_timeout)` with
--- F = 2, 3, 5, 8, 13, ... computed from n alone (no counter is kept, so
--- concurrent requests sharing the object see the same waits).
--- @param args table of fields, or nil
--- @return options object
-M.FibonacciRetry = define(with_checks({
-  name = "FibonacciRetry",
-  fields = { "multiplier", "max_timeout" },
-  specs = {
-    multiplier = non_negative(1.0),
-    max_timeout = non_negative(3.0, true),
-  },
-  get_timeout = function(self, attempt)
-    local cname = "FibonacciRetry"
-    local n = check_attempt(cname, attempt, self)
-    local m = num(self, cname, "multiplier")
-    local cap = num(self, cname, "max_timeout")
-    if m == 0 then return math.min(0.0, cap) end
-    -- F(0) = 1, F(1) = 2, F(k) = F(k-1) + F(k-2); stop once capped.
-    local a, b = 1.0, 2.0
-    for _ = 2, n do
-      if m * b >= cap then return cap end
-      a, b = b, a + b
+    if next(positional) ~= nil then
+      if named.timeouts ~= nil then
+        invalid("ListRetry: field 'timeouts' given twice: as the list part "
+          .. "of the table and as the 'timeouts' field")
+      end
+      named.timeouts = positional
     end
-    local t = m * b
-    if t > cap then return cap end
-    return t
-  end,
-}))
+    local n = list_length(named.timeouts) or 0
+    if named.attempts == nil and n > 0 then named.attempts = n end
+    return named
+  end })
 
---- `JitterRetry{...}`: the ExponentialRetry fields plus
--- `random_interval_size` (2.0, a number >= 0) and `random_func`
--- (math.random); waits `exponential(n) + u ^ factor` where
--- `u = random_func() * random_interval_size` is uniform in
--- [0, random_interval_size). The jitter is added after the `max_timeout`
--- cap, as in aiohttp-retry.
--- @param args table of fields, or nil
--- @return options object
-M.JitterRetry = define(with_checks({
-  name = "JitterRetry",
-  fields = {
-    "start_timeout", "max_timeout", "factor", "random_interval_size",
-    "random_func",
-  },
-  specs = {
-    start_timeout = non_negative(0.1),
-    max_timeout = non_negative(30.0, true),
-    factor = non_negative(2.0),
-    random_interval_size = non_negative(2.0),
-    random_func = random_func_check,
-  },
-  get_timeout = function(self, attempt)
-    local cname = "JitterRetry"
-    local n = check_attempt(cname, attempt, self)
-    local base = exponential(self, cname, n)
-    local size = num(self, cname, "random_interval_size")
-    local u = random_value(self, cname) * size
-    return base + u ^ num(self, cname, "factor")
-  end,
-}))
+--- `FibonacciRetry{...}`: min(multiplier * F(n), max_timeout), F = 2, 3, 5,
+-- 8, ... from n alone, so a shared object keeps no state.
+M.FibonacciRetry = define("FibonacciRetry", {
+  { "multiplier", SECONDS, 1.0 }, { "max_timeout", CAP, 3.0 },
+}, function(self, n)
+  local m, cap = self.multiplier, self.max_timeout
+  if m == 0 then return 0.0 end
+  local a, b = 1.0, 2.0 -- F(k - 1), F(k); stop once capped
+  for _ = 2, n do
+    if m * b >= cap then return cap end
+    a, b = b, a + b
+  end
+  return math.min(m * b, cap)
+end)
+
+--- `JitterRetry{...}`: exp(n) + (random_func() * random_interval_size) ^
+-- factor, the jitter added after the cap, as in aiohttp-retry.
+M.JitterRetry = define("JitterRetry", {
+  { "start_timeout", SECONDS, 0.1 }, { "max_timeout", CAP, 30.0 },
+  { "factor", SECONDS, 2.0 }, { "random_interval_size", SECONDS, 2.0 },
+  { "random_func", RANDOM_FUNC, math.random },
+}, function(self, n)
+  local u = random(self) * self.random_interval_size
+  return exponential(self, n) + u ^ self.factor
+end)
+
+--- `DecorrelatedJitterRetry{...}`: min(max_timeout, base + random_func() *
+-- (3 * previous - base)), previous being `ctx.previous_wait` (this
+-- strategy's wait before the request's previous retry) or base. `base` must
+-- be > 0: with 0 every wait would be 0.
+M.DecorrelatedJitterRetry = define("DecorrelatedJitterRetry", {
+  { "base", POSITIVE, 0.1 }, { "max_timeout", CAP, 30.0 },
+  { "random_func", RANDOM_FUNC, math.random },
+}, function(self, _, _, ctx)
+  local base = self.base
+  local previous = type(ctx) == "table" and ctx.previous_wait or base
+  if not SECONDS.ok(previous) then
+    invalid("DecorrelatedJitterRetry:get_timeout: ctx.previous_wait must be "
+      .. SECONDS.must .. ", got " .. describe(previous))
+  end
+  return math.min(self.max_timeout, base + random(self) * (3 * previous - base))
+end, { order = { "base", "max_timeout" } })
 
 return M

@@ -1,5 +1,6 @@
--- Retry strategies (contract section 3): pure timing math with an injected
--- RNG, field defaults, validation errors, statelessness and live fields.
+-- Retry strategies (contract sections 3 and 8): pure timing math with an
+-- injected RNG, field defaults, validation errors, statelessness and live
+-- fields.
 -- Needs no server and no C module.
 local strategies = require("retry.strategies")
 local errors = require("retry.errors")
@@ -8,7 +9,7 @@ local EPS = 1e-9
 
 local CLASSES = {
   "RetryOptionsBase", "ExponentialRetry", "RandomRetry", "ListRetry",
-  "FibonacciRetry", "JitterRetry",
+  "FibonacciRetry", "JitterRetry", "DecorrelatedJitterRetry",
 }
 
 -- Build class `name` with `fields` (ListRetry gets a timeouts list added).
@@ -84,10 +85,193 @@ describe("ExponentialRetry", function()
     assert.equal(2.0, o.factor)
   end)
 
-  it("ignores the response argument", function()
+  it("ignores the response and ctx arguments", function()
     local o = strategies.ExponentialRetry()
     near(0.4, o:get_timeout(3, { status = 503 }))
+    near(0.4, o:get_timeout(3, nil, { previous_wait = 7 }))
   end)
+end)
+
+describe("ExponentialRetry jitter", function()
+  local function exp(n) return math.min(0.1 * 2 ^ (n - 1), 30) end
+
+  it("defaults to none, with math.random as random_func", function()
+    local o = strategies.ExponentialRetry()
+    assert.equal("none", o.jitter)
+    assert.equal(math.random, o.random_func)
+    local calls = 0
+    local none = strategies.ExponentialRetry{ jitter = "none",
+      random_func = function() calls = calls + 1; return 0.5 end }
+    near(exp(3), none:get_timeout(3))
+    assert.equal(0, calls)                       -- no jitter, no draw
+  end)
+
+  it("full waits random_func() * exp(n)", function()
+    for _, r in ipairs({ 0, 0.5, 0.999 }) do
+      local o = strategies.ExponentialRetry{ jitter = "full",
+        random_func = seq(r) }
+      for _, n in ipairs({ 1, 2, 3, 5, 10, 11, 5000 }) do
+        near(r * exp(n), o:get_timeout(n))
+      end
+    end
+  end)
+
+  it("equal waits exp(n)/2 + random_func() * exp(n)/2", function()
+    for _, r in ipairs({ 0, 0.5, 0.999 }) do
+      local o = strategies.ExponentialRetry{ jitter = "equal",
+        random_func = seq(r) }
+      for _, n in ipairs({ 1, 2, 3, 5, 10, 11, 5000 }) do
+        near(exp(n) / 2 + r * exp(n) / 2, o:get_timeout(n))
+      end
+    end
+  end)
+
+  it("uses the given start_timeout, factor and max_timeout", function()
+    local o = strategies.ExponentialRetry{ jitter = "equal", start_timeout = 1,
+      factor = 3, max_timeout = 20, random_func = seq(0.5) }
+    near(0.75, o:get_timeout(1))                 -- 1/2 + 0.5 * 1/2
+    near(6.75, o:get_timeout(3))                 -- 9/2 + 0.5 * 9/2
+    near(15, o:get_timeout(4))                   -- capped at 20
+    local z = strategies.ExponentialRetry{ jitter = "full", start_timeout = 0 }
+    assert.equal(0, z:get_timeout(5000))
+  end)
+
+  it("stays within its range with math.random", function()
+    local full = strategies.ExponentialRetry{ jitter = "full" }
+    local equal = strategies.ExponentialRetry{ jitter = "equal" }
+    for _ = 1, 100 do
+      for n = 1, 10 do
+        local f, e = full:get_timeout(n), equal:get_timeout(n)
+        assert.is_true(f >= 0 and f < exp(n), "full " .. f)
+        assert.is_true(e >= exp(n) / 2 and e < exp(n), "equal " .. e)
+      end
+    end
+  end)
+
+  it("names jitter and random_func when they are bad", function()
+    for _, v in ipairs({ "Full", "", 1, true, {} }) do
+      invalid(function() strategies.ExponentialRetry{ jitter = v } end,
+        "ExponentialRetry", "'jitter'", '"none", "full" or "equal"')
+    end
+    invalid(function() strategies.ExponentialRetry{ random_func = 1 } end,
+      "'random_func'")
+    for _, bad in ipairs({ "x", 0 / 0, false }) do
+      local o = strategies.ExponentialRetry{ jitter = "full",
+        random_func = function() return bad end }
+      invalid(function() o:get_timeout(1) end, "'random_func'")
+    end
+  end)
+
+  it("shows a jitter other than none in tostring", function()
+    assert.equal("retry.ExponentialRetry{attempts=3, start_timeout=0.1, "
+      .. "max_timeout=30.0, factor=2.0, jitter=full}",
+      tostring(strategies.ExponentialRetry{ jitter = "full" }))
+  end)
+end)
+
+describe("DecorrelatedJitterRetry", function()
+  it("has the documented defaults", function()
+    local o = strategies.DecorrelatedJitterRetry()
+    assert.equal(0.1, o.base)
+    assert.equal(30.0, o.max_timeout)
+    assert.equal(math.random, o.random_func)
+    assert.equal(3, o.attempts)
+    assert.equal("retry.DecorrelatedJitterRetry{attempts=3, base=0.1, "
+      .. "max_timeout=30.0}", tostring(o))
+  end)
+
+  it("starts from base without a ctx or previous_wait", function()
+    for _, r in ipairs({ 0, 0.5, 0.999 }) do
+      local o = strategies.DecorrelatedJitterRetry{ base = 1,
+        random_func = seq(r) }
+      local want = 1 + r * (3 * 1 - 1)
+      near(want, o:get_timeout(1))
+      near(want, o:get_timeout(1, { status = 503 }, {}))
+      near(want, o:get_timeout(4, nil, { previous_wait = nil }))
+    end
+  end)
+
+  it("follows previous_wait from the ctx", function()
+    -- The retry loop keeps ctx.previous_wait = the last wait returned.
+    local o = strategies.DecorrelatedJitterRetry{ base = 1, max_timeout = 1000,
+      random_func = seq(0.5) }
+    local ctx, got = {}, {}
+    for n = 1, 5 do
+      got[n] = o:get_timeout(n, nil, ctx)
+      ctx.previous_wait = got[n]
+    end
+    -- w(1) = 1 + 0.5 * (3 - 1) = 2; w(k) = 1 + 0.5 * (3 * w(k-1) - 1)
+    local want = { 2, 3.5, 5.75, 9.125, 14.1875 }
+    for n, w in ipairs(want) do near(w, got[n]) end
+  end)
+
+  it("computes each wait from the previous one and random_func", function()
+    local o = strategies.DecorrelatedJitterRetry{ base = 0.5,
+      max_timeout = 100, random_func = seq(0, 0.999, 0.25) }
+    near(0.5, o:get_timeout(1, nil, { previous_wait = 4 }))        -- r = 0
+    near(0.5 + 0.999 * 11.5, o:get_timeout(2, nil, { previous_wait = 4 }))
+    near(0.5 + 0.25 * (30 - 0.5), o:get_timeout(3, nil, { previous_wait = 10 }))
+  end)
+
+  it("caps every wait at max_timeout", function()
+    local o = strategies.DecorrelatedJitterRetry{ base = 1, max_timeout = 5,
+      random_func = seq(0.999) }
+    near(5, o:get_timeout(2, nil, { previous_wait = 4 }))    -- 1 + 0.999 * 11
+    near(5, o:get_timeout(9, nil, { previous_wait = 5 }))
+    near(1 + 0.999 * 2, o:get_timeout(1))                    -- under the cap
+    local eq = strategies.DecorrelatedJitterRetry{ base = 2, max_timeout = 2,
+      random_func = seq(0.7) }
+    near(2, eq:get_timeout(3, nil, { previous_wait = 2 }))
+    local uncapped = strategies.DecorrelatedJitterRetry{ base = 1,
+      max_timeout = math.huge, random_func = seq(0.5) }
+    near(1 + 0.5 * 299, uncapped:get_timeout(2, nil, { previous_wait = 100 }))
+  end)
+
+  it("stays within [base, min(max_timeout, 3 * previous)) with math.random",
+    function()
+      local o = strategies.DecorrelatedJitterRetry{ base = 0.1,
+        max_timeout = 2 }
+      local ctx = {}
+      for n = 1, 200 do
+        local prev = ctx.previous_wait or 0.1
+        local t = o:get_timeout(n, nil, ctx)
+        assert.is_true(t >= 0.1 - EPS and t <= math.min(2, 3 * prev) + EPS,
+          ("n=%d: %.17g after %.17g"):format(n, t, prev))
+        ctx.previous_wait = t
+      end
+    end)
+
+  it("names bad fields, a bad previous_wait and a bad random_func result",
+    function()
+      for _, v in ipairs({ 0, -1, math.huge, 0 / 0, "1", true }) do
+        invalid(function() strategies.DecorrelatedJitterRetry{ base = v } end,
+          "DecorrelatedJitterRetry", "'base'", "a finite number > 0")
+      end
+      for _, v in ipairs({ -1, 0 / 0, "1", true }) do
+        invalid(function()
+          strategies.DecorrelatedJitterRetry{ max_timeout = v }
+        end, "'max_timeout'")
+      end
+      invalid(function()
+        strategies.DecorrelatedJitterRetry{ base = 5, max_timeout = 1 }
+      end, "'base'", "'max_timeout'")
+      invalid(function() strategies.DecorrelatedJitterRetry{ max_timeout = 0.05 }
+      end, "'base'", "'max_timeout'")
+      invalid(function()
+        strategies.DecorrelatedJitterRetry{ random_func = "r" }
+      end, "'random_func'")
+      invalid(function()
+        strategies.DecorrelatedJitterRetry{ jitter = "full" }
+      end, "unknown field 'jitter'")
+      local o = strategies.DecorrelatedJitterRetry{ random_func = seq(0.5) }
+      for _, v in ipairs({ -1, 0 / 0, math.huge, "1" }) do
+        invalid(function() o:get_timeout(2, nil, { previous_wait = v }) end,
+          "previous_wait")
+      end
+      local r = strategies.DecorrelatedJitterRetry{
+        random_func = function() return nil end }
+      invalid(function() r:get_timeout(1) end, "'random_func'")
+    end)
 end)
 
 describe("RandomRetry", function()
@@ -178,9 +362,14 @@ describe("ListRetry", function()
   end)
 
   it("names timeouts when a later assignment empties it", function()
+    -- Named by check_live, which the retry loop runs before each request.
     local o = strategies.ListRetry{ 1 }
     o.timeouts = {}
-    invalid(function() o:get_timeout(1) end, "'timeouts'")
+    invalid(function() strategies.check_live(o, "retry_options") end,
+      "retry_options", "'timeouts'")
+    o.timeouts = nil
+    invalid(function() strategies.check_live(o, "retry_options") end,
+      "'timeouts'")
   end)
 end)
 
@@ -303,20 +492,41 @@ describe("shared fields", function()
         "OPTIONS", "TRACE", "CONNECT" }, o.methods)
       assert.is_true(o.retry_all_server_errors)
       assert.is_nil(o.evaluate_response_callback)
+      assert.is_true(o.respect_retry_after)
+      assert.equal(120, o.max_retry_after)
+      assert.same({ 429, 503 }, o.retry_after_statuses)
+      assert.is_nil(o.before_retry)
     end
   end)
 
   it("are stored as given", function()
     local cb = function() return true end
+    local before = function() end
     local o = strategies.ExponentialRetry{ attempts = 7, statuses = { 429, 404 },
       exceptions = { "timeout", "tls" }, methods = { "get", "Post" },
-      retry_all_server_errors = false, evaluate_response_callback = cb }
+      retry_all_server_errors = false, evaluate_response_callback = cb,
+      respect_retry_after = false, max_retry_after = 5,
+      retry_after_statuses = { 503.0 }, before_retry = before }
     assert.equal(7, o.attempts)
     assert.same({ 429, 404 }, o.statuses)
     assert.same({ "timeout", "tls" }, o.exceptions)
     assert.same({ "GET", "POST" }, o.methods)
     assert.is_false(o.retry_all_server_errors)
     assert.equal(cb, o.evaluate_response_callback)
+    assert.is_false(o.respect_retry_after)
+    assert.equal(5, o.max_retry_after)
+    assert.same({ 503 }, o.retry_after_statuses)
+    assert.equal("integer", math.type(o.retry_after_statuses[1]))
+    assert.equal(before, o.before_retry)
+  end)
+
+  it("accept math.huge and 0 for max_retry_after", function()
+    assert.equal(math.huge,
+      strategies.RandomRetry{ max_retry_after = math.huge }.max_retry_after)
+    assert.equal(0, strategies.ListRetry{ 1, max_retry_after = 0 }
+      .max_retry_after)
+    assert.same({}, strategies.FibonacciRetry{ retry_after_statuses = {} }
+      .retry_after_statuses)
   end)
 
   it("accept an integral float for attempts and store an integer", function()
@@ -329,8 +539,22 @@ describe("shared fields", function()
     local a, b = strategies.ExponentialRetry(), strategies.ExponentialRetry()
     a.statuses[1] = 429
     a.methods[1] = "X"
+    a.retry_after_statuses[1] = 500
+    a.exceptions[1] = "tls"
     assert.same({}, b.statuses)
     assert.equal("GET", b.methods[1])
+    assert.same({ 429, 503 }, b.retry_after_statuses)
+    assert.equal("connect", b.exceptions[1])
+    assert.same({ 429, 503 }, strategies.ExponentialRetry().retry_after_statuses)
+  end)
+
+  it("copy the lists they are given", function()
+    local list = { 429 }
+    local o = strategies.ExponentialRetry{ statuses = list,
+      retry_after_statuses = list }
+    list[1] = 500
+    assert.same({ 429 }, o.statuses)
+    assert.same({ 429 }, o.retry_after_statuses)
   end)
 end)
 
@@ -346,6 +570,20 @@ describe("validation", function()
       { "retry_all_server_errors", 1 }, { "retry_all_server_errors", "yes" },
       { "evaluate_response_callback", true },
       { "evaluate_response_callback", "f" },
+      { "respect_retry_after", 1, "must be a boolean, got 1" },
+      { "respect_retry_after", "true" }, { "respect_retry_after", {} },
+      { "max_retry_after", -1, "must be a number >= 0, got -1" },
+      { "max_retry_after", 0 / 0 }, { "max_retry_after", "120" },
+      { "max_retry_after", true }, { "max_retry_after", -math.huge },
+      { "retry_after_statuses", 429 }, { "retry_after_statuses", "429" },
+      { "retry_after_statuses", { 99 }, "got 99 at index 1" },
+      { "retry_after_statuses", { 429, 600 }, "got 600 at index 2" },
+      { "retry_after_statuses", { "429" } },
+      { "retry_after_statuses", { 429.5 } },
+      { "retry_after_statuses", { 429, nil, 503 } },
+      { "retry_after_statuses", { a = 429 } },
+      { "before_retry", true, "must be a function or nil, got true" },
+      { "before_retry", "f" }, { "before_retry", 0 }, { "before_retry", {} },
     }
     for _, name in ipairs(CLASSES) do
       for _, case in ipairs(bad) do
@@ -390,6 +628,7 @@ describe("validation", function()
         "random_interval_size" },
       RandomRetry = { "min_timeout", "max_timeout" },
       FibonacciRetry = { "multiplier", "max_timeout" },
+      DecorrelatedJitterRetry = { "base", "max_timeout" },
     }
     for name, fields in pairs(cases) do
       for _, f in ipairs(fields) do
@@ -402,7 +641,8 @@ describe("validation", function()
   end)
 
   it("names random_func when it is not a function", function()
-    for _, name in ipairs({ "RandomRetry", "JitterRetry" }) do
+    for _, name in ipairs({ "RandomRetry", "JitterRetry", "ExponentialRetry",
+      "DecorrelatedJitterRetry" }) do
       invalid(function() strategies[name]{ random_func = 0.5 } end,
         "'random_func'")
     end
@@ -432,6 +672,8 @@ describe("validation", function()
         invalid(function() o:get_timeout(0) end, "'attempt'")
         invalid(function() o:get_timeout(1.5) end, "'attempt'")
         invalid(function() o:get_timeout("1") end, "'attempt'")
+        invalid(function() o.get_timeout(3) end, name, "self")
+        invalid(function() o.get_timeout({ attempts = 3 }, 1) end, "self")
       end
     end
   end)
@@ -445,6 +687,8 @@ describe("statelessness", function()
       strategies.ListRetry{ 0.1, 0.2, 0.3 },
       strategies.JitterRetry{ random_func = seq(0.5) },
       strategies.RandomRetry{ random_func = seq(0.5) },
+      strategies.ExponentialRetry{ jitter = "equal", random_func = seq(0.5) },
+      strategies.DecorrelatedJitterRetry{ random_func = seq(0.5) },
     }
   end
 
@@ -526,10 +770,94 @@ describe("live fields", function()
     assert.is_false(o:retries_error_kind("timeout"))
   end)
 
+  -- get_timeout trusts the fields it reads, checked at construction; a
+  -- later assignment is named by check_live, which the retry loop runs
+  -- before each request.
   it("names a numeric field broken by a later assignment", function()
     local o = strategies.ExponentialRetry()
     o.start_timeout = "fast"
-    invalid(function() o:get_timeout(1) end, "'start_timeout'")
+    invalid(function() strategies.check_live(o, "retry_options") end,
+      "retry_options: field 'start_timeout' must be a finite number >= 0")
+  end)
+end)
+
+describe("check_live", function()
+  local function live(o) return strategies.check_live(o, "retry_options") end
+
+  it("passes every freshly built object, and after good changes", function()
+    for _, name in ipairs(CLASSES) do live(build(name)) end
+    local o = strategies.ExponentialRetry()
+    o.attempts, o.statuses, o.methods = 2, { 404 }, { "post" }
+    o.jitter, o.max_retry_after, o.before_retry = "equal", 1, print
+    live(o)
+    live({ attempts = 2, get_timeout = function() return 0 end })
+  end)
+
+  it("names every bad field of a built object", function()
+    local cases = {
+      ExponentialRetry = { start_timeout = -1, max_timeout = "x",
+        factor = 0 / 0, jitter = "half", random_func = 5 },
+      RandomRetry = { min_timeout = math.huge, max_timeout = "3",
+        random_func = {} },
+      ListRetry = { timeouts = { 1, -1 } },
+      FibonacciRetry = { multiplier = -2, max_timeout = false },
+      JitterRetry = { factor = math.huge, random_interval_size = -1 },
+      DecorrelatedJitterRetry = { base = 0, max_timeout = -1,
+        random_func = "x" },
+      RetryOptionsBase = { attempts = 0 },
+    }
+    local shared = { attempts = "x", statuses = 5, exceptions = { "bogus" },
+      methods = { 1 }, retry_all_server_errors = "yes",
+      evaluate_response_callback = 1, respect_retry_after = "no",
+      max_retry_after = -5, retry_after_statuses = { 700 },
+      before_retry = true }
+    for name, fields in pairs(cases) do
+      for field, bad in pairs(fields) do
+        local o = build(name)
+        o[field] = bad
+        invalid(function() live(o) end, "retry_options", "'" .. field .. "'")
+      end
+      for field, bad in pairs(shared) do
+        local o = build(name)
+        o[field] = bad
+        invalid(function() live(o) end, "'" .. field .. "'")
+      end
+    end
+  end)
+
+  it("names a field with a default set to nil on a built object", function()
+    for _, field in ipairs({ "attempts", "statuses", "respect_retry_after",
+      "max_retry_after", "retry_after_statuses", "start_timeout",
+      "random_func" }) do
+      local o = strategies.ExponentialRetry()
+      o[field] = nil
+      invalid(function() live(o) end, "'" .. field .. "'", "got nil")
+    end
+    local o = strategies.ExponentialRetry{ before_retry = print }
+    o.before_retry, o.evaluate_response_callback = nil, nil
+    live(o)                                     -- optional fields
+  end)
+
+  it("re-checks the order of two fields", function()
+    local r = strategies.RandomRetry()
+    r.min_timeout = 5
+    invalid(function() live(r) end, "'min_timeout'", "'max_timeout'")
+    local d = strategies.DecorrelatedJitterRetry()
+    d.max_timeout = 0.01
+    invalid(function() live(d) end, "'base'", "'max_timeout'")
+  end)
+
+  it("checks a duck-typed table's shared fields where present", function()
+    local g = function() return 0 end
+    live({ attempts = 1, get_timeout = g, statuses = { 429 } })
+    invalid(function()
+      live({ attempts = 1, get_timeout = g, max_retry_after = "x" })
+    end, "'max_retry_after'")
+    invalid(function()
+      live({ attempts = 1, get_timeout = g, before_retry = 5 })
+    end, "'before_retry'")
+    invalid(function() live({ attempts = 1, get_timeout = 5 }) end,
+      "get_timeout")
   end)
 end)
 
