@@ -16,6 +16,7 @@
 
 #include "error.h"
 #include "lua_core.h"
+#include "op.h"
 #include "response.h"
 #include "task.h"
 #include "transfer.h"
@@ -377,7 +378,7 @@ static const char *read_spec(lua_State *L, rt_request_t *req) {
 }
 
 /* core.check(spec) -> nil, or what makes the request unfit to send. The
- * same checks core.request makes, for code that wants them early. */
+ * same checks core.start makes, for code that wants them early. */
 static int l_check(lua_State *L) {
   rt_request_t req;
   const char *bad;
@@ -388,7 +389,7 @@ static int l_check(lua_State *L) {
   bad = read_spec(L, &req);
   if (bad == NULL) {
     /* What libcurl would refuse when the transfer starts (a port over
-     * 65535, a broken IPv6 literal), found now. core.request leaves this
+     * 65535, a broken IPv6 literal), found now. core.start leaves this
      * to libcurl: its URL_MALFORMAT comes before anything is sent. */
     CURLU *u = curl_url();
     CURLUcode rc = u != NULL ? curl_url_set(u, CURLUPART_URL, req.url, 0)
@@ -404,89 +405,93 @@ static int l_check(lua_State *L) {
   return 1;
 }
 
-static void abandon_xfer(void *op) {
-  rt_xfer_release(op);
-}
-
-static void on_xfer_done(rt_xfer_t *xfer, void *arg) {
-  (void)xfer;
-  rt_task_wake(arg, 0);
-}
-
-static int request_k(lua_State *L, int status, lua_KContext kctx) {
-  rt_task_t *t = (rt_task_t *)kctx;
-  rt_xfer_t *xfer;
-  const rt_xfer_result_t *res;
-  rt_response_t *r;
-
-  (void)status;
-  xfer = t->op;
-  res = &xfer->result;
-  if (res->kind != NULL) {
-    lua_pushnil(L);
-    lua_pushstring(L, res->kind);
-    lua_pushstring(L, res->message);
-    lua_pushinteger(L, (lua_Integer)res->code);
-    lua_pushboolean(L, res->resent);
-    rt_xfer_release(rt_task_take_op(t));
-    return 5;
-  }
-  /* Until the op is taken below, an error raised here leaves the transfer
-   * with the task, which releases it when it ends. */
-  r = rt_response_push(L);
-  r->status = res->status;
-  r->body = rt_buf_take(&xfer->body, &r->body_len);
-  r->head = rt_buf_take(&xfer->head, &r->head_len);
-  lua_pushstring(L, res->url);
-  rt_response_setfield(L, "url");
-  lua_pushstring(L, res->method);
-  rt_response_setfield(L, "method");
-  if (res->redirects > 0) {
-    lua_pushinteger(L, res->redirects);
-    rt_response_setfield(L, "redirects");
-  }
-  if (res->resent) {
-    lua_pushboolean(L, 1);
-    rt_response_setfield(L, "resent");
-  }
-  rt_xfer_release(rt_task_take_op(t));
-  return 1;
-}
-
-/* core.request{method=, url=, headers=, body=, timeout=, connect_timeout=,
- * max_redirects=, max_body_size=, ca_file=, verify_tls=}
- * -> Response | nil, kind, message, curl_code, resent. One attempt, no
- * retries. A request unfit to send is an "invalid" outcome, sent nowhere. */
-static int l_request(lua_State *L) {
+/* core.start(spec) -> operation | nil, "invalid", message: start one
+ * attempt (no retries) of the request table {method=, url=, headers=,
+ * body=, timeout=, connect_timeout=, max_redirects=, max_body_size=,
+ * ca_file=, verify_tls=, fresh_connect=}, owned by the calling task. A
+ * request unfit to send is refused here, sent nowhere. */
+static int l_start(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
   rt_request_t req;
-  rt_xfer_t *xfer = NULL;
   rt_task_t *t;
   const char *bad;
   int rc;
 
   if (!lua_istable(L, 1))
     return rt_error_invalid(L,
-                            "core.request: expected a request table, "
+                            "core.start: expected a request table, "
                             "got %s",
                             luaL_typename(L, 1));
   lua_settop(L, 1);
   t = rt_task_check(L, &ctx->sched, "a request");
   bad = read_spec(L, &req);
-  if (bad != NULL) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "invalid");
-    lua_pushstring(L, bad);
-    return 3;
-  }
-  rc = rt_xfer_start(&ctx->loop, &req, on_xfer_done, t, &xfer);
-  if (rc != 0) {
-    lua_pushnil(L);
-    lua_pushliteral(L, "invalid");
+  if (bad == NULL) {
+    rc = rt_op_start_xfer(L, t, &ctx->loop, &req);
+    if (rc == 0)
+      return 1;
     lua_pushfstring(L, "could not start the transfer (%s)", uv_strerror(rc));
-    return 3;
+    bad = lua_tostring(L, -1);
   }
-  return rt_task_park(L, t, xfer, abandon_xfer, request_k);
+  lua_pushnil(L);
+  lua_pushliteral(L, "invalid");
+  lua_pushstring(L, bad);
+  return 3;
+}
+
+/* core.timer(seconds) -> operation: finishes after seconds, never
+ * earlier. */
+static int l_timer(lua_State *L) {
+  rt_ctx_t *ctx = ctx_of(L);
+  double seconds = check_seconds(L, 1, "core.timer: seconds", 0);
+  rt_task_t *t = rt_task_check(L, &ctx->sched, "a timer");
+
+  rt_op_start_timer(L, t, seconds);
+  return 1;
+}
+
+/* core.wait(seconds | nil, op, ...) -> position of the first finished
+ * operation, or nil when seconds passed first. */
+static int l_wait(lua_State *L) {
+  rt_ctx_t *ctx = ctx_of(L);
+  double seconds = -1;
+  rt_task_t *t;
+
+  if (!lua_isnil(L, 1))
+    seconds = check_seconds(L, 1, "core.wait: seconds", 1);
+  t = rt_task_check(L, &ctx->sched, "core.wait");
+  return rt_op_wait(L, t, 2, lua_gettop(L) - 1, seconds);
+}
+
+/* core.cancel_op(op) -> whether it was still running */
+static int l_cancel_op(lua_State *L) {
+  lua_pushboolean(L, rt_op_cancel(rt_op_check(L, 1, "core.cancel_op")));
+  return 1;
+}
+
+/* core.result(op) -> see rt_op_push_result */
+static int l_result(lua_State *L) {
+  return rt_op_push_result(L, rt_op_check(L, 1, "core.result"));
+}
+
+static void count_handle(uv_handle_t *handle, void *arg) {
+  (void)handle;
+  (*(lua_Integer *)arg)++;
+}
+
+/* core.counts() -> {handles = libuv handles open on the loop, transfers =
+ * easy handles in flight}: what tests compare before and after, to see
+ * that every operation gave its handles back. */
+static int l_counts(lua_State *L) {
+  rt_ctx_t *ctx = ctx_of(L);
+  lua_Integer handles = 0;
+
+  uv_walk(&ctx->loop.uv, count_handle, &handles);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, handles);
+  lua_setfield(L, -2, "handles");
+  lua_pushinteger(L, (lua_Integer)ctx->loop.in_flight);
+  lua_setfield(L, -2, "transfers");
+  return 1;
 }
 
 /* core.is_response(v) -> whether v is a Response */
@@ -495,15 +500,27 @@ static int l_is_response(lua_State *L) {
   return 1;
 }
 
-static const luaL_Reg core_funcs[] = {
-    {"cancel", l_cancel},   {"cancelled", l_cancelled},
-    {"check", l_check},     {"ended", l_ended},
-    {"enter", l_enter},     {"is_response", l_is_response},
-    {"leave", l_leave},     {"loop", l_loop},
-    {"now", l_now},         {"park", l_park},
-    {"request", l_request}, {"sleep", l_sleep},
-    {"spawn", l_spawn},     {"take_cancel", l_take_cancel},
-    {"wake", l_wake},       {NULL, NULL}};
+static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
+                                      {"cancel_op", l_cancel_op},
+                                      {"cancelled", l_cancelled},
+                                      {"check", l_check},
+                                      {"counts", l_counts},
+                                      {"ended", l_ended},
+                                      {"enter", l_enter},
+                                      {"is_response", l_is_response},
+                                      {"leave", l_leave},
+                                      {"loop", l_loop},
+                                      {"now", l_now},
+                                      {"park", l_park},
+                                      {"result", l_result},
+                                      {"sleep", l_sleep},
+                                      {"spawn", l_spawn},
+                                      {"start", l_start},
+                                      {"take_cancel", l_take_cancel},
+                                      {"timer", l_timer},
+                                      {"wait", l_wait},
+                                      {"wake", l_wake},
+                                      {NULL, NULL}};
 
 /* The per-state context, made on first load and shared by later loads. */
 static rt_ctx_t *push_ctx(lua_State *L) {
@@ -549,6 +566,7 @@ int luaopen_retry_core(lua_State *L) {
   luaL_newlibtable(L, core_funcs);
   push_ctx(L);
   luaL_setfuncs(L, core_funcs, 1);
+  rt_op_open(L);
   rt_response_open(L);
   lua_setfield(L, -2, "response_methods");
   rt_error_push_metatable(L);

@@ -177,6 +177,21 @@ static void parse_head(lua_State *L, rt_response_t *r, int f) {
   r->head_len = 0;
 }
 
+static const char *const timing_names[] = {"dns", "connect", "tls",
+                                           "first_byte", "total"};
+
+/* A new table each time: a script may keep or change it. */
+static int push_timings(lua_State *L, const rt_response_t *r) {
+  size_t i;
+
+  lua_createtable(L, 0, 5);
+  for (i = 0; i < sizeof(timing_names) / sizeof(timing_names[0]); i++) {
+    lua_pushnumber(L, r->timings[i]);
+    lua_setfield(L, -2, timing_names[i]);
+  }
+  return 1;
+}
+
 static int resp_index(lua_State *L) {
   rt_response_t *r = check_response(L, "__index");
   const char *key;
@@ -197,6 +212,12 @@ static int resp_index(lua_State *L) {
       lua_pushboolean(L, r->status < 400);
       return 1;
     }
+    if (strcmp(key, "retry_after") == 0) {
+      lua_pushnumber(L, r->retry_after);
+      return 1;
+    }
+    if (strcmp(key, "timings") == 0)
+      return push_timings(L, r);
   }
   lua_getiuservalue(L, 1, 1);
   if (r->head != NULL && key != NULL &&
@@ -214,7 +235,9 @@ static int resp_newindex(lua_State *L) {
 
   check_response(L, "__newindex");
   key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
-  if (key != NULL && (strcmp(key, "status") == 0 || strcmp(key, "ok") == 0))
+  if (key != NULL &&
+      (strcmp(key, "status") == 0 || strcmp(key, "ok") == 0 ||
+       strcmp(key, "retry_after") == 0 || strcmp(key, "timings") == 0))
     return rt_error_invalid(L, "response.%s is read-only", key);
   lua_settop(L, 3);
   lua_getiuservalue(L, 1, 1);

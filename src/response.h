@@ -15,7 +15,9 @@
 
 typedef struct rt_response_s {
   long status;
-  char *body; /* owned; NULL once closed */
+  double retry_after; /* seconds asked for by Retry-After; 0 for none */
+  double timings[5];  /* dns, connect, tls, first_byte, total (seconds) */
+  char *body;         /* owned; NULL once closed */
   size_t body_len;
   char *head; /* owned; raw header block, NULL once parsed */
   size_t head_len;

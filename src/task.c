@@ -34,6 +34,10 @@ static void push_handle(lua_State *L, rt_task_t *t) {
   lua_remove(L, -2);
 }
 
+void rt_task_push_handle(lua_State *L, rt_task_t *t) {
+  push_handle(L, t);
+}
+
 static void on_idle(uv_idle_t *idle);
 
 static void ready_push(rt_sched_t *s, rt_task_t *t) {
@@ -79,10 +83,40 @@ static void release_op(rt_task_t *t) {
     abandon(op);
 }
 
+static void stop_owned(rt_task_t *t) {
+  while (t->owned != NULL) {
+    rt_task_link_t *link = t->owned;
+
+    link->stop(link);
+    /* stop unlinks it; should it not, unlink here rather than loop. */
+    if (t->owned == link)
+      rt_task_disown(t, link);
+  }
+}
+
+void rt_task_own(rt_task_t *t, rt_task_link_t *link) {
+  link->prev = NULL;
+  link->next = t->owned;
+  if (t->owned != NULL)
+    t->owned->prev = link;
+  t->owned = link;
+}
+
+void rt_task_disown(rt_task_t *t, rt_task_link_t *link) {
+  if (link->prev != NULL)
+    link->prev->next = link->next;
+  else if (t->owned == link)
+    t->owned = link->next;
+  if (link->next != NULL)
+    link->next->prev = link->prev;
+  link->prev = link->next = NULL;
+}
+
 static void finish(rt_sched_t *s, rt_task_t *t) {
   lua_State *L = s->L;
 
   release_op(t);
+  stop_owned(t);
   t->state = RT_TASK_DONE;
   if (t->timer != NULL) {
     uv_close((uv_handle_t *)t->timer, free_on_close);
@@ -191,6 +225,7 @@ void rt_sched_close(rt_sched_t *s) {
 
   for (t = s->live; t != NULL; t = t->live_next) {
     release_op(t);
+    stop_owned(t);
     if (t->timer != NULL) {
       uv_close((uv_handle_t *)t->timer, free_on_close);
       t->timer = NULL;
@@ -297,6 +332,8 @@ static int parked_k(lua_State *L, int status, lua_KContext ctx) {
     lua_settop(L, t->base + (t->state == RT_TASK_READY ? t->nargs : 0));
     return lua_yieldk(L, 0, ctx, parked_k);
   }
+  if (t->timer != NULL)
+    uv_timer_stop(t->timer);
   if (t->raise) {
     t->raise = 0;
     return lua_error(L);
@@ -357,40 +394,63 @@ int rt_task_wake_lua(lua_State *L, rt_task_t *t, int n) {
   return 1;
 }
 
-static void abandon_sleep(void *op) {
-  uv_timer_stop(((rt_task_t *)op)->timer);
-}
-
-/* Beyond this a deadline in nanoseconds would pass UINT64_MAX: such a sleep
- * waits until UINT64_MAX, some 580 years, which is as good as forever and
+/* Beyond this a deadline in nanoseconds would pass UINT64_MAX: such a wait
+ * lasts until UINT64_MAX, some 580 years, which is as good as forever and
  * never early. */
 #define MAX_SLEEP_SECONDS 1.8e10
 
-static uint64_t deadline_after(uint64_t now_ns, double seconds) {
+uint64_t rt_deadline_after(uint64_t now_ns, double seconds) {
   if (seconds >= MAX_SLEEP_SECONDS)
     return UINT64_MAX;
   return now_ns + (uint64_t)ceil(seconds * 1e9);
 }
 
-static uint64_t ms_until(uint64_t deadline_ns, uint64_t now_ns) {
+uint64_t rt_ms_until(uint64_t deadline_ns, uint64_t now_ns) {
   uint64_t left = deadline_ns - now_ns;
 
   return left / 1000000 + (left % 1000000 != 0);
 }
 
-static void on_sleep_timer(uv_timer_t *timer) {
+static void on_park_timer(uv_timer_t *timer) {
   rt_task_t *t = timer->data;
   uint64_t now = uv_hrtime();
 
   /* libuv's clock counts whole milliseconds, so the timer can fire up to a
-   * millisecond early: a sleep never ends before its time. */
+   * millisecond early: a timed park never ends before its time. */
   if (now < t->deadline_ns) {
-    uv_timer_start(timer, on_sleep_timer, ms_until(t->deadline_ns, now), 0);
+    uv_timer_start(timer, on_park_timer, rt_ms_until(t->deadline_ns, now), 0);
     return;
   }
-  t->op = NULL;
-  t->abandon = NULL;
-  rt_task_wake(t, 0);
+  if (t->state == RT_TASK_PARKED)
+    rt_task_wake(t, 0);
+}
+
+int rt_task_park_timed(lua_State *L, rt_task_t *t, double seconds, void *op,
+                       rt_task_abandon_fn abandon, lua_KFunction k) {
+  rt_sched_t *s = t->sched;
+  uint64_t now;
+
+  /* A pending cancel raises in rt_task_park: no timer may be left armed
+   * for a park that never happens. */
+  if (seconds < 0 || t->cancel_pending)
+    return rt_task_park(L, t, op, abandon, k);
+  if (t->timer == NULL) {
+    t->timer = malloc(sizeof(*t->timer));
+    if (t->timer == NULL) {
+      if (op != NULL && abandon != NULL)
+        abandon(op);
+      return luaL_error(L, "retry: out of memory for a timer");
+    }
+    uv_timer_init(s->uv, t->timer);
+    t->timer->data = t;
+  }
+  /* The loop's cached time may be stale by the length of the callbacks
+   * that ran since it was taken; arming against it would end early. */
+  uv_update_time(s->uv);
+  now = uv_hrtime();
+  t->deadline_ns = rt_deadline_after(now, seconds);
+  uv_timer_start(t->timer, on_park_timer, rt_ms_until(t->deadline_ns, now), 0);
+  return rt_task_park(L, t, op, abandon, k);
 }
 
 static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
@@ -401,23 +461,7 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 int rt_task_sleep(lua_State *L, rt_task_t *t, double seconds) {
-  rt_sched_t *s = t->sched;
-  uint64_t now;
-
-  if (t->timer == NULL) {
-    t->timer = malloc(sizeof(*t->timer));
-    if (t->timer == NULL)
-      return luaL_error(L, "retry.sleep: out of memory");
-    uv_timer_init(s->uv, t->timer);
-    t->timer->data = t;
-  }
-  /* The loop's cached time may be stale by the length of the callbacks
-   * that ran since it was taken; arming against it would end early. */
-  uv_update_time(s->uv);
-  now = uv_hrtime();
-  t->deadline_ns = deadline_after(now, seconds);
-  uv_timer_start(t->timer, on_sleep_timer, ms_until(t->deadline_ns, now), 0);
-  return rt_task_park(L, t, t, abandon_sleep, sleep_k);
+  return rt_task_park_timed(L, t, seconds, NULL, NULL, sleep_k);
 }
 
 int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx) {
@@ -425,6 +469,7 @@ int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx) {
   if (t->state == RT_TASK_DONE)
     return 0;
   t->cancelled = 1;
+  stop_owned(t);
   push_handle(L, t);
   lua_pushvalue(L, err_idx);
   lua_setiuservalue(L, -2, 2);
@@ -439,6 +484,8 @@ int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx) {
   if (!lua_checkstack(t->co, 1))
     return luaL_error(L, "core.cancel: out of memory");
   release_op(t);
+  if (t->timer != NULL)
+    uv_timer_stop(t->timer);
   lua_settop(t->co, lua_gettop(t->co) - t->nargs);
   lua_pushvalue(L, err_idx);
   lua_xmove(L, t->co, 1);

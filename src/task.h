@@ -14,6 +14,16 @@
 
 typedef struct rt_sched_s rt_sched_t;
 typedef struct rt_task_s rt_task_t;
+typedef struct rt_task_link_s rt_task_link_t;
+
+/* Something a task owns that holds libcurl or libuv handles (an operation,
+ * see op.h). The task stops whatever is still linked when it is cancelled
+ * or ends; stop must unlink it and never call Lua. */
+struct rt_task_link_s {
+  rt_task_link_t *prev;
+  rt_task_link_t *next;
+  void (*stop)(rt_task_link_t *link);
+};
 
 /* Stops and frees whatever a task is parked on; never calls Lua. */
 typedef void (*rt_task_abandon_fn)(void *op);
@@ -47,7 +57,8 @@ struct rt_task_s {
   lua_KFunction k;    /* continuation of the current park */
   void *op;           /* what it is parked on; released by abandon */
   rt_task_abandon_fn abandon;
-  uv_timer_t *timer; /* owned: lazily made for sleeps; freed on close */
+  rt_task_link_t *owned; /* operations it started that hold handles */
+  uv_timer_t *timer; /* owned: lazily made for timed parks; freed on close */
   uint64_t deadline_ns;
 };
 
@@ -107,12 +118,33 @@ int rt_task_park_lua(lua_State *L, rt_task_t *t);
  * Returns 0 when the task was not parked that way (nothing is moved). */
 int rt_task_wake_lua(lua_State *L, rt_task_t *t, int n);
 
+/* rt_task_park with a time limit: when seconds (>= 0) pass first, the task
+ * is woken with nothing delivered (the continuation sees that no operation
+ * finished). A negative seconds means no limit. */
+int rt_task_park_timed(lua_State *L, rt_task_t *t, double seconds, void *op,
+                       rt_task_abandon_fn abandon, lua_KFunction k);
+
 /* Sleep the running task for seconds (>= 0). Use as a return expression. */
 int rt_task_sleep(lua_State *L, rt_task_t *t, double seconds);
 
+/* uv_hrtime after seconds (>= 0; beyond some 570 years, UINT64_MAX), and
+ * whole milliseconds until a deadline, rounded up: libuv's timers count
+ * whole milliseconds and must never end a wait early. */
+uint64_t rt_deadline_after(uint64_t now_ns, double seconds);
+uint64_t rt_ms_until(uint64_t deadline_ns, uint64_t now_ns);
+
+/* Link something the task now owns; it is stopped when the task is
+ * cancelled or ends, unless unlinked first. */
+void rt_task_own(rt_task_t *t, rt_task_link_t *link);
+void rt_task_disown(rt_task_t *t, rt_task_link_t *link);
+
+/* Push the task's handle (a full userdata), or nil once it has ended. */
+void rt_task_push_handle(lua_State *L, rt_task_t *t);
+
 /* Cancel: the error value at err_idx is raised in the task at its current
- * (or next) park, every time this is called while the task lives. Returns
- * 0 when the task has already ended. */
+ * (or next) park, every time this is called while the task lives, and the
+ * operations it owns are stopped at once. Returns 0 when the task has
+ * already ended. */
 int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx);
 
 /* A cancel that has not been raised yet (the task was cancelled before it

@@ -676,6 +676,7 @@ static int follow_redirect(rt_xfer_t *xfer) {
   xfer->sends = 0;
   xfer->discard_body = 0;
   xfer->result.redirects++;
+  xfer->hop_started_ns = uv_hrtime();
   if (rt_loop_add(xfer->loop, easy) != 0) {
     stop_with(xfer, RT_STOP_NOMEM,
               "could not start the request of a %ld redirect", status);
@@ -688,6 +689,31 @@ static int follow_redirect(rt_xfer_t *xfer) {
 /* ------------------------------------------------------------------ */
 /* Start, finish, release                                              */
 /* ------------------------------------------------------------------ */
+
+static double phase(CURL *easy, CURLINFO info, double offset) {
+  curl_off_t us = 0;
+
+  if (curl_easy_getinfo(easy, info, &us) != CURLE_OK || us <= 0)
+    return 0;
+  return offset + (double)us / 1e6;
+}
+
+static void record_times(rt_xfer_t *xfer) {
+  rt_xfer_result_t *r = &xfer->result;
+  double offset = (double)(xfer->hop_started_ns - xfer->started_ns) / 1e9;
+  curl_off_t after = 0;
+
+  r->timings.dns = phase(xfer->easy, CURLINFO_NAMELOOKUP_TIME_T, offset);
+  r->timings.connect = phase(xfer->easy, CURLINFO_CONNECT_TIME_T, offset);
+  r->timings.tls = phase(xfer->easy, CURLINFO_APPCONNECT_TIME_T, offset);
+  r->timings.first_byte =
+      phase(xfer->easy, CURLINFO_STARTTRANSFER_TIME_T, offset);
+  r->timings.total = (double)(uv_hrtime() - xfer->started_ns) / 1e9;
+  /* libcurl gives a date in the past as a negative delay: "now". */
+  if (curl_easy_getinfo(xfer->easy, CURLINFO_RETRY_AFTER, &after) == CURLE_OK &&
+      after > 0)
+    r->retry_after = (double)after;
+}
 
 static void finish(rt_xfer_t *xfer, CURLcode code) {
   rt_xfer_result_t *r = &xfer->result;
@@ -708,6 +734,7 @@ static void finish(rt_xfer_t *xfer, CURLcode code) {
   curl_easy_getinfo(xfer->easy, CURLINFO_RESPONSE_CODE, &r->status);
   curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_URL, &r->url);
   curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_METHOD, &r->method);
+  record_times(xfer);
   xfer->done(xfer, xfer->done_arg);
 }
 
@@ -762,6 +789,7 @@ int rt_xfer_start(rt_loop_t *loop, const rt_request_t *req,
   xfer->done = done;
   xfer->done_arg = arg;
   xfer->started_ns = uv_hrtime();
+  xfer->hop_started_ns = xfer->started_ns;
   if (rt_loop_add(loop, xfer->easy) != 0) {
     xfer_put(xfer);
     return UV_EINVAL;

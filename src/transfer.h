@@ -49,6 +49,17 @@ enum rt_xfer_stop {
   RT_STOP_NOMEM
 };
 
+/* When the phases of an attempt ended, in seconds from its start; a phase
+ * it never reached is 0. After redirects they describe the last request
+ * (offset by when it started); total covers the whole chain. */
+typedef struct rt_timings_s {
+  double dns;
+  double connect;
+  double tls;
+  double first_byte;
+  double total;
+} rt_timings_t;
+
 /* The outcome, filled in just before the done hook runs. Strings stay valid
  * until the transfer is released. */
 typedef struct rt_xfer_result_s {
@@ -60,6 +71,9 @@ typedef struct rt_xfer_result_s {
   const char *method;  /* method of the last request sent */
   int redirects;       /* redirects followed */
   int resent;          /* a dead kept-alive connection made it send again */
+  double retry_after;  /* seconds a Retry-After header asks for (libcurl
+                          parses seconds and HTTP dates); 0 without one */
+  rt_timings_t timings;
 } rt_xfer_result_t;
 
 struct rt_xfer_s {
@@ -76,6 +90,7 @@ struct rt_xfer_s {
   char errbuf[CURL_ERROR_SIZE]; /* curl's message (CURLOPT_ERRORBUFFER) */
   char note[CURL_ERROR_SIZE];   /* ours, when we end or explain it */
   uint64_t started_ns;          /* uv_hrtime when the attempt started */
+  uint64_t hop_started_ns;      /* ... and when its last request started */
   long timeout_ms;              /* the whole attempt */
   long hop_timeout_ms; /* what was left of it for the current request */
   long connect_timeout_ms;

@@ -14,7 +14,7 @@ Error.__index = Error
 M.KINDS = {
   connect = true, dns = true, timeout = true, network = true, tls = true,
   status = true, cancelled = true, protocol = true, redirect = true,
-  too_large = true, invalid = true,
+  too_large = true, invalid = true, circuit_open = true,
 }
 
 --- Transport kinds: the default `exceptions` of a strategy, and what the

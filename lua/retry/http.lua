@@ -217,13 +217,27 @@ end
 --- Send one attempt; returns the Response, or nil and an error object.
 -- Either has `resent = true` when libcurl sent the request a second time
 -- because a kept-alive connection died before any byte of the reply.
-function M.send(spec)
-  local resp, kind, message, curl_code, resent = core.request(spec)
+--- The outcome of a finished transfer operation started for `spec`: a
+-- Response, or nil and an error object.
+function M.result(op, spec)
+  local resp, kind, message, curl_code, resent = core.result(op)
   if resp then return resp end
   return nil, errors.new(kind, message, {
     method = spec.method, url = spec.url, curl_code = curl_code,
     resent = resent or nil,
   })
+end
+
+--- One attempt: start it and wait for it. Returns a Response, or nil and an
+-- error object.
+function M.send(spec)
+  local op, kind, message = core.start(spec)
+  if not op then
+    return nil, errors.new(kind, message, { method = spec.method,
+      url = spec.url })
+  end
+  core.wait(nil, op)
+  return M.result(op, spec)
 end
 
 -- Response methods written in Lua, beside text/read/close from C.

@@ -1,6 +1,8 @@
 --- The `retry` module: an asynchronous HTTP client with aiohttp-retry's
 -- retry policies. See README.md for the API; ../shared/design/lua-api.md is
 -- the contract it follows.
+local breaker = require("retry.breaker")
+local budget = require("retry.budget")
 local client = require("retry.client")
 local core = require("retry.core")
 local errors = require("retry.errors")
@@ -26,6 +28,9 @@ local M = {
   ListRetry = strategies.ListRetry,
   FibonacciRetry = strategies.FibonacciRetry,
   JitterRetry = strategies.JitterRetry,
+  DecorrelatedJitterRetry = strategies.DecorrelatedJitterRetry,
+  RetryBudget = budget.RetryBudget,
+  CircuitBreaker = breaker.CircuitBreaker,
 }
 
 --- One attempt, no retries: `retry.request(method, url, opts)` returns a

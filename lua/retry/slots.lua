@@ -3,6 +3,7 @@
 -- released slot goes straight to the first task still waiting, so a task
 -- that arrives later cannot take it first.
 local core = require("retry.core")
+local errors = require("retry.errors")
 local task = require("retry.task")
 
 local M = {}
@@ -36,6 +37,10 @@ function Slots:acquire()
   self.queue[self.tail] = entry
   local t0 = core.now()
   local ok, e = pcall(core.park, "a connection slot")
+  if ok and e == false then
+    error(errors.new("cancelled", "the RetryClient was closed while the "
+      .. "request waited for a connection slot"), 0)
+  end
   if not ok then
     if entry.granted then
       self:release()
@@ -60,6 +65,16 @@ function Slots:release()
     end
   end
   self.used = self.used - 1
+end
+
+--- Send every waiter away with a `cancelled` error (the client closed).
+function Slots:close()
+  while self.head <= self.tail do
+    local entry = self.queue[self.head]
+    self.queue[self.head] = nil
+    self.head = self.head + 1
+    if not entry.gone then core.wake(entry.handle, false) end
+  end
 end
 
 --- Whether nobody holds or waits for a slot.

@@ -264,6 +264,10 @@ static enum MHD_Result route_delay(struct server_state *st,
 
   if (!parse_ulong(arg, MAX_DELAY_MS, &ms))
     return bad_request(conn, "delay must be 0..600000 ms");
+  /* ?first=1: only a key's first hit is slow, so a hedged copy (or a
+   * retry) of a slow request is answered at once. */
+  if (rq->has_key && rq->hits > 1 && query_arg(conn, "first") != NULL)
+    ms = 0;
   info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
   if (sleep_watching_peer(st, info != NULL ? info->connect_fd : -1, ms)) {
     mark_aborted(st, rq);

@@ -33,7 +33,8 @@
  *                      n <= N -> S {"ok":false,"hits":n}, else 200 ok:true
  *   /delay/MS          wait MS (<= 600000) ms, 200 {"delayed_ms":MS};
  *                      if the client hangs up meanwhile, stop waiting and
- *                      close at once (counted as aborted)
+ *                      close at once (counted as aborted); with
+ *                      ?key&first=1 only the key's first hit waits
  *   /close             ?key&n=1: drop the connection without a reply while
  *                      n <= N (curl exit 52), else 200 {"ok":true,"hits":n}
  *   /echo              200 JSON of method, path, query, headers, body, hits

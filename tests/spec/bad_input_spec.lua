@@ -39,22 +39,26 @@ local OPTION_KEYS = {
   client = { "retry_options", "raise_for_status", "logger", "base_url",
     "headers", "timeout", "connect_timeout", "trace_configs", "limit",
     "limit_per_host", "max_redirects", "max_body_size", "ca_file",
-    "verify_tls" },
+    "verify_tls", "deadline", "hedge", "budget", "breaker" },
   call = { "retry_options", "raise_for_status", "headers", "params", "data",
     "json", "auth", "timeout", "trace_request_ctx", "max_redirects",
-    "max_body_size" },
+    "max_body_size", "deadline", "hedge", "before_retry" },
   request = { "headers", "params", "data", "json", "auth", "timeout",
     "connect_timeout", "max_redirects", "max_body_size", "ca_file",
     "verify_tls" },
+  budget = { "ratio", "min_per_second", "ttl" },
+  breaker = { "failure_ratio", "min_requests", "window", "open_for" },
   strategy = { "attempts", "statuses", "exceptions", "methods",
     "retry_all_server_errors", "evaluate_response_callback", "start_timeout",
     "max_timeout", "factor", "min_timeout", "random_func", "timeouts",
-    "multiplier", "random_interval_size", "get_timeout" },
+    "multiplier", "random_interval_size", "get_timeout", "jitter", "base",
+    "respect_retry_after", "max_retry_after", "retry_after_statuses",
+    "before_retry" },
   params = { "method", "url", "headers", "trace_request_ctx", "kwargs" },
 }
 
 local STRATEGIES = { "RetryOptionsBase", "ExponentialRetry", "RandomRetry",
-  "ListRetry", "FibonacciRetry", "JitterRetry" }
+  "ListRetry", "FibonacciRetry", "JitterRetry", "DecorrelatedJitterRetry" }
 
 local function fuzz(pool)
   local n = #pool + 1 -- index n + 1 stands for nil
@@ -115,6 +119,8 @@ local function fuzz(pool)
     function() return retry.RetryClient(arg_or_options("client")) end,
     function() return retry.RequestParams(arg_or_options("params")) end,
     function() return retry.errors.new(any(), any(), any()) end,
+    function() return retry.RetryBudget(arg_or_options("budget")) end,
+    function() return retry.CircuitBreaker(arg_or_options("breaker")) end,
     function()
       return retry[STRATEGIES[math.random(#STRATEGIES)]](arg_or_options("strategy"))
     end,

@@ -593,13 +593,13 @@ describe("retry.core", function()
       expect.invalid("task handle", core.cancelled, "x")
       expect.invalid("function", core.spawn, 42)
       expect.invalid("string", core.park, 1)
-      expect.invalid("request table", core.request, "GET")
-      expect.invalid("method must be a string", core.request, {})
-      expect.invalid("timeout must be", core.request,
+      expect.invalid("request table", core.start, "GET")
+      expect.invalid("method must be a string", core.start, {})
+      expect.invalid("timeout must be", core.start,
         { method = "GET", url = h.url("/"), timeout = -1 })
-      expect.invalid("max_redirects", core.request,
+      expect.invalid("max_redirects", core.start,
         { method = "GET", url = h.url("/"), max_redirects = 1.5 })
-      expect.invalid("verify_tls", core.request,
+      expect.invalid("verify_tls", core.start,
         { method = "GET", url = h.url("/"), verify_tls = "no" })
       local handle = core.spawn(function() end)
       expect.invalid("the error to raise is missing", core.cancel, handle)

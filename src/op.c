@@ -1,0 +1,344 @@
+/* op.c: operations (transfers and timers) that tasks start, wait on and
+ * cancel. See op.h for the contract.
+ *
+ * An operation holding handles is linked into its owner task (task.h's
+ * rt_task_link_t), so the task stops it when cancelled or ended; the
+ * userdata's user value keeps the owner's handle, so the owner outlives
+ * every operation that names it. Completion runs inside libcurl or libuv
+ * callbacks: it only records the state and wakes the owner when the owner
+ * waits on this operation. Lua runs later, in the wait's continuation.
+ */
+#include "op.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "response.h"
+
+#define OP_MT "retry.Operation"
+
+enum op_type { OP_XFER, OP_TIMER };
+
+enum op_state {
+  OP_RUNNING,
+  OP_DONE,      /* finished; a transfer's result not taken yet */
+  OP_CANCELLED, /* stopped before it finished */
+  OP_TAKEN,     /* a transfer's result went to Lua */
+  OP_LOST       /* finished, but its task ended before taking the result */
+};
+
+struct rt_op_s {
+  rt_task_link_t link; /* first: the task's list hands it back */
+  rt_task_t *owner;    /* NULL once unlinked */
+  enum op_type type;
+  enum op_state state;
+  int waited;      /* the owner is parked waiting on it */
+  rt_xfer_t *xfer; /* owned until released */
+  uv_timer_t *timer;
+  uint64_t deadline_ns;
+};
+
+static void free_on_close(uv_handle_t *handle) {
+  free(handle);
+}
+
+/* Release whatever handles op holds and unlink it from its task. */
+static void release(rt_op_t *op) {
+  if (op->xfer != NULL) {
+    rt_xfer_release(op->xfer);
+    op->xfer = NULL;
+  }
+  if (op->timer != NULL) {
+    uv_close((uv_handle_t *)op->timer, free_on_close);
+    op->timer = NULL;
+  }
+  if (op->owner != NULL) {
+    rt_task_disown(op->owner, &op->link);
+    op->owner = NULL;
+  }
+}
+
+/* The task stops it: cancelled, or ended. No wake: the task is being
+ * cancelled or is gone. */
+static void stop_linked(rt_task_link_t *link) {
+  rt_op_t *op = (rt_op_t *)link;
+
+  if (op->state == OP_RUNNING)
+    op->state = OP_CANCELLED;
+  else if (op->state == OP_DONE)
+    op->state = OP_LOST;
+  op->waited = 0;
+  release(op);
+}
+
+/* op stopped running: wake its owner if the owner waits on it. Takes the
+ * owner as it was before op was released (which unlinks it). */
+static void finished(rt_op_t *op, rt_task_t *owner, int waited,
+                     enum op_state state) {
+  op->state = state;
+  op->waited = 0;
+  if (waited && owner != NULL && owner->state == RT_TASK_PARKED)
+    rt_task_wake(owner, 0);
+}
+
+static void on_xfer_done(rt_xfer_t *xfer, void *arg) {
+  rt_op_t *op = arg;
+
+  (void)xfer;
+  finished(op, op->owner, op->waited, OP_DONE);
+}
+
+static void on_timer(uv_timer_t *timer) {
+  rt_op_t *op = timer->data;
+  uint64_t now = uv_hrtime();
+
+  if (now < op->deadline_ns) {
+    uv_timer_start(timer, on_timer, rt_ms_until(op->deadline_ns, now), 0);
+    return;
+  }
+  {
+    rt_task_t *owner = op->owner;
+    int waited = op->waited;
+
+    /* A timer has nothing to hand over: done is its whole result. */
+    release(op);
+    finished(op, owner, waited, OP_DONE);
+  }
+}
+
+static int op_gc(lua_State *L) {
+  rt_op_t *op = lua_touserdata(L, 1);
+
+  /* Nobody can see it any more: whatever it holds goes. */
+  if (op->state == OP_RUNNING)
+    op->state = OP_CANCELLED;
+  release(op);
+  return 0;
+}
+
+static const char *const state_names[] = {"running", "done", "cancelled",
+                                          "done", "lost"};
+
+static int op_tostring(lua_State *L) {
+  rt_op_t *op = rt_op_check(L, 1, "tostring");
+
+  lua_pushfstring(L, "retry.Operation (%s, %s)",
+                  op->type == OP_XFER ? "transfer" : "timer",
+                  state_names[op->state]);
+  return 1;
+}
+
+void rt_op_open(lua_State *L) {
+  if (luaL_newmetatable(L, OP_MT)) {
+    lua_pushcfunction(L, op_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, op_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, OP_MT);
+    lua_setfield(L, -2, "__name");
+  }
+  lua_pop(L, 1);
+}
+
+static rt_op_t *push_op(lua_State *L, rt_task_t *t, enum op_type type) {
+  rt_op_t *op = lua_newuserdatauv(L, sizeof(*op), 1);
+
+  memset(op, 0, sizeof(*op));
+  op->type = type;
+  op->state = OP_CANCELLED; /* until it holds something */
+  op->link.stop = stop_linked;
+  luaL_setmetatable(L, OP_MT);
+  rt_task_push_handle(L, t);
+  lua_setiuservalue(L, -2, 1);
+  return op;
+}
+
+int rt_op_start_xfer(lua_State *L, rt_task_t *t, rt_loop_t *loop,
+                     const rt_request_t *req) {
+  rt_op_t *op = push_op(L, t, OP_XFER);
+  int rc = rt_xfer_start(loop, req, on_xfer_done, op, &op->xfer);
+
+  if (rc != 0) {
+    op->xfer = NULL;
+    lua_pop(L, 1);
+    return rc;
+  }
+  op->state = OP_RUNNING;
+  op->owner = t;
+  rt_task_own(t, &op->link);
+  return 0;
+}
+
+void rt_op_start_timer(lua_State *L, rt_task_t *t, double seconds) {
+  rt_op_t *op = push_op(L, t, OP_TIMER);
+  uv_loop_t *uv = t->sched->uv;
+  uint64_t now;
+
+  op->timer = malloc(sizeof(*op->timer));
+  if (op->timer == NULL)
+    luaL_error(L, "retry: out of memory for a timer");
+  uv_timer_init(uv, op->timer);
+  op->timer->data = op;
+  op->state = OP_RUNNING;
+  op->owner = t;
+  rt_task_own(t, &op->link);
+  uv_update_time(uv);
+  now = uv_hrtime();
+  op->deadline_ns = rt_deadline_after(now, seconds);
+  uv_timer_start(op->timer, on_timer, rt_ms_until(op->deadline_ns, now), 0);
+}
+
+rt_op_t *rt_op_check(lua_State *L, int idx, const char *what) {
+  rt_op_t *op = luaL_testudata(L, idx, OP_MT);
+
+  if (op == NULL)
+    rt_error_invalid(L, "%s: expected an operation, got %s", what,
+                     luaL_typename(L, idx));
+  return op;
+}
+
+int rt_op_cancel(rt_op_t *op) {
+  if (op->state != OP_RUNNING)
+    return 0;
+  {
+    rt_task_t *owner = op->owner;
+    int waited = op->waited;
+
+    release(op);
+    finished(op, owner, waited, OP_CANCELLED);
+  }
+  return 1;
+}
+
+/* The task stopped waiting (the wait ended or was cancelled): no
+ * operation may wake it for this wait any more. */
+static void unmark(rt_task_t *t) {
+  rt_task_link_t *link;
+
+  for (link = t->owned; link != NULL; link = link->next)
+    if (link->stop == stop_linked)
+      ((rt_op_t *)link)->waited = 0;
+}
+
+static void abandon_wait(void *arg) {
+  unmark(arg);
+}
+
+static int wait_k(lua_State *L, int status, lua_KContext ctx) {
+  rt_task_t *t = (rt_task_t *)ctx;
+  int top = lua_gettop(L);
+  int i;
+
+  (void)status;
+  rt_task_take_op(t);
+  unmark(t);
+  /* Slot 1 is the time limit; the operations follow. */
+  for (i = 2; i <= top; i++) {
+    rt_op_t *op = lua_touserdata(L, i);
+
+    if (op->state != OP_RUNNING) {
+      lua_pushinteger(L, i - 1);
+      return 1;
+    }
+  }
+  lua_pushnil(L);
+  return 1;
+}
+
+int rt_op_wait(lua_State *L, rt_task_t *t, int first, int n, double seconds) {
+  int i;
+
+  for (i = 0; i < n; i++) {
+    rt_op_t *op = rt_op_check(L, first + i, "core.wait");
+
+    if (op->state != OP_RUNNING) {
+      lua_pushinteger(L, i + 1);
+      return 1;
+    }
+    if (op->owner != t)
+      return rt_error_invalid(L, "core.wait: an operation can only be "
+                                 "waited on by the task that started it");
+  }
+  if (n == 0 && seconds < 0)
+    return rt_error_invalid(L, "core.wait: nothing to wait for");
+  for (i = 0; i < n; i++)
+    ((rt_op_t *)lua_touserdata(L, first + i))->waited = 1;
+  return rt_task_park_timed(L, t, seconds, t, abandon_wait, wait_k);
+}
+
+static int push_cancelled(lua_State *L, rt_op_t *op) {
+  lua_pushnil(L);
+  if (op->state == OP_LOST)
+    return rt_error_invalid(L, "the operation's result was released when "
+                               "the task that started it ended");
+  lua_pushliteral(L, "cancelled");
+  lua_pushliteral(L, "the operation was cancelled");
+  return 3;
+}
+
+static int push_xfer_result(lua_State *L, rt_op_t *op) {
+  rt_xfer_t *xfer = op->xfer;
+  const rt_xfer_result_t *res = &xfer->result;
+  rt_response_t *r;
+
+  if (res->kind != NULL) {
+    lua_pushnil(L);
+    lua_pushstring(L, res->kind);
+    lua_pushstring(L, res->message);
+    lua_pushinteger(L, (lua_Integer)res->code);
+    lua_pushboolean(L, res->resent);
+    op->state = OP_TAKEN;
+    release(op);
+    return 5;
+  }
+  /* Until release below, an error raised here leaves the transfer with
+   * the operation, which frees it when collected. */
+  r = rt_response_push(L);
+  r->status = res->status;
+  r->retry_after = res->retry_after;
+  r->timings[0] = res->timings.dns;
+  r->timings[1] = res->timings.connect;
+  r->timings[2] = res->timings.tls;
+  r->timings[3] = res->timings.first_byte;
+  r->timings[4] = res->timings.total;
+  r->body = rt_buf_take(&xfer->body, &r->body_len);
+  r->head = rt_buf_take(&xfer->head, &r->head_len);
+  lua_pushstring(L, res->url);
+  rt_response_setfield(L, "url");
+  lua_pushstring(L, res->method);
+  rt_response_setfield(L, "method");
+  if (res->redirects > 0) {
+    lua_pushinteger(L, res->redirects);
+    rt_response_setfield(L, "redirects");
+  }
+  if (res->resent) {
+    lua_pushboolean(L, 1);
+    rt_response_setfield(L, "resent");
+  }
+  op->state = OP_TAKEN;
+  release(op);
+  return 1;
+}
+
+int rt_op_push_result(lua_State *L, rt_op_t *op) {
+  switch (op->state) {
+  case OP_RUNNING:
+    return rt_error_invalid(L, "core.result: the operation has not "
+                               "finished: wait for it first");
+  case OP_TAKEN:
+    return rt_error_invalid(L, "core.result: the transfer's result was "
+                               "already taken");
+  case OP_CANCELLED:
+  case OP_LOST:
+    return push_cancelled(L, op);
+  case OP_DONE:
+    break;
+  }
+  if (op->type == OP_TIMER) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  return push_xfer_result(L, op);
+}

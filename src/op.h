@@ -1,0 +1,51 @@
+/* op.h: operations, the things a task starts and waits on.
+ *
+ * An operation is a transfer or a timer, a Lua userdata ("retry.Operation")
+ * owned by the task that started it. The task may start several, wait for
+ * the first of a set to finish (with a time limit), and cancel any one;
+ * each releases its libcurl or libuv handles exactly once, on whichever
+ * path comes first: its result is taken, it is cancelled, its task is
+ * cancelled or ends, the Lua state closes, or it is collected. A finished
+ * transfer's result is turned into a Response or an error here, from the
+ * plain record transfer.c hands over.
+ */
+#ifndef RT_OP_H
+#define RT_OP_H
+
+#include <lua.h>
+
+#include "task.h"
+#include "transfer.h"
+
+typedef struct rt_op_s rt_op_t;
+
+/* Register the metatable. */
+void rt_op_open(lua_State *L);
+
+/* Start a transfer owned by t and push its operation. Returns 0, or a
+ * negative UV_E* code (nothing pushed, nothing started). */
+int rt_op_start_xfer(lua_State *L, rt_task_t *t, rt_loop_t *loop,
+                     const rt_request_t *req);
+
+/* Start a timer owned by t that finishes after seconds, and push it. */
+void rt_op_start_timer(lua_State *L, rt_task_t *t, double seconds);
+
+/* The operation at idx, or an `invalid` error naming `what`. */
+rt_op_t *rt_op_check(lua_State *L, int idx, const char *what);
+
+/* Stop a running operation; it finishes as cancelled and a wait on it
+ * returns. Returns 0 when it had already finished. */
+int rt_op_cancel(rt_op_t *op);
+
+/* Park t until one of the n operations at stack slots first.. has
+ * finished, or seconds pass (< 0: no limit). Resumes with the 1-based
+ * position of the first finished one in the set, or nil when the time ran
+ * out. Each must be owned by t. Use as a return expression. */
+int rt_op_wait(lua_State *L, rt_task_t *t, int first, int n, double seconds);
+
+/* Push the outcome of a finished operation: for a transfer a Response, or
+ * nil, kind, message, curl code, resent; for a timer true; for a cancelled
+ * one nil, "cancelled", message. A transfer's result can be taken once. */
+int rt_op_push_result(lua_State *L, rt_op_t *op);
+
+#endif
