@@ -199,6 +199,20 @@ describe("before_retry", function()
   end)
 end)
 
+describe("before_retry, in place", function()
+  it("a header added to ctx.next.headers goes out with the next attempt", function()
+    retry.run(function()
+      local bad = counted("/status/503")
+      local client = retry.RetryClient{ retry_options = fast() }
+      local r = client:get({ bad, h.url("/echo") }, { before_retry = function(ctx)
+        ctx.next.headers["X-Tried"] = tostring(ctx.attempt)
+      end })
+      assert.equal(200, r.status)
+      assert.equal("1", r:json().headers["x-tried"])
+    end)
+  end)
+end)
+
 describe("retry budget", function()
   it("holds a burst of failing requests to about (1 + ratio) x requests plus the floor", function()
     retry.run(function()
@@ -319,6 +333,41 @@ describe("circuit breaker", function()
       assert.equal(5, #warnings)
       assert.equal(2, client:stats().breaker_opens)
       assert.is_not_nil(err)
+    end)
+  end)
+
+  it("lets the half-open trial request make its retries", function()
+    retry.run(function()
+      local breaker = retry.CircuitBreaker{ min_requests = 2, open_for = 0.2 }
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 1 },
+        breaker = breaker }
+      for _ = 1, 2 do client:get((counted("/status/503"))):close() end
+      assert.equal("open", breaker.state)
+      retry.sleep(0.25)
+      -- The trial fails once, then succeeds on its retry.
+      local url, key = counted("/fail?n=1&status=503")
+      local r = client:get(url, fast{ attempts = 2 })
+      assert.equal(200, r.status)
+      assert.equal(2, h.hits(retry, key))
+      assert.equal("closed", breaker.state)
+    end)
+  end)
+
+  it("a retry refused by the open breaker returns the last outcome", function()
+    retry.run(function()
+      local breaker = retry.CircuitBreaker{ min_requests = 1, open_for = 10 }
+      local a = retry.RetryClient{ retry_options = fast{ attempts = 1 }, breaker = breaker }
+      local b = retry.RetryClient{ retry_options = retry.ListRetry{ timeouts = { 0.2 },
+        attempts = 2 }, breaker = breaker }
+      local url, key = counted("/status/503")
+      local t = retry.spawn(function() return b:get(url) end)
+      retry.sleep(0.05) -- b's first attempt got its 503 and waits
+      a:get((counted("/status/503"))):close() -- opens the shared breaker
+      assert.equal("open", breaker.state)
+      local r = t:await()
+      assert.equal(503, r.status)
+      assert.equal(1, r.attempts)
+      assert.equal(1, h.hits(retry, key))
     end)
   end)
 

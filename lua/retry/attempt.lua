@@ -1,0 +1,290 @@
+--- One attempt of a RetryClient request: the request table it sends, a
+-- connection slot, the trace hooks, and the transfer itself: one, or with
+-- hedging several copies racing, cut at the request's deadline. Policy
+-- (whether to retry, how long to wait) is lua/retry/loop.lua's.
+local core = require("retry.core")
+local errors = require("retry.errors")
+local http = require("retry.http")
+local slots = require("retry.slots")
+local values = require("retry.values")
+
+local M = {}
+
+local invalid, describe = errors.invalid, values.describe
+
+-- Read-only stand-in for absent option tables: no table per request.
+local NO_OPTIONS = setmetatable({}, { __newindex = function()
+  invalid("retry: NO_OPTIONS is read-only")
+end })
+M.NO_OPTIONS = NO_OPTIONS
+
+local function join_url(base, url)
+  if base == nil or url:find("^%a[%w+.-]*://") then return url end
+  return (base:gsub("/+$", "")) .. (url:sub(1, 1) == "/" and url or "/" .. url)
+end
+
+-- Per-call headers override the client's, names compared case-insensitively.
+-- Without per-call headers the client's table is used as is.
+local function merge_headers(base, extra)
+  if extra == nil then return base end
+  local out = {}
+  for k, v in pairs(base) do out[k] = v end
+  for k, v in pairs(extra) do
+    local lower = type(k) == "string" and k:lower()
+    for existing in pairs(out) do
+      if type(existing) == "string" and existing:lower() == lower then
+        out[existing] = nil
+      end
+    end
+    out[k] = v
+  end
+  return out
+end
+
+-- The core's request table for one entry of the attempt list.
+local function spec_for(client, p)
+  local kw = p.kwargs or NO_OPTIONS
+  local headers = merge_headers(client.headers, p.headers)
+  if kw.auth ~= nil and http.has_header(headers, "authorization") then
+    invalid("auth and an Authorization header cannot both be given")
+  end
+  local max_redirects = kw.max_redirects
+  if max_redirects == nil then max_redirects = client.max_redirects end
+  local max_body_size = kw.max_body_size
+  if max_body_size == nil then max_body_size = client.max_body_size end
+  return http.make_spec(p.method, join_url(client.base_url, p.url), {
+    headers = headers, params = kw.params, data = kw.data, json = kw.json,
+    auth = kw.auth, timeout = kw.timeout or client.timeout,
+    connect_timeout = client.connect_timeout, max_redirects = max_redirects,
+    max_body_size = max_body_size, ca_file = client.ca_file,
+    verify_tls = client.verify_tls,
+  })
+end
+
+local function call_hooks(client, hook, ctx, params)
+  for i, tc in ipairs(client.trace_configs) do
+    if type(tc) ~= "table" then
+      invalid("RetryClient: trace_configs[" .. i .. "] must be a table, got "
+        .. describe(tc))
+    end
+    local f = tc[hook]
+    if f then
+      if not values.is_callable(f) then
+        invalid("RetryClient: trace_configs[" .. i .. "]." .. hook
+          .. " must be a function, got " .. describe(f))
+      end
+      f(client, ctx, params)
+    end
+  end
+end
+
+-- The message is formatted only when there is a logger to read it.
+local function log(client, level, format, ...)
+  local logger = client.logger
+  local f = type(logger) == "table" and logger[level]
+  if f then
+    if not values.is_callable(f) then
+      invalid("RetryClient: logger." .. level .. " must be a function, got "
+        .. describe(f))
+    end
+    f(logger, format:format(...))
+  end
+end
+
+
+local IDEMPOTENT = { GET = true, HEAD = true, OPTIONS = true, PUT = true,
+  DELETE = true, TRACE = true }
+
+local function closed_error(spec)
+  return errors.new("cancelled", "the RetryClient was closed during the "
+    .. "request", { method = spec.method, url = spec.url })
+end
+
+local function deadline_error(st, spec)
+  return errors.new("timeout", ("the deadline (%g s) passed"):format(
+    st.deadline_seconds), { method = spec.method, url = spec.url })
+end
+
+-- Wait for the first of ops, at most `limit` seconds (nil: no limit); the
+-- ops are the client's while they run, so close() can cancel them.
+local function wait_ops(client, limit, ops)
+  local active = client.ops
+  for i = 1, #ops do active[ops[i]] = true end
+  local ok, i = pcall(core.wait, limit, table.unpack(ops))
+  for j = 1, #ops do active[ops[j]] = nil end
+  if not ok then error(i, 0) end
+  return i
+end
+
+-- A started copy of the attempt, or nil and the error that kept it home.
+local function start(spec)
+  local op, kind, message = core.start(spec)
+  if op then return op end
+  return nil, errors.new(kind, message, { method = spec.method,
+    url = spec.url })
+end
+
+local function cancel_all(ops)
+  for i = 1, #ops do core.cancel_op(ops[i]) end
+end
+
+local DEFAULT_PORTS = { http = "80", https = "443" }
+
+-- The origin of an http(s) URL, for limit_per_host: scheme://host:port,
+-- lower case, without credentials, with the default port written out.
+local function origin(url)
+  local scheme, authority = url:match("^(%a[%w+.-]*)://([^/?#]*)")
+  if not scheme then return url end
+  scheme = scheme:lower()
+  local hostport = authority:gsub("^.*@", ""):lower()
+  if not hostport:find(":%d+$") then
+    hostport = hostport .. ":" .. (DEFAULT_PORTS[scheme] or "")
+  end
+  return scheme .. "://" .. hostport
+end
+
+-- Wait for a connection slot (per host, then for the client). Returns the
+-- host's Slots or nil, and the seconds spent waiting.
+local function take_slots(client, spec)
+  local host, queued = nil, 0
+  if client.limit_per_host > 0 then
+    local key = origin(spec.url)
+    host = client.host_slots[key]
+    if host == nil then
+      host = slots.new(client.limit_per_host)
+      host.key = key
+      client.host_slots[key] = host
+    end
+    queued = host:acquire()
+  end
+  local total = client.slots
+  if total and not total:try_take() then
+    local ok, waited = pcall(total.acquire, total)
+    if not ok then
+      if host then host:release() end
+      error(waited, 0)
+    end
+    queued = queued + waited
+  end
+  return host, queued
+end
+
+local function give_slots(client, host)
+  if client.slots then client.slots:release() end
+  if host then
+    host:release()
+    if host:idle() then client.host_slots[host.key] = nil end
+  end
+end
+
+--[[ Send one attempt: one transfer, or with hedging several copies, the
+first acceptable answer winning and the others cancelled in flight. The
+deadline cuts it. Returns response or nil, err, and how many copies went
+beyond the first. ]]
+local function send(client, st, spec, method)
+  local first, err = start(spec)
+  if not first then return nil, err, 0 end
+  local ops = { first }
+  local hedge = st.hedge
+  if hedge and not IDEMPOTENT[method] then hedge = nil end
+  local extra = 0
+  local last_response, last_err
+  while true do
+    local limit
+    if hedge and 1 + extra < hedge.max then limit = hedge.delay end
+    if st.deadline then
+      local left = math.max(0, st.deadline - core.now())
+      if limit == nil or left < limit then limit = left end
+    end
+    local i = wait_ops(client, limit, ops)
+    if i == nil then
+      if st.deadline and core.now() >= st.deadline then
+        cancel_all(ops)
+        st.deadline_passed = true
+        return nil, deadline_error(st, spec), extra
+      end
+      local copy, copy_err = start(spec)
+      if copy then
+        ops[#ops + 1] = copy
+        extra = extra + 1
+      else
+        hedge = nil -- a copy cannot start: the ones out must do
+        last_err = last_err or copy_err
+      end
+    else
+      local op = table.remove(ops, i)
+      local response, e = http.result(op, spec)
+      if response == nil and e.kind == "cancelled" and client.closed then
+        cancel_all(ops)
+        if last_response then last_response:close() end
+        error(closed_error(spec), 0)
+      end
+      local acceptable = #ops == 0 or st.decide(st.options, method,
+        response, e, st.raise, true) == nil
+      if acceptable then
+        cancel_all(ops)
+        if last_response and last_response ~= response then
+          last_response:close()
+        end
+        return response, e, extra
+      end
+      -- Not good enough while other copies may still do better.
+      if last_response then last_response:close() end
+      last_response, last_err = response, e
+    end
+  end
+end
+
+-- One attempt: trace, wait for a slot, send. Returns response or nil, err,
+-- plus the attempt's record. Waiting for a slot counts toward neither the
+-- attempt's timeout nor its elapsed.
+local function attempt(client, st, p, spec, n)
+  -- Hook arguments are built only for a client that has hooks: a load
+  -- check pays nothing for tracing it does not use.
+  local traced = #client.trace_configs > 0
+  local ctx, params
+  if traced then
+    local trace_ctx = {}
+    for k, v in pairs(p.trace_request_ctx or {}) do trace_ctx[k] = v end
+    trace_ctx.current_attempt = n
+    ctx = { trace_request_ctx = trace_ctx }
+    params = { method = spec.method, url = spec.url, headers = spec.headers }
+    call_hooks(client, "on_request_start", ctx, params)
+  end
+  local limited = client.slots ~= nil or client.limit_per_host > 0
+  local host, queued
+  if limited then host, queued = take_slots(client, spec) end
+  local t0 = core.now()
+  local ok, response, err, extra = pcall(send, client, st, spec, spec.method)
+  local elapsed = core.now() - t0
+  if limited then give_slots(client, host) end
+  if not ok then error(response, 0) end
+  local record = { attempt = n, elapsed = elapsed }
+  if limited and queued > 0 then record.queued = queued end
+  if extra > 0 then
+    record.hedges = extra
+    client.counters.hedges = client.counters.hedges + extra
+  end
+  if response then
+    record.status = response.status
+    record.resent = response.resent
+    if traced then
+      params.response = response
+      call_hooks(client, "on_request_end", ctx, params)
+    end
+  else
+    err.attempt = n
+    record.error = err
+    record.resent = err.resent
+    if traced then
+      params.exception = err
+      call_hooks(client, "on_request_exception", ctx, params)
+    end
+  end
+  return response, err, record
+end
+
+M.join_url, M.merge_headers, M.spec_for = join_url, merge_headers, spec_for
+M.call_hooks, M.log, M.closed_error = call_hooks, log, closed_error
+M.wait_ops, M.attempt = wait_ops, attempt
+return M

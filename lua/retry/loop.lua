@@ -1,0 +1,378 @@
+--- The retry loop of a RetryClient request, as aiohttp-retry's
+-- _do_request: make an attempt, decide (a function of the options, the
+-- method and the outcome), act (return, raise, or wait and go again). The
+-- named points of the loop: the breaker may refuse an attempt; after a
+-- retryable outcome the strategy's wait, Retry-After, the deadline, the
+-- budget and before_retry each may stop the retrying or shape the wait.
+local attempt_mod = require("retry.attempt")
+local core = require("retry.core")
+local errors = require("retry.errors")
+local http = require("retry.http")
+local strategies = require("retry.strategies")
+local values = require("retry.values")
+
+local M = {}
+
+local invalid, describe = errors.invalid, values.describe
+local NO_OPTIONS = attempt_mod.NO_OPTIONS
+local join_url, merge_headers = attempt_mod.join_url, attempt_mod.merge_headers
+local spec_for, call_hooks = attempt_mod.spec_for, attempt_mod.call_hooks
+local log, closed_error = attempt_mod.log, attempt_mod.closed_error
+local wait_ops, attempt = attempt_mod.wait_ops, attempt_mod.attempt
+
+-- The attempts limit, read live: a change made during a request counts.
+-- The attempts limit, read live: a change made during a request counts.
+local function attempts_of(options)
+  local attempts = options.attempts
+  if math.type(attempts) ~= "integer" or attempts < 1 then
+    invalid("retry_options: field 'attempts' must be an integer >= 1, got "
+      .. describe(attempts))
+  end
+  return attempts
+end
+
+local function check_wait(wait, what)
+  if type(wait) ~= "number" or wait ~= wait or wait < 0 or wait == math.huge then
+    invalid(what .. " " .. describe(wait)
+      .. ": a finite number of seconds >= 0 is needed")
+  end
+  return wait
+end
+
+local function status_error(response, n)
+  return errors.new("status", response.status .. " " .. response.reason, {
+    status = response.status, response = response, method = response.method,
+    url = response.url, attempt = n,
+  })
+end
+
+--[[ Decide: why an outcome would be retried (contract section 3's order),
+as a function of the options, the method and the outcome alone. Returns the
+reason ("status", "callback", or the error kind), or nil when the outcome
+stands. `ask_callback` false skips evaluate_response_callback (no attempts
+are left and nobody needs the verdict). ]]
+local function retry_reason(options, method, response, err, raise,
+                            ask_callback)
+  if response == nil then
+    -- Bad arguments stay bad: an `invalid` error is never retried.
+    if err.kind ~= "invalid" and strategies.retries_error_kind(options, err.kind)
+    then
+      return err.kind
+    end
+    return nil
+  end
+  if strategies.retries_method(options, method) then
+    if strategies.retries_status(options, response.status) then
+      return "status"
+    end
+    local callback = options.evaluate_response_callback
+    if ask_callback and callback ~= nil and not callback(response) then
+      return "callback"
+    end
+  end
+  -- raise_for_status happens inside the attempt, as in aiohttp, so
+  -- `exceptions = {"status"}` retries it.
+  if raise and response.status >= 400
+      and strategies.retries_error_kind(options, "status") then
+    return "status"
+  end
+  return nil
+end
+
+-- The request table of every entry of the list, checked before the first
+-- attempt goes out (the first entry is checked by its own attempt).
+local function specs_for(client, list)
+  local specs = {}
+  for i = 1, #list do
+    specs[i] = spec_for(client, list[i])
+    if i > 1 then
+      local bad = core.check(specs[i])
+      if bad then invalid("attempt " .. i .. ": " .. bad) end
+    end
+  end
+  return specs
+end
+
+-- Breaker state changes go to the logger and to the trace hooks.
+local function breaker_notifier(client)
+  return function(breaker, from, to)
+    log(client, "warning", "Circuit breaker %s -> %s", from, to)
+    call_hooks(client, "on_breaker_change",
+      { breaker = breaker, from = from, to = to }, nil)
+  end
+end
+
+-- The outcome that ends the request: the response (or the status error
+-- raise_for_status makes of it) or the error, with the request's history.
+local function conclude(st, response, err)
+  local history = st.history
+  if response then
+    response.attempts = st.n
+    response.history = history
+    response.elapsed = core.now() - st.started
+    if st.raise and response.status >= 400 then
+      err = status_error(response, st.n)
+      err.history = history
+      error(err, 0)
+    end
+    return response
+  end
+  err.history = history
+  error(err, 0)
+end
+
+-- The next attempt as before_retry sees it, and may change it.
+local function next_of(client, st, n)
+  local p = st.list[n + 1] or st.list[#st.list]
+  local kw = p.kwargs or NO_OPTIONS
+  local headers, params = {}, nil
+  for k, v in pairs(merge_headers(client.headers, p.headers)) do
+    headers[k] = v
+  end
+  if type(kw.params) == "table" then
+    params = {}
+    for k, v in pairs(kw.params) do params[k] = v end
+  else
+    params = kw.params
+  end
+  return { method = p.method, url = join_url(client.base_url, p.url),
+    headers = headers, params = params, data = kw.data }
+end
+
+-- Call before_retry; returns false to stop, else the wait to use. The next
+-- attempt is rebuilt from ctx.next (st.next_spec), so a change made in
+-- place (a header added to ctx.next.headers) counts as much as a new table.
+local function run_before_retry(client, st, hook, n, response, err, wait)
+  local nxt = next_of(client, st, n)
+  local original_data = nxt.data
+  local ctx = { attempt = n, response = response, error = err, wait = wait,
+    next = nxt }
+  if hook(ctx) == false then return false end
+  wait = check_wait(ctx.wait, "before_retry: ctx.wait is")
+  if type(ctx.next) ~= "table" then
+    invalid("before_retry: ctx.next must be a table, got "
+      .. describe(ctx.next))
+  end
+  local x = ctx.next
+  values.check_string(x.method, "before_retry: ctx.next.method")
+  values.check_string(x.url, "before_retry: ctx.next.url")
+  local p = st.list[n + 1] or st.list[#st.list]
+  local kw = p.kwargs or NO_OPTIONS
+  local data, json = x.data, nil
+  if data == nil and original_data == nil then json = kw.json end
+  st.next_spec = http.make_spec(x.method:upper(), x.url, {
+    headers = x.headers, params = x.params, data = data, json = json,
+    auth = kw.auth, timeout = kw.timeout or client.timeout,
+    connect_timeout = client.connect_timeout,
+    max_redirects = st.specs[1].max_redirects,
+    max_body_size = st.specs[1].max_body_size, ca_file = client.ca_file,
+    verify_tls = client.verify_tls,
+  })
+  st.next_method = x.method:upper()
+  local bad = core.check(st.next_spec)
+  if bad then invalid("before_retry: ctx.next: " .. bad) end
+  return wait
+end
+
+-- Wait before the next attempt on a timer the client can cancel.
+local function backoff(client, spec, seconds)
+  if seconds <= 0 then return end
+  local timer = core.timer(seconds)
+  wait_ops(client, nil, { timer })
+  if core.result(timer) == nil and client.closed then
+    error(closed_error(spec), 0)
+  end
+end
+
+local RETRY_AFTER_STATUSES = { 429, 503 }
+
+local function in_list(list, v)
+  for i = 1, #list do
+    if list[i] == v then return true end
+  end
+  return false
+end
+
+local function count_retry(client, reason)
+  local c = client.counters
+  c.retries = c.retries + 1
+  c.retries_by_reason[reason] = (c.retries_by_reason[reason] or 0) + 1
+end
+
+--[[ Act on a retryable outcome: every reason not to retry, in order, then
+the wait. Returns the seconds to wait, or nil to stop with this outcome. ]]
+local function plan_retry(client, st, n, response, err, record)
+  local options = st.options
+  local wait = check_wait(options:get_timeout(n, response,
+    { previous_wait = st.previous_wait, error = err }),
+    "retry_options: get_timeout(" .. n .. ") returned")
+  st.previous_wait = wait
+  local reason = record.reason
+  -- Retry-After: wait at least as long as the server asks.
+  if response and options.respect_retry_after ~= false then
+    local ra = response.retry_after
+    if ra > 0 and in_list(options.retry_after_statuses
+        or RETRY_AFTER_STATUSES, response.status) then
+      local cap = options.max_retry_after or 120
+      if ra > cap then
+        log(client, "debug", "Retry-After asks %g s, over max_retry_after "
+          .. "(%g s): not retrying", ra, cap)
+        record.reason = nil
+        return nil
+      end
+      if ra >= wait then
+        wait, reason = ra, "retry_after"
+      end
+    end
+  end
+  if st.deadline and core.now() + wait > st.deadline then
+    log(client, "debug", "Not retrying: waiting %.3f s would pass the "
+      .. "deadline", wait)
+    return nil
+  end
+  local budget = client.budget
+  if budget and not budget:try_withdraw() then
+    client.counters.budget_refusals = client.counters.budget_refusals + 1
+    log(client, "debug", "Not retrying: the retry budget is spent")
+    return nil
+  end
+  local hook = st.before_retry or options.before_retry
+  if hook ~= nil then
+    if not values.is_callable(hook) then
+      invalid("before_retry must be a function, got " .. describe(hook))
+    end
+    wait = run_before_retry(client, st, hook, n, response, err, wait)
+    if wait == false then return nil end
+    if st.deadline and core.now() + wait > st.deadline then return nil end
+  end
+  record.reason, record.wait = reason, wait
+  count_retry(client, reason)
+  return wait
+end
+
+-- A request ends with an error of its own: the response it kept is freed,
+-- and the breaker's trial, if it held it, goes to another request.
+local function abandon(response, breaker)
+  if response then response:close() end
+  if breaker then breaker:release_trial() end
+end
+
+-- The retry loop over a list of RequestParams (entry n for attempt n, the
+-- last one after the list runs out): attempt, decide, act. Fields of
+-- `options` are read at every step, so changes to a shared strategy take
+-- effect on the next request.
+local function execute(client, list, options, call)
+  -- client.retry_options is live, so it may have been set to anything.
+  if not strategies.is_options(options) then
+    invalid("retry_options must be retry options (e.g. "
+      .. "retry.ExponentialRetry{}), got " .. describe(options))
+  end
+  strategies.check_live(options, "retry_options")
+  local deadline = call.deadline or client.deadline
+  local st = { list = list, specs = specs_for(client, list), history = {},
+    options = options, raise = call.raise, n = 0, started = core.now(),
+    hedge = call.hedge or client.hedge, before_retry = call.before_retry,
+    deadline_seconds = deadline, decide = retry_reason }
+  if deadline then st.deadline = st.started + deadline end
+  local counters, budget, breaker = client.counters, client.budget,
+    client.breaker
+  counters.requests = counters.requests + 1
+  if budget then budget:deposit() end
+  local notify = breaker and breaker_notifier(client)
+  local trial = false -- this request is the breaker's half-open trial
+  local previous -- the last response, kept while the next attempt runs
+  local previous_err -- or the last error
+  local fresh = false -- the next attempt goes out on a new connection
+  while true do
+    local n = st.n + 1
+    st.n = n
+    local p = list[n] or list[#list]
+    local spec = st.next_spec or st.specs[n] or st.specs[#st.specs]
+    local method = st.next_method or p.method
+    st.next_spec, st.next_method = nil, nil
+    if n > 1 and client.closed then
+      abandon(previous, trial and breaker)
+      error(closed_error(spec), 0)
+    end
+    -- The breaker may refuse the attempt (a trial request goes on with
+    -- its retries). A refused retry returns the last outcome.
+    if breaker and not trial then
+      local allowed, is_trial = breaker:allow(notify)
+      if not allowed then
+        st.n = n - 1
+        if previous or previous_err then
+          return conclude(st, previous, previous_err)
+        end
+        return conclude(st, nil, errors.new("circuit_open",
+          "the circuit breaker is open", { method = spec.method,
+            url = spec.url }))
+      end
+      trial = is_trial or false
+    end
+    if client.logger then
+      log(client, "debug", "Attempt %d out of %d", n, attempts_of(options))
+    end
+    if fresh then
+      -- libcurl 7.88 takes a reset idle connection for alive, so after a
+      -- connection fault another pooled one may be as dead: a retry that
+      -- reaches the server needs a connection of its own.
+      local copy = { fresh_connect = true }
+      for k, v in pairs(spec) do copy[k] = v end
+      spec = copy
+    end
+    counters.attempts = counters.attempts + 1
+    local ok, response, err, record = pcall(attempt, client, st, p, spec, n)
+    if not ok then
+      abandon(previous, trial and breaker)
+      error(response, 0)
+    end
+    st.history[n] = record
+    if st.deadline_passed and previous then
+      -- The deadline cut this attempt: the last response is the outcome.
+      abandon(nil, trial and breaker)
+      return conclude(st, previous)
+    end
+    if previous then previous:close() end
+    previous, previous_err = nil, nil
+    local attempts = attempts_of(options)
+    local left = n < attempts and not st.deadline_passed
+    local rok, reason = pcall(retry_reason, options, method, response, err,
+      st.raise, left or breaker ~= nil)
+    if not rok then
+      abandon(response, trial and breaker)
+      error(reason, 0)
+    end
+    record.reason = reason
+    local wait
+    if reason and left then
+      local pok
+      pok, wait = pcall(plan_retry, client, st, n, response, err, record)
+      if not pok then
+        abandon(response, trial and breaker)
+        error(wait, 0)
+      end
+    end
+    if wait == nil then
+      record.reason = nil
+      if breaker then breaker:record(reason ~= nil, notify, trial) end
+      return conclude(st, response, err)
+    end
+    fresh = err ~= nil and err.kind == "network"
+    if response then
+      log(client, "debug", "Retrying after response code %d, waiting %.3f s",
+        response.status, wait)
+    else
+      log(client, "debug", "Retrying after %s error (%s), waiting %.3f s",
+        err.kind, err.message, wait)
+    end
+    previous, previous_err = response, err
+    local bok, berr = pcall(backoff, client, spec, wait)
+    if not bok then
+      abandon(previous, trial and breaker)
+      error(berr, 0)
+    end
+  end
+end
+
+M.execute = execute
+return M
