@@ -184,6 +184,8 @@ beyond the first. ]]
 local function send(client, st, spec, method)
   local first, err = start(spec)
   if not first then return nil, err, 0 end
+  local counters = client.counters
+  counters.attempts = counters.attempts + 1
   local ops = { first }
   local hedge = st.hedge
   if hedge and not IDEMPOTENT[method] then hedge = nil end
@@ -207,6 +209,7 @@ local function send(client, st, spec, method)
       if copy then
         ops[#ops + 1] = copy
         extra = extra + 1
+        counters.hedges = counters.hedges + 1
       else
         hedge = nil -- a copy cannot start: the ones out must do
         last_err = last_err or copy_err
@@ -219,8 +222,19 @@ local function send(client, st, spec, method)
         if last_response then last_response:close() end
         error(closed_error(spec), 0)
       end
-      local acceptable = #ops == 0 or st.decide(st.options, method,
-        response, e, st.raise, true) == nil
+      local acceptable = #ops == 0
+      if not acceptable then
+        local ok, reason = pcall(st.decide, st.options, method, response, e,
+          st.raise, true)
+        if not ok then
+          -- The copies still out must not outlive the request.
+          cancel_all(ops)
+          if response then response:close() end
+          if last_response then last_response:close() end
+          error(reason, 0)
+        end
+        acceptable = reason == nil
+      end
       if acceptable then
         cancel_all(ops)
         if last_response and last_response ~= response then
@@ -254,6 +268,10 @@ local function attempt(client, st, p, spec, n)
   local limited = client.slots ~= nil or client.limit_per_host > 0
   local host, queued
   if limited then host, queued = take_slots(client, spec) end
+  if client.closed then -- by a hook, or while this waited for a slot
+    if limited then give_slots(client, host) end
+    error(closed_error(spec), 0)
+  end
   local t0 = core.now()
   local ok, response, err, extra = pcall(send, client, st, spec, spec.method)
   local elapsed = core.now() - t0
@@ -261,10 +279,7 @@ local function attempt(client, st, p, spec, n)
   if not ok then error(response, 0) end
   local record = { attempt = n, elapsed = elapsed }
   if limited and queued > 0 then record.queued = queued end
-  if extra > 0 then
-    record.hedges = extra
-    client.counters.hedges = client.counters.hedges + extra
-  end
+  if extra > 0 then record.hedges = extra end
   if response then
     record.status = response.status
     record.resent = response.resent

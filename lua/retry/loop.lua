@@ -157,6 +157,7 @@ local function run_before_retry(client, st, hook, n, response, err, wait)
   values.check_string(x.method, "before_retry: ctx.next.method")
   values.check_string(x.url, "before_retry: ctx.next.url")
   local p = st.list[n + 1] or st.list[#st.list]
+  local base = st.specs[n + 1] or st.specs[#st.specs]
   local kw = p.kwargs or NO_OPTIONS
   local data, json = x.data, nil
   if data == nil and original_data == nil then json = kw.json end
@@ -164,8 +165,8 @@ local function run_before_retry(client, st, hook, n, response, err, wait)
     headers = x.headers, params = x.params, data = data, json = json,
     auth = kw.auth, timeout = kw.timeout or client.timeout,
     connect_timeout = client.connect_timeout,
-    max_redirects = st.specs[1].max_redirects,
-    max_body_size = st.specs[1].max_body_size, ca_file = client.ca_file,
+    max_redirects = base.max_redirects,
+    max_body_size = base.max_body_size, ca_file = client.ca_file,
     verify_tls = client.verify_tls,
   })
   st.next_method = x.method:upper()
@@ -320,7 +321,6 @@ local function execute(client, list, options, call)
       for k, v in pairs(spec) do copy[k] = v end
       spec = copy
     end
-    counters.attempts = counters.attempts + 1
     local ok, response, err, record = pcall(attempt, client, st, p, spec, n)
     if not ok then
       abandon(previous, trial and breaker)
