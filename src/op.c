@@ -93,19 +93,18 @@ static void on_xfer_done(rt_xfer_t *xfer, void *arg) {
 static void on_timer(uv_timer_t *timer) {
   rt_op_t *op = timer->data;
   uint64_t now = uv_hrtime();
+  rt_task_t *owner;
+  int waited;
 
   if (now < op->deadline_ns) {
     uv_timer_start(timer, on_timer, rt_ms_until(op->deadline_ns, now), 0);
     return;
   }
-  {
-    rt_task_t *owner = op->owner;
-    int waited = op->waited;
-
-    /* A timer has nothing to hand over: done is its whole result. */
-    release(op);
-    finished(op, owner, waited, OP_DONE);
-  }
+  /* A timer has nothing to hand over: done is its whole result. */
+  owner = op->owner;
+  waited = op->waited;
+  release(op);
+  finished(op, owner, waited, OP_DONE);
 }
 
 static int op_gc(lua_State *L) {
@@ -200,15 +199,13 @@ rt_op_t *rt_op_check(lua_State *L, int idx, const char *what) {
 }
 
 int rt_op_cancel(rt_op_t *op) {
+  rt_task_t *owner = op->owner;
+  int waited = op->waited;
+
   if (op->state != OP_RUNNING)
     return 0;
-  {
-    rt_task_t *owner = op->owner;
-    int waited = op->waited;
-
-    release(op);
-    finished(op, owner, waited, OP_CANCELLED);
-  }
+  release(op);
+  finished(op, owner, waited, OP_CANCELLED);
   return 1;
 }
 

@@ -6,10 +6,7 @@ local retry = require("retry")
 local h = require("helper")
 local expect = require("expect")
 
-local function counted(path)
-  local key = h.key("beyond")
-  return h.url(path .. (path:find("?", 1, true) and "&" or "?") .. "key=" .. key), key
-end
+local function counted(path) return h.counted(path, "beyond") end
 
 local function fast(o)
   o = o or {}

@@ -36,6 +36,14 @@ function M.key(name)
 end
 
 --- The server's hit count for key (read with a plain request).
+-- A URL on the bundled server for path with a fresh ?key= added, and the
+-- key, so the server counts this test's requests apart.
+function M.counted(path, name)
+  local key = M.key(name)
+  return M.url(path .. (path:find("?", 1, true) and "&" or "?") .. "key="
+    .. key), key
+end
+
 function M.hits(retry, key)
   local r <close> = retry.request("GET", M.url("/hits"), { params = { key = key } })
   return r:json().hits

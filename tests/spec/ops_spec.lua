@@ -7,10 +7,7 @@ local core = require("retry.core")
 local h = require("helper")
 local expect = require("expect")
 
-local function counted(path)
-  local key = h.key("op")
-  return h.url(path .. (path:find("?", 1, true) and "&" or "?") .. "key=" .. key), key
-end
+local function counted(path) return h.counted(path, "op") end
 
 local function get(url)
   return { method = "GET", url = url, timeout = 30 }
