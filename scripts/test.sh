@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run every test suite and end with one line: "N passed, M failed".
 # Installs and builds what is missing (scripts/setup.sh --asan), starts the
-# bundled server, then runs: the C loop tests, the busted specs, and both
-# again with AddressSanitizer + UBSan (leak checking on).
+# bundled server, then runs: the C loop and histogram tests, the busted
+# specs, and all of them again with AddressSanitizer + UBSan (leak checking
+# on).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -66,10 +67,13 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export LSAN_OPTIONS=suppressions=$root/tests/lsan.supp:print_suppressions=0
 
 run_c "c loop" build/tests/c/test_loop
+run_c "c histogram" build/tests/c/test_histogram
 run_busted "spec" env LRETRY_BIN="$root/build/lretry" \
   lua5.4 /usr/bin/busted
 run_c "c loop (asan)" env ASAN_OPTIONS=detect_leaks=1 \
   build-asan/tests/c/test_loop
+run_c "c histogram (asan)" env ASAN_OPTIONS=detect_leaks=1 \
+  build-asan/tests/c/test_histogram
 run_busted "spec (asan)" env LRETRY_BIN="$root/build-asan/lretry" \
   LD_PRELOAD="$asan_lib" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
   lua5.4 /usr/bin/busted --cpath="build-asan/?.so"

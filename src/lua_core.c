@@ -13,9 +13,11 @@
 #include <lua.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "lua_core.h"
+#include "lua_histogram.h"
 #include "op.h"
 #include "response.h"
 #include "task.h"
@@ -449,6 +451,27 @@ static int l_timer(lua_State *L) {
   return 1;
 }
 
+/* core.interrupt() -> operation: finishes on the first SIGINT (Ctrl-C);
+ * until then SIGINT does not end the process. */
+static int l_interrupt(lua_State *L) {
+  rt_ctx_t *ctx = ctx_of(L);
+  rt_task_t *t = rt_task_check(L, &ctx->sched, "core.interrupt");
+  int rc = rt_op_start_interrupt(L, t);
+
+  if (rc != 0)
+    return luaL_error(L, "core.interrupt: %s", uv_strerror(rc));
+  return 1;
+}
+
+/* core.isatty(fd) -> whether the descriptor is a terminal: the live
+ * progress line is drawn only there. */
+static int l_isatty(lua_State *L) {
+  lua_Integer fd = luaL_checkinteger(L, 1);
+
+  lua_pushboolean(L, fd >= 0 && fd <= INT_MAX && isatty((int)fd));
+  return 1;
+}
+
 /* core.wait(seconds | nil, op, ...) -> position of the first finished
  * operation, or nil when seconds passed first. */
 static int l_wait(lua_State *L) {
@@ -518,6 +541,8 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"start", l_start},
                                       {"take_cancel", l_take_cancel},
                                       {"timer", l_timer},
+                                      {"interrupt", l_interrupt},
+                                      {"isatty", l_isatty},
                                       {"wait", l_wait},
                                       {"wake", l_wake},
                                       {NULL, NULL}};
@@ -566,6 +591,7 @@ int luaopen_retry_core(lua_State *L) {
   luaL_newlibtable(L, core_funcs);
   push_ctx(L);
   luaL_setfuncs(L, core_funcs, 1);
+  rt_histogram_open(L);
   rt_op_open(L);
   rt_response_open(L);
   lua_setfield(L, -2, "response_methods");

@@ -11,6 +11,7 @@
 #include "op.h"
 
 #include <lauxlib.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,7 +20,7 @@
 
 #define OP_MT "retry.Operation"
 
-enum op_type { OP_XFER, OP_TIMER };
+enum op_type { OP_XFER, OP_TIMER, OP_SIGNAL };
 
 enum op_state {
   OP_RUNNING,
@@ -37,6 +38,7 @@ struct rt_op_s {
   int waited;      /* the owner is parked waiting on it */
   rt_xfer_t *xfer; /* owned until released */
   uv_timer_t *timer;
+  uv_signal_t *signal;
   uint64_t deadline_ns;
 };
 
@@ -53,6 +55,11 @@ static void release(rt_op_t *op) {
   if (op->timer != NULL) {
     uv_close((uv_handle_t *)op->timer, free_on_close);
     op->timer = NULL;
+  }
+  if (op->signal != NULL) {
+    /* Closing the last watcher gives SIGINT back its default action. */
+    uv_close((uv_handle_t *)op->signal, free_on_close);
+    op->signal = NULL;
   }
   if (op->owner != NULL) {
     rt_task_disown(op->owner, &op->link);
@@ -107,6 +114,16 @@ static void on_timer(uv_timer_t *timer) {
   finished(op, owner, waited, OP_DONE);
 }
 
+static void on_signal(uv_signal_t *handle, int signum) {
+  rt_op_t *op = handle->data;
+  rt_task_t *owner = op->owner;
+  int waited = op->waited;
+
+  (void)signum;
+  release(op);
+  finished(op, owner, waited, OP_DONE);
+}
+
 static int op_gc(lua_State *L) {
   rt_op_t *op = lua_touserdata(L, 1);
 
@@ -119,12 +136,12 @@ static int op_gc(lua_State *L) {
 
 static const char *const state_names[] = {"running", "done", "cancelled",
                                           "done", "lost"};
+static const char *const type_names[] = {"transfer", "timer", "interrupt"};
 
 static int op_tostring(lua_State *L) {
   rt_op_t *op = rt_op_check(L, 1, "tostring");
 
-  lua_pushfstring(L, "retry.Operation (%s, %s)",
-                  op->type == OP_XFER ? "transfer" : "timer",
+  lua_pushfstring(L, "retry.Operation (%s, %s)", type_names[op->type],
                   state_names[op->state]);
   return 1;
 }
@@ -187,6 +204,29 @@ void rt_op_start_timer(lua_State *L, rt_task_t *t, double seconds) {
   now = uv_hrtime();
   op->deadline_ns = rt_deadline_after(now, seconds);
   uv_timer_start(op->timer, on_timer, rt_ms_until(op->deadline_ns, now), 0);
+}
+
+int rt_op_start_interrupt(lua_State *L, rt_task_t *t) {
+  rt_op_t *op = push_op(L, t, OP_SIGNAL);
+  int rc;
+
+  op->signal = malloc(sizeof(*op->signal));
+  if (op->signal == NULL)
+    luaL_error(L, "retry: out of memory for a signal watcher");
+  uv_signal_init(t->sched->uv, op->signal);
+  op->signal->data = op;
+  /* One shot: the handler goes back to the default before ours runs, so a
+   * second Ctrl-C ends the process at once even while Lua is busy. */
+  rc = uv_signal_start_oneshot(op->signal, on_signal, SIGINT);
+  if (rc != 0) {
+    release(op);
+    lua_pop(L, 1);
+    return rc;
+  }
+  op->state = OP_RUNNING;
+  op->owner = t;
+  rt_task_own(t, &op->link);
+  return 0;
 }
 
 rt_op_t *rt_op_check(lua_State *L, int idx, const char *what) {
@@ -286,9 +326,10 @@ static int push_xfer_result(lua_State *L, rt_op_t *op) {
     lua_pushstring(L, res->message);
     lua_pushinteger(L, (lua_Integer)res->code);
     lua_pushboolean(L, res->resent);
+    lua_pushnumber(L, res->timings.finished_at);
     op->state = OP_TAKEN;
     release(op);
-    return 5;
+    return 6;
   }
   /* Until release below, an error raised here leaves the transfer with
    * the operation, which frees it when collected. */
@@ -300,6 +341,7 @@ static int push_xfer_result(lua_State *L, rt_op_t *op) {
   r->timings[2] = res->timings.tls;
   r->timings[3] = res->timings.first_byte;
   r->timings[4] = res->timings.total;
+  r->finished_at = res->timings.finished_at;
   r->body = rt_buf_take(&xfer->body, &r->body_len);
   r->head = rt_buf_take(&xfer->head, &r->head_len);
   lua_pushstring(L, res->url);
@@ -333,7 +375,7 @@ int rt_op_push_result(lua_State *L, rt_op_t *op) {
   case OP_DONE:
     break;
   }
-  if (op->type == OP_TIMER) {
+  if (op->type != OP_XFER) {
     lua_pushboolean(L, 1);
     return 1;
   }

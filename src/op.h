@@ -1,10 +1,10 @@
 /* op.h: operations, the things a task starts and waits on.
  *
- * An operation is a transfer or a timer, a Lua userdata ("retry.Operation")
- * owned by the task that started it. The task may start several, wait for
- * the first of a set to finish (with a time limit), and cancel any one;
- * each releases its libcurl or libuv handles exactly once, on whichever
- * path comes first: its result is taken, it is cancelled, its task is
+ * An operation is a transfer, a timer or an interrupt watch, a Lua userdata
+ * ("retry.Operation") owned by the task that started it. The task may start
+ * several, wait for the first of a set to finish (with a time limit), and
+ * cancel any one; each releases its libcurl or libuv handles exactly once, on
+ * whichever path comes first: its result is taken, it is cancelled, its task is
  * cancelled or ends, the Lua state closes, or it is collected. A finished
  * transfer's result is turned into a Response or an error here, from the
  * plain record transfer.c hands over.
@@ -30,6 +30,12 @@ int rt_op_start_xfer(lua_State *L, rt_task_t *t, rt_loop_t *loop,
 /* Start a timer owned by t that finishes after seconds, and push it. */
 void rt_op_start_timer(lua_State *L, rt_task_t *t, double seconds);
 
+/* Start an operation owned by t that finishes when SIGINT arrives, and
+ * push it. While it runs, SIGINT does not end the process; once it has
+ * fired (or is released) SIGINT has its default action again. Returns 0,
+ * or a negative UV_E* code (nothing pushed). */
+int rt_op_start_interrupt(lua_State *L, rt_task_t *t);
+
 /* The operation at idx, or an `invalid` error naming `what`. */
 rt_op_t *rt_op_check(lua_State *L, int idx, const char *what);
 
@@ -44,8 +50,9 @@ int rt_op_cancel(rt_op_t *op);
 int rt_op_wait(lua_State *L, rt_task_t *t, int first, int n, double seconds);
 
 /* Push the outcome of a finished operation: for a transfer a Response, or
- * nil, kind, message, curl code, resent; for a timer true; for a cancelled
- * one nil, "cancelled", message. A transfer's result can be taken once. */
+ * nil, kind, message, curl code, resent, finished_at; for a timer or an
+ * interrupt true; for a cancelled one nil, "cancelled", message. A
+ * transfer's result can be taken once. */
 int rt_op_push_result(lua_State *L, rt_op_t *op);
 
 #endif

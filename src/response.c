@@ -218,6 +218,10 @@ static int resp_index(lua_State *L) {
     }
     if (strcmp(key, "timings") == 0)
       return push_timings(L, r);
+    if (strcmp(key, "finished_at") == 0) {
+      lua_pushnumber(L, r->finished_at);
+      return 1;
+    }
   }
   lua_getiuservalue(L, 1, 1);
   if (r->head != NULL && key != NULL &&
@@ -237,7 +241,8 @@ static int resp_newindex(lua_State *L) {
   key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (key != NULL &&
       (strcmp(key, "status") == 0 || strcmp(key, "ok") == 0 ||
-       strcmp(key, "retry_after") == 0 || strcmp(key, "timings") == 0))
+       strcmp(key, "retry_after") == 0 || strcmp(key, "timings") == 0 ||
+       strcmp(key, "finished_at") == 0))
     return rt_error_invalid(L, "response.%s is read-only", key);
   lua_settop(L, 3);
   lua_getiuservalue(L, 1, 1);

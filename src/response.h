@@ -17,6 +17,7 @@ typedef struct rt_response_s {
   long status;
   double retry_after; /* seconds asked for by Retry-After; 0 for none */
   double timings[5];  /* dns, connect, tls, first_byte, total (seconds) */
+  double finished_at; /* when the transfer ended, on core.now's clock */
   char *body;         /* owned; NULL once closed */
   size_t body_len;
   char *head; /* owned; raw header block, NULL once parsed */

@@ -702,13 +702,15 @@ static void record_times(rt_xfer_t *xfer) {
   rt_xfer_result_t *r = &xfer->result;
   double offset = (double)(xfer->hop_started_ns - xfer->started_ns) / 1e9;
   curl_off_t after = 0;
+  uint64_t now = uv_hrtime();
 
   r->timings.dns = phase(xfer->easy, CURLINFO_NAMELOOKUP_TIME_T, offset);
   r->timings.connect = phase(xfer->easy, CURLINFO_CONNECT_TIME_T, offset);
   r->timings.tls = phase(xfer->easy, CURLINFO_APPCONNECT_TIME_T, offset);
   r->timings.first_byte =
       phase(xfer->easy, CURLINFO_STARTTRANSFER_TIME_T, offset);
-  r->timings.total = (double)(uv_hrtime() - xfer->started_ns) / 1e9;
+  r->timings.total = (double)(now - xfer->started_ns) / 1e9;
+  r->timings.finished_at = (double)now / 1e9;
   /* libcurl gives a date in the past as a negative delay: "now". */
   if (curl_easy_getinfo(xfer->easy, CURLINFO_RETRY_AFTER, &after) == CURLE_OK &&
       after > 0)

@@ -58,6 +58,9 @@ typedef struct rt_timings_s {
   double tls;
   double first_byte;
   double total;
+  double finished_at; /* uv_hrtime in seconds when it ended: the clock of
+                         core.now, so a load check measures from its own
+                         start to the transfer's end, not to Lua's resume */
 } rt_timings_t;
 
 /* The outcome, filled in just before the done hook runs. Strings stay valid

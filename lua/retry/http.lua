@@ -220,11 +220,11 @@ end
 --- The outcome of a finished transfer operation started for `spec`: a
 -- Response, or nil and an error object.
 function M.result(op, spec)
-  local resp, kind, message, curl_code, resent = core.result(op)
+  local resp, kind, message, curl_code, resent, finished_at = core.result(op)
   if resp then return resp end
   return nil, errors.new(kind, message, {
     method = spec.method, url = spec.url, curl_code = curl_code,
-    resent = resent or nil,
+    resent = resent or nil, finished_at = finished_at,
   })
 end
 

@@ -4,6 +4,8 @@
  * fault port; /stats reports the connections of the daemon it is asked on.
  */
 #include <limits.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -288,6 +290,35 @@ static enum MHD_Result route_close(struct MHD_Connection *conn,
     return MHD_NO;
   }
   return ok_hits(conn, rq);
+}
+
+/* A uniform draw in [0, 100): splitmix64 of a shared counter, so the
+ * threads of the daemon need no lock and each request draws anew. */
+static unsigned long draw_percent(void) {
+  static _Atomic uint64_t counter;
+  uint64_t z = atomic_fetch_add(&counter, 1) * 0x9E3779B97F4A7C15ULL;
+
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  return (unsigned long)(z % 100);
+}
+
+/* A server misbehaving at random, for load checks: some requests get no
+ * reply at all (the connection dropped), some a 503. */
+static enum MHD_Result route_flaky(struct MHD_Connection *conn) {
+  const char *drop_arg = query_arg(conn, "drop");
+  const char *fail_arg = query_arg(conn, "fail");
+  unsigned long drop = 0, fail = 0;
+
+  if ((drop_arg != NULL && !parse_ulong(drop_arg, 100, &drop)) ||
+      (fail_arg != NULL && !parse_ulong(fail_arg, 100, &fail)))
+    return bad_request(conn, "drop and fail must be percentages 0..100");
+  if (draw_percent() < drop)
+    return MHD_NO; /* as /close: MHD drops the socket */
+  if (draw_percent() < fail)
+    return reply_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "flaky 503\n");
+  return reply_text(conn, MHD_HTTP_OK, "flaky ok\n");
 }
 
 static enum MHD_Result collect_kv(void *cls, enum MHD_ValueKind kind,
@@ -577,6 +608,8 @@ static enum MHD_Result dispatch(struct http_port *hp,
     return route_delay(st, conn, rq, arg);
   if (strcmp(url, "/close") == 0)
     return route_close(conn, rq);
+  if (strcmp(url, "/flaky") == 0)
+    return route_flaky(conn);
   if (strcmp(url, "/echo") == 0)
     return route_echo(conn, rq, url, method);
   if ((arg = path_tail(url, "/auth/")) != NULL)

@@ -37,6 +37,10 @@
  *                      ?key&first=1 only the key's first hit waits
  *   /close             ?key&n=1: drop the connection without a reply while
  *                      n <= N (curl exit 52), else 200 {"ok":true,"hits":n}
+ *   /flaky             ?drop=P&fail=Q (percent, default 0): each request
+ *                      at random, independently: dropped without a reply
+ *                      (curl 52) with probability P, else 503 with
+ *                      probability Q, else 200 "flaky ok\n"
  *   /echo              200 JSON of method, path, query, headers, body, hits
  *   /auth/USER/PASS    200 if Basic auth matches, else 401 + challenge
  *   /hits?key=K        200 {"key":"K","hits":N,"peak":P,"connections":C,

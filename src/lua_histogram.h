@@ -1,0 +1,18 @@
+/* lua_histogram.h: the Histogram userdata ("retry.Histogram") of
+ * retry.core, binding histogram.h for load checks.
+ *
+ * Values cross this boundary as seconds (Lua numbers) and are kept as
+ * nanoseconds; export() and histogram_import() speak nanoseconds so a
+ * histogram can travel through JSON and merge exactly elsewhere. The
+ * histogram lives inside its userdata: the GC owns it, nothing to close.
+ */
+#ifndef RT_LUA_HISTOGRAM_H
+#define RT_LUA_HISTOGRAM_H
+
+#include <lua.h>
+
+/* Register the metatable and set `histogram` and `histogram_import` in the
+ * module table on top of the stack. */
+void rt_histogram_open(lua_State *L);
+
+#endif
