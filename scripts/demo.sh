@@ -10,10 +10,17 @@ echo "demo: test server at $LRETRY_TEST_URL"
 echo
 build/lretry scripts/demo.lua "$LRETRY_TEST_URL"
 echo
-echo "Probe (scripts/probe.lua): endpoints checked with retries"
-build/lretry scripts/probe.lua "$LRETRY_TEST_URL/hello" \
+echo "Probe (lretry probe): endpoints checked with retries"
+build/lretry probe "$LRETRY_TEST_URL/hello" \
   "$LRETRY_TEST_URL/fail?n=2&status=502&key=probe-$$-$RANDOM" \
   "$LRETRY_TEST_URL/close?n=1&key=probe-close-$$-$RANDOM"
 echo
 echo "Custom backoff (scripts/custom_backoff.lua): strategy and check in Lua"
 build/lretry scripts/custom_backoff.lua "$LRETRY_TEST_URL"
+echo
+echo "Load check (scripts/load_check.lua): 2 s of a mixed workload with retries,"
+echo "a check and thresholds, against a route that drops and fails requests"
+build/lretry scripts/load_check.lua "$LRETRY_TEST_URL" 2
+echo
+echo "The same from the command line: lretry load URL -c 16 -n 5000"
+build/lretry load "$LRETRY_TEST_URL/flaky?fail=10" -c 16 -n 5000

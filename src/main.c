@@ -20,11 +20,21 @@
 
 static const char usage[] =
     "usage: lretry [options] [script.lua [args...]]\n"
+    "       lretry load URL [options]     load check (lretry load --help)\n"
+    "       lretry probe URL...           check endpoints with retries\n"
+    "       lretry merge A.json B.json... add load results exactly\n"
     "  -e CODE      run CODE (inside retry.run) instead of a script\n"
+    "  --json FILE  every retry.load in the script writes its figures to\n"
+    "               FILE as JSON (- for stdout)\n"
+    "  --quiet      no live progress line during a load\n"
     "  -v, --version  print versions and exit\n"
     "  -h, --help     print this help and exit\n"
     "A script runs inside retry.run, so it can make requests at top level;\n"
-    "`arg` holds its arguments as in lua. '-' reads the script from stdin.\n";
+    "`arg` holds its arguments as in lua. '-' reads the script from stdin.\n"
+    "Exit status: 0; 1 an error; 2 bad usage, or a load crossed a\n"
+    "threshold; 130 a load was interrupted by Ctrl-C.\n";
+
+static const char *const commands[] = {"load", "probe", "merge", NULL};
 
 /* Thousands of concurrent transfers need as many descriptors; the soft
  * limit is often 1024 while the hard limit allows far more. */
@@ -127,6 +137,48 @@ static int run_main(lua_State *L, char **argv, int argc, int first_arg) {
   return 0;
 }
 
+/* What a load asked the host to exit with (retry.load's exit_status):
+ * 130 after Ctrl-C, 2 after a crossed threshold; 0 when no load ran. */
+static int load_exit_status(lua_State *L) {
+  int status = 0;
+
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, "retry.load") == LUA_TTABLE &&
+      lua_getfield(L, -1, "exit_status") == LUA_TNUMBER)
+    status = (int)lua_tointeger(L, -1);
+  lua_settop(L, 0);
+  return status;
+}
+
+/* lretry --json FILE / --quiet: defaults for every retry.load. */
+static int set_load_defaults(lua_State *L, const char *json, int quiet) {
+  int status;
+
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "retry.load");
+  status = lua_pcall(L, 1, 1, 0);
+  if (status != LUA_OK)
+    return status;
+  lua_getfield(L, -1, "defaults");
+  if (json != NULL) {
+    lua_pushstring(L, json);
+    lua_setfield(L, -2, "json");
+  }
+  lua_pushboolean(L, quiet);
+  lua_setfield(L, -2, "quiet");
+  lua_pop(L, 2);
+  return LUA_OK;
+}
+
+static int is_command(const char *arg) {
+  int i;
+
+  for (i = 0; commands[i] != NULL; i++)
+    if (strcmp(arg, commands[i]) == 0)
+      return 1;
+  return 0;
+}
+
 static int print_version(void) {
   printf("lretry %s (%s, libcurl %s, libuv %s)\n", RT_VERSION, LUA_RELEASE,
          curl_version_info(CURLVERSION_NOW)->version, uv_version_string());
@@ -137,11 +189,18 @@ int main(int argc, char **argv) {
   lua_State *L;
   const char *code = NULL;
   const char *script = NULL;
+  const char *json = NULL;
+  int quiet = 0;
   int script_index = argc;
   int status;
   int i;
 
-  for (i = 1; i < argc; i++) {
+  /* lretry load|probe|merge: the command runs as a chunk in retry.cli. */
+  if (argc > 1 && is_command(argv[1])) {
+    code = "return require('retry.cli').main(...)";
+    script_index = 0;
+  }
+  for (i = 1; code == NULL && i < argc; i++) {
     if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
       fputs(usage, stdout);
       return 0;
@@ -156,6 +215,18 @@ int main(int argc, char **argv) {
       code = argv[++i];
       script_index = i;
       break;
+    }
+    if (strcmp(argv[i], "--json") == 0) {
+      if (i + 1 >= argc) {
+        fprintf(stderr, "lretry: '--json' needs a file name\n%s", usage);
+        return 2;
+      }
+      json = argv[++i];
+      continue;
+    }
+    if (strcmp(argv[i], "--quiet") == 0) {
+      quiet = 1;
+      continue;
     }
     if (argv[i][0] == '-' && argv[i][1] != '\0') {
       fprintf(stderr, "lretry: unknown option '%s'\n%s", argv[i], usage);
@@ -181,10 +252,14 @@ int main(int argc, char **argv) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "retry");
   status = lua_pcall(L, 1, 1, 0);
+  if (status == LUA_OK && (json != NULL || quiet))
+    status = set_load_defaults(L, json, quiet);
   if (status == LUA_OK) {
     lua_getfield(L, -1, "run");
     lua_remove(L, -2);
-    if (code != NULL)
+    if (script_index == 0)
+      status = luaL_loadbuffer(L, code, strlen(code), "=lretry");
+    else if (code != NULL)
       status = luaL_loadbuffer(L, code, strlen(code), "=(command line)");
     else if (strcmp(script, "-") == 0)
       status = luaL_loadfile(L, NULL);
@@ -196,7 +271,10 @@ int main(int argc, char **argv) {
     lua_close(L);
     return 1;
   }
-  status = run_main(L, argv, argc, script_index + 1);
+  /* A command gets its name as the first argument. */
+  status = run_main(L, argv, argc, script_index == 0 ? 1 : script_index + 1);
+  if (status == 0)
+    status = load_exit_status(L);
   lua_close(L);
   return status;
 }

@@ -273,25 +273,39 @@ local function attempt(client, st, p, spec, n)
     error(closed_error(spec), 0)
   end
   local t0 = core.now()
+  local sent_before = client.counters.attempts
   local ok, response, err, extra = pcall(send, client, st, spec, spec.method)
   local elapsed = core.now() - t0
   if limited then give_slots(client, host) end
-  if not ok then error(response, 0) end
+  if not ok then
+    -- Cancelled (or closed) in flight: the server saw it, so a load
+    -- check counts it.
+    if client.counters.attempts > sent_before and next(client.recorders) then
+      local record = { attempt = n, elapsed = elapsed, error = response }
+      for recorder in pairs(client.recorders) do recorder(record) end
+    end
+    error(response, 0)
+  end
   local record = { attempt = n, elapsed = elapsed }
   if limited and queued > 0 then record.queued = queued end
   if extra > 0 then record.hedges = extra end
   if response then
     record.status = response.status
     record.resent = response.resent
-    if traced then
-      params.response = response
-      call_hooks(client, "on_request_end", ctx, params)
-    end
   else
     err.attempt = n
     record.error = err
     record.resent = err.resent
-    if traced then
+  end
+  -- Load checks (retry.load) count every attempt of their requests.
+  if next(client.recorders) then
+    for recorder in pairs(client.recorders) do recorder(record, response) end
+  end
+  if traced then
+    if response then
+      params.response = response
+      call_hooks(client, "on_request_end", ctx, params)
+    else
       params.exception = err
       call_hooks(client, "on_request_exception", ctx, params)
     end

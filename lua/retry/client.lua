@@ -239,6 +239,7 @@ function M.RetryClient(o)
       retries_by_reason = {}, budget_refusals = 0, hedges = 0 },
     closed = false,
     ops = {}, -- transfers and backoff timers of its requests, while they run
+    recorders = {}, -- functions retry.load calls with each attempt's record
     slots = limit > 0 and slots.new(limit) or nil,
     host_slots = {}, -- origin -> Slots, while any are held or awaited
   }, RetryClient)

@@ -7,6 +7,8 @@ local client = require("retry.client")
 local core = require("retry.core")
 local errors = require("retry.errors")
 local http = require("retry.http")
+local load = require("retry.load")
+local result = require("retry.result")
 local strategies = require("retry.strategies")
 local task = require("retry.task")
 
@@ -31,6 +33,8 @@ local M = {
   DecorrelatedJitterRetry = strategies.DecorrelatedJitterRetry,
   RetryBudget = budget.RetryBudget,
   CircuitBreaker = breaker.CircuitBreaker,
+  load = load.load,
+  LoadResult = { from_json = result.from_json, merge = result.merge },
 }
 
 --- One attempt, no retries: `retry.request(method, url, opts)` returns a

@@ -1,0 +1,378 @@
+--- The lretry commands that need no script: `lretry load`, `lretry probe`
+-- and `lretry merge` (README, "Load checks"). main.c runs
+-- `main(command, args...)` inside retry.run and exits with
+-- retry.load's exit_status.
+local errors = require("retry.errors")
+local load = require("retry.load")
+local result = require("retry.result")
+local retry = require("retry")
+local summary = require("retry.summary")
+
+local M = {}
+
+M.USAGE = {
+  load = [[
+usage: lretry load URL [options]
+Send requests to URL with retries and print a summary: counts by status and
+error, checks, retries, attempts per request, latency percentiles.
+  -c, --concurrency N   closed model: N requests at a time (default 10);
+                        with -r: at most N in flight (default 1000)
+  -n, --requests N      send N requests in all
+  -d, --duration TIME   send for TIME: 30 (seconds), 500ms, 10s, 2m
+                        (default 10s when -n is not given)
+  -r, --rate R          open model: start R requests per second, however
+                        slow the server is; latency counts from each
+                        request's scheduled start
+  -m, --method METHOD   (default GET)
+  -H, --header 'K: V'   add a request header (repeatable)
+      --body DATA       request body; @FILE reads it from FILE
+      --attempts N      attempts per request, first included (default 3)
+      --strategy NAME   backoff: exponential (default), random, list,
+                        fibonacci or jitter
+      --timeout SECONDS each attempt's timeout (default 300)
+      --expect CODES    check each response: its status is one of CODES
+                        (comma separated, e.g. 200,204)
+      --threshold NAME=LIMIT
+                        fail (exit 2) when crossed (repeatable). NAME:
+                        p50 p90 p99 p999 max mean (seconds, or 250ms),
+                        error_rate retry_rate (at most), check_rate rps
+                        (at least)
+      --json FILE       write the figures as JSON (- for stdout)
+      --quiet           no live progress line
+  -h, --help            this help
+Exit status: 0; 2 a threshold was crossed (or bad usage); 130 interrupted
+by Ctrl-C (the partial summary is printed and the JSON written; a second
+Ctrl-C ends at once).
+]],
+  probe = [[
+usage: lretry probe URL...
+GET each URL once, with the default retry policy (3 attempts, exponential
+backoff), all at once. One line per URL: OK or FAIL, status, attempts and
+time. Exit status 1 when any URL failed (an error, or a status >= 400).
+]],
+  merge = [[
+usage: lretry merge A.json B.json... [--json OUT] [--quiet]
+Add the results of `lretry load --json` (or result:to_json()) exactly, as
+one run over all their requests: counts add, latency histograms merge and
+percentiles come from the merged histogram; the duration is the longest.
+Prints the merged summary (not with --quiet) and checks the inputs'
+thresholds against the merged figures (exit 2 when one is crossed).
+]],
+}
+
+local Usage = {}
+
+-- A usage error: the message, then the command's help, exit 2.
+local function usage_error(command, message)
+  error(setmetatable({ command = command, message = message }, Usage), 0)
+end
+
+--- Seconds from "30", "1.5", "500ms", "10s", "2m", "1h".
+function M.parse_time(text)
+  local number, unit = tostring(text):match("^(%d*%.?%d+)(%a*)$")
+  local scale = ({ [""] = 1, s = 1, ms = 0.001, us = 1e-6, m = 60,
+    h = 3600 })[unit or ""]
+  if number == nil or scale == nil then return nil end
+  return tonumber(number) * scale
+end
+
+local STRATEGIES = {
+  exponential = function(n) return retry.ExponentialRetry{ attempts = n } end,
+  random = function(n) return retry.RandomRetry{ attempts = n } end,
+  fibonacci = function(n) return retry.FibonacciRetry{ attempts = n } end,
+  jitter = function(n) return retry.JitterRetry{ attempts = n } end,
+  list = function(n)
+    local timeouts = {}
+    for i = 1, math.max(n - 1, 1) do timeouts[i] = 0.1 * 2 ^ (i - 1) end
+    return retry.ListRetry{ timeouts = timeouts, attempts = n }
+  end,
+}
+
+-- Options that take a value, by their long name; short aliases.
+local TAKES_VALUE = { concurrency = true, requests = true, duration = true,
+  rate = true, method = true, header = true, body = true, attempts = true,
+  strategy = true, timeout = true, expect = true, threshold = true,
+  json = true }
+local SHORT = { c = "concurrency", n = "requests", d = "duration",
+  r = "rate", m = "method", H = "header", h = "help" }
+local FLAGS = { quiet = true, help = true }
+
+-- argv -> options (repeatable ones as lists) and positional arguments.
+local function parse(command, args)
+  local opts, positional = { header = {}, threshold = {} }, {}
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    local name, value
+    if a == "--" then
+      table.move(args, i + 1, #args, #positional + 1, positional)
+      break
+    elseif a:sub(1, 2) == "--" then
+      name, value = a:match("^%-%-([^=]+)=(.*)$")
+      name = name or a:sub(3)
+    elseif a:sub(1, 1) == "-" and #a > 1 then
+      name = SHORT[a:sub(2, 2)]
+      if name == nil then usage_error(command, "unknown option " .. a) end
+      if #a > 2 then value = a:sub(3) end
+    else
+      positional[#positional + 1] = a
+      name = nil
+    end
+    if name then
+      if FLAGS[name] then
+        if value then usage_error(command, "--" .. name .. " takes no value") end
+        opts[name] = true
+      elseif TAKES_VALUE[name] then
+        if value == nil then
+          i = i + 1
+          value = args[i]
+          if value == nil then
+            usage_error(command, "--" .. name .. " needs a value")
+          end
+        end
+        if type(opts[name]) == "table" then
+          table.insert(opts[name], value)
+        else
+          opts[name] = value
+        end
+      else
+        usage_error(command, "unknown option --" .. name)
+      end
+    end
+    i = i + 1
+  end
+  return opts, positional
+end
+
+local function integer_option(command, opts, name, min)
+  local v = opts[name]
+  if v == nil then return nil end
+  local n = math.tointeger(tonumber(v))
+  if n == nil or n < min then
+    usage_error(command, ("--%s must be an integer >= %d, got %q"):format(
+      name, min, v))
+  end
+  return n
+end
+
+local function thresholds_of(command, list)
+  local out = {}
+  for _, t in ipairs(list) do
+    local name, limit = t:match("^([%w_]+)=(.+)$")
+    if name == nil then
+      usage_error(command, ("--threshold must be NAME=LIMIT, got %q"):format(t))
+    end
+    local def = result.THRESHOLDS[name]
+    if def == nil then
+      usage_error(command, ("unknown threshold %q (known: %s)"):format(name,
+        table.concat(result.THRESHOLD_NAMES, ", ")))
+    end
+    local value = def.unit == "seconds" and M.parse_time(limit)
+      or tonumber(limit)
+    if value == nil then
+      usage_error(command, ("--threshold %s: %q is not a number"):format(
+        name, limit))
+    end
+    out[name] = value
+  end
+  return out
+end
+
+local function read_body(command, body)
+  if body == nil or body:sub(1, 1) ~= "@" then return body end
+  local f, err = io.open(body:sub(2), "rb")
+  if not f then usage_error(command, "--body: " .. err) end
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
+local function headers_of(command, list)
+  local headers = {}
+  for _, h in ipairs(list) do
+    local name, value = h:match("^([^:]+):%s*(.*)$")
+    if name == nil then
+      usage_error(command, ("-H must be 'Name: value', got %q"):format(h))
+    end
+    headers[name] = value
+  end
+  return headers
+end
+
+local function expect_check(command, codes)
+  if codes == nil then return nil end
+  local allowed = {}
+  for code in codes:gmatch("[^,]+") do
+    local n = math.tointeger(tonumber(code))
+    if n == nil or n < 100 or n > 599 then
+      usage_error(command, ("--expect: %q is not a status code"):format(code))
+    end
+    allowed[n] = true
+  end
+  return function(response) return allowed[response.status] == true end
+end
+
+local function run_load(args)
+  local opts, positional = parse("load", args)
+  if opts.help then io.write(M.USAGE.load); return 0 end
+  if #positional ~= 1 then
+    usage_error("load", #positional == 0 and "a URL is needed"
+      or "one URL only, got " .. #positional)
+  end
+  local url = positional[1]
+  if not url:lower():find("^https?://[^/?#]") then
+    usage_error("load", ("the URL must start with http:// or https://, "
+      .. "got %q"):format(url))
+  end
+  local duration
+  if opts.duration then
+    duration = M.parse_time(opts.duration)
+    if duration == nil or duration <= 0 then
+      usage_error("load", ("-d must be a time such as 10s, got %q"):format(
+        opts.duration))
+    end
+  end
+  local rate
+  if opts.rate then
+    rate = tonumber(opts.rate)
+    if rate == nil or rate <= 0 or rate ~= rate or rate == math.huge then
+      usage_error("load", ("-r must be a number > 0, got %q"):format(
+        opts.rate))
+    end
+  end
+  local timeout
+  if opts.timeout then
+    timeout = M.parse_time(opts.timeout)
+    if timeout == nil or timeout <= 0 then
+      usage_error("load", ("--timeout must be seconds > 0, got %q"):format(
+        opts.timeout))
+    end
+  end
+  local strategy = STRATEGIES[opts.strategy or "exponential"]
+  if strategy == nil then
+    usage_error("load", ("--strategy must be exponential, random, list, "
+      .. "fibonacci or jitter, got %q"):format(opts.strategy))
+  end
+  local concurrency = integer_option("load", opts, "concurrency", 1)
+  local method = (opts.method or "GET"):upper()
+  local body = read_body("load", opts.body)
+  local headers = headers_of("load", opts.header)
+  local client = retry.RetryClient{
+    retry_options = strategy(integer_option("load", opts, "attempts", 1) or 3),
+    limit = concurrency or (rate and load.DEFAULT_IN_FLIGHT
+      or load.DEFAULT_CONCURRENCY),
+    timeout = timeout,
+  }
+  local call = { headers = headers, data = body }
+  local r = load.load{
+    client = client, label = method .. " " .. url,
+    request = function(c) return c:request(method, url, call) end,
+    check = expect_check("load", opts.expect), concurrency = concurrency,
+    requests = integer_option("load", opts, "requests", 0),
+    duration = duration, rate = rate,
+    thresholds = thresholds_of("load", opts.threshold),
+    quiet = opts.quiet or nil, json = opts.json,
+  }
+  client:close()
+  -- With --json - the JSON is the output; the summary goes to stderr.
+  local out = opts.json == "-" and io.stderr or io.stdout
+  out:write(r:summary())
+  return load.exit_status
+end
+
+local function run_probe(args)
+  local opts, urls = parse("probe", args)
+  if opts.help then io.write(M.USAGE.probe); return 0 end
+  if #urls == 0 then usage_error("probe", "give at least one URL") end
+  local client <close> = retry.RetryClient{ timeout = 30,
+    connect_timeout = 10 }
+  local tasks = {}
+  for i, url in ipairs(urls) do
+    tasks[i] = retry.spawn(function()
+      local t0 = retry.now()
+      local ok, r = pcall(client.get, client, url)
+      local elapsed = summary.time(retry.now() - t0)
+      if not ok then
+        local attempts = errors.is_error(r) and r.attempt or 1
+        return false, ("FAIL  %s  %s, %d attempt%s, %s"):format(url,
+          errors.is_error(r) and r.kind .. " error: " .. r.message
+            or tostring(r), attempts, attempts == 1 and "" or "s", elapsed)
+      end
+      r:close()
+      return r.ok, ("%s  %s  %d %s, %d attempt%s, %s"):format(
+        r.ok and "OK  " or "FAIL", url, r.status, r.reason, r.attempts,
+        r.attempts == 1 and "" or "s", elapsed)
+    end)
+  end
+  local failed = 0
+  for _, t in ipairs(tasks) do
+    local ok, line = t:await()
+    print(line)
+    if not ok then failed = failed + 1 end
+  end
+  print(("%d URL%s, %d failed"):format(#urls, #urls == 1 and "" or "s",
+    failed))
+  return failed == 0 and 0 or 1
+end
+
+local function run_merge(args)
+  local opts, files = parse("merge", args)
+  if opts.help then io.write(M.USAGE.merge); return 0 end
+  if #files == 0 then usage_error("merge", "give the JSON files to merge") end
+  for name in pairs(opts) do
+    if name ~= "json" and name ~= "quiet" and name ~= "header"
+        and name ~= "threshold" then
+      usage_error("merge", "--" .. name .. " does not apply to merge")
+    end
+  end
+  local results = {}
+  for i, path in ipairs(files) do
+    local f, err = io.open(path, "rb")
+    if not f then
+      io.stderr:write("lretry merge: ", err, "\n")
+      return 1
+    end
+    local text = f:read("a")
+    f:close()
+    local ok, r = pcall(result.from_json, text, path)
+    if not ok then
+      io.stderr:write("lretry merge: ", tostring(r.message or r), "\n")
+      return 1
+    end
+    results[i] = r
+  end
+  local merged = result.merge(results)
+  if opts.json then load.write_json(merged, opts.json) end
+  if not opts.quiet then
+    local out = opts.json == "-" and io.stderr or io.stdout
+    out:write(merged:summary())
+  end
+  return merged.ok and 0 or 2
+end
+
+local COMMANDS = { load = run_load, probe = run_probe, merge = run_merge }
+
+local function run(command, args)
+  local ok, status = pcall(COMMANDS[command], args)
+  if ok then return status end
+  if getmetatable(status) == Usage then
+    io.stderr:write("lretry ", status.command, ": ", status.message, "\n\n",
+      M.USAGE[status.command])
+    return 2
+  end
+  if errors.is_error(status, "invalid") then
+    io.stderr:write("lretry ", command, ": ", status.message, "\n")
+    return 2
+  end
+  error(status, 0)
+end
+
+--- Run `command` with its arguments. The exit status goes where the host
+-- reads it: retry.load's exit_status.
+function M.main(command, ...)
+  local args = table.pack(...)
+  load.exit_status = run(command, { table.unpack(args, 1, args.n) })
+end
+
+M.COMMANDS = COMMANDS
+return M

@@ -1,0 +1,328 @@
+--- retry.load (contract section 9): many requests at once and a Result of
+-- what happened. Two load models:
+-- * closed: `concurrency` workers, each starting its next request when the
+--   last one ended, for `requests` in all or for `duration` seconds;
+-- * open: requests started at `rate` per second whatever the server does.
+--   Each request's latency counts from its scheduled start, so a server
+--   that stalls shows it in the latency instead of receiving fewer
+--   requests (no coordinated omission); `concurrency` caps the requests
+--   in flight, and a request that had to wait for the cap started late.
+-- Every request that starts ends as a response or an error in the figures,
+-- also when the load is interrupted (Ctrl-C) or cut at the end of its
+-- duration.
+local client_mod = require("retry.client")
+local core = require("retry.core")
+local errors = require("retry.errors")
+local progress = require("retry.progress")
+local result = require("retry.result")
+local slots = require("retry.slots")
+local task = require("retry.task")
+local values = require("retry.values")
+
+local M = {}
+
+local invalid, describe = errors.invalid, values.describe
+
+M.DEFAULT_CONCURRENCY = 10 -- closed model workers, as wrk's -c
+M.DEFAULT_IN_FLIGHT = 1000 -- open model cap on requests in flight
+M.DEFAULT_DURATION = 10 -- seconds, when neither requests nor duration is set
+M.DEFAULT_GRACE = 10 -- seconds requests in flight at the end of a duration
+-- get before they are cancelled
+
+--- Set by the host: `lretry --json FILE` and `--quiet` apply to every load.
+M.defaults = { json = nil, quiet = false }
+
+--- What the host exits with once the script ends: 130 after a load was
+-- interrupted, else 2 after a load crossed a threshold, else 0.
+M.exit_status = 0
+
+local FIELDS = { client = true, url = true, request = true, check = true,
+  concurrency = true, requests = true, duration = true, rate = true,
+  thresholds = true, grace = true, quiet = true, json = true, label = true }
+
+local function check_count(v, name, min)
+  if v == nil then return nil end
+  if math.type(v) ~= "integer" and not (type(v) == "number"
+      and v == math.floor(v) and v < 2^53) or v < min then
+    invalid("retry.load: " .. name .. " must be an integer >= " .. min
+      .. ", got " .. describe(v))
+  end
+  return math.tointeger(v)
+end
+
+local function check_spec(spec)
+  if type(spec) ~= "table" then
+    invalid("retry.load: expected a table of settings, got "
+      .. describe(spec))
+  end
+  for k in pairs(spec) do
+    if not FIELDS[k] then
+      invalid("retry.load: unknown setting " .. describe(k))
+    end
+  end
+  local s = {
+    concurrency = check_count(spec.concurrency, "concurrency", 1),
+    requests = check_count(spec.requests, "requests", 0),
+    duration = values.check_seconds(spec.duration, "retry.load: duration"),
+    rate = spec.rate, grace = values.check_seconds(spec.grace,
+      "retry.load: grace", true) or M.DEFAULT_GRACE,
+    client = spec.client, url = spec.url, request = spec.request,
+    check = spec.check, quiet = spec.quiet, json = spec.json,
+    label = spec.label,
+  }
+  if s.rate ~= nil and (type(s.rate) ~= "number" or s.rate ~= s.rate
+      or s.rate <= 0 or s.rate == math.huge) then
+    invalid("retry.load: rate must be a number of requests per second > 0, "
+      .. "got " .. describe(s.rate))
+  end
+  if s.client ~= nil
+      and getmetatable(s.client) ~= client_mod.RetryClient_class then
+    invalid("retry.load: client must be a retry.RetryClient, got "
+      .. describe(s.client))
+  end
+  if s.client and s.client.closed then
+    invalid("retry.load: the client is closed")
+  end
+  values.check_type(s.url, "string", "retry.load: url")
+  values.check_type(s.label, "string", "retry.load: label")
+  values.check_type(s.json, "string", "retry.load: json")
+  values.check_type(s.quiet, "boolean", "retry.load: quiet")
+  for _, name in ipairs({ "request", "check" }) do
+    if s[name] ~= nil and not values.is_callable(s[name]) then
+      invalid("retry.load: " .. name .. " must be a function, got "
+        .. describe(s[name]))
+    end
+  end
+  if s.request == nil and s.url == nil then
+    invalid("retry.load: give a url, or a request function")
+  end
+  s.limits = result.check_thresholds(spec.thresholds,
+    "retry.load: thresholds", s.check ~= nil)
+  return s
+end
+
+-- One request of the load: `start` is when it started, or in the open
+-- model when it was due to.
+local function one(L, i, start)
+  local me = task.current()
+  L.counts[me] = 0
+  local ok, r = pcall(L.request, L.client, i)
+  local attempts = L.counts[me]
+  L.counts[me] = nil
+  local rec = L.recorder
+  if ok and core.is_response(r) then
+    -- The transfer's own end, taken in C, not when this task resumed.
+    local at = r.finished_at
+    rec:finished(at, at - start, attempts, r.status)
+    if L.check then
+      local checked, passed = pcall(L.check, r)
+      if checked then
+        rec:check(passed and true or false)
+      else
+        rec:check(false, "the check raised: " .. tostring(passed))
+      end
+    end
+    r:close()
+    return
+  end
+  local kind, message, at
+  if ok then
+    kind, message = "invalid", "the request function returned "
+      .. describe(r) .. ", not a Response"
+  elseif errors.is_error(r) then
+    kind, message, at = r.kind, r.message, r.finished_at
+  else
+    kind, message = "script", tostring(r)
+  end
+  at = at or core.now()
+  rec:finished(at, at - start, attempts, nil, kind, message)
+end
+
+-- Workers and requests never raise: what they record is their result, so
+-- an error an await sees is the awaiting task's own cancel.
+local function closed_worker(L)
+  while not L.stopping and L.started_count < L.total do
+    L.started_count = L.started_count + 1
+    pcall(one, L, L.started_count, core.now())
+  end
+end
+
+local function open_request(L, i, due)
+  pcall(one, L, i, due)
+  L.cap:release()
+  L.live[task.current()] = nil
+end
+
+local EARLY = 0.001
+
+-- Start request i at L.started + (i - 1) / rate, whatever the ones before
+-- it are doing.
+local function open_scheduler(L)
+  local interval = 1 / L.rate
+  while not L.stopping and L.started_count < L.total do
+    local i = L.started_count + 1
+    local due = L.started + (i - 1) * interval
+    if L.ends and due >= L.ends then break end
+    -- Timers tick in whole milliseconds and fire at or after their time:
+    -- waking up to EARLY before `due` keeps the runner's own lateness out
+    -- of the latency.
+    local wait = due - core.now() - EARLY
+    if wait > 0 then core.sleep(wait) end
+    if L.stopping then break end
+    if not L.cap:try_take() then L.cap:acquire() end
+    if L.stopping then L.cap:release(); break end
+    local now = core.now()
+    if now - due > result.LATE_AFTER then
+      L.recorder.late = L.recorder.late + 1
+    end
+    L.started_count = i
+    -- From when it was due, or from when it started if that was earlier.
+    L.live[task.spawn(open_request, L, i, math.min(due, now))] = true
+  end
+  -- Requests due before the load stopped that never started (held back
+  -- by the cap) are dropped: counted, so a slow server cannot hide them.
+  local stop_at = core.now()
+  if L.ends and stop_at > L.ends then stop_at = L.ends end
+  local due_count = math.min(L.total,
+    math.ceil((stop_at - L.started) * L.rate - 1e-9))
+  L.recorder.dropped = math.max(0, due_count - L.started_count)
+end
+
+-- Stop starting requests; with `cancel`, also cancel those in flight,
+-- which end as `cancelled` errors.
+local function stop(L, cancel)
+  L.stopping = true
+  if not cancel then return end
+  for _, w in ipairs(L.workers) do w:cancel() end
+  for t in pairs(L.live) do t:cancel() end
+end
+
+local function timekeeper(L)
+  core.sleep(L.duration)
+  stop(L, false)
+  core.sleep(L.grace)
+  -- A request function that catches one cancel is cancelled again.
+  while true do
+    stop(L, true)
+    core.sleep(0.1)
+  end
+end
+
+local function on_interrupt(L)
+  local op = core.interrupt()
+  core.wait(nil, op)
+  L.interrupted = true
+  stop(L, true)
+end
+
+local function await_all(L)
+  for _, w in ipairs(L.workers) do w:await() end
+  while true do
+    local t = next(L.live)
+    if t == nil then break end
+    t:await()
+    L.live[t] = nil
+  end
+end
+
+local function default_request(url)
+  return function(client) return client:get(url) end
+end
+
+local function describe_load(s)
+  if s.label then return s.label end
+  if s.url and s.request == nil then return "GET " .. s.url end
+  return "script"
+end
+
+--- Run a load; returns a Result (lua/retry/result.lua). See the README,
+-- "Load checks".
+function M.load(spec)
+  local s = check_spec(spec)
+  if task.current() == nil then
+    invalid("retry.load must be called inside a task: wrap the code in "
+      .. "retry.run(function() ... end) (lretry runs scripts there)")
+  end
+  local open = s.rate ~= nil
+  local concurrency = s.concurrency
+    or (open and M.DEFAULT_IN_FLIGHT or M.DEFAULT_CONCURRENCY)
+  local duration = s.duration
+  if duration == nil and s.requests == nil then
+    duration = M.DEFAULT_DURATION
+  end
+  local client, own_client = s.client, false
+  if client == nil then
+    client = client_mod.RetryClient{ limit = concurrency }
+    own_client = true
+  end
+  local capped_by
+  if client.limit > 0 and client.limit < concurrency then
+    capped_by = client.limit
+  end
+  local started = core.now()
+  local L = {
+    client = client, request = s.request or default_request(s.url),
+    check = s.check, total = s.requests or math.huge, duration = duration,
+    grace = s.grace, rate = s.rate, started = started,
+    ends = duration and started + duration, started_count = 0,
+    recorder = result.recorder(started), counts = {}, workers = {},
+    live = {}, stopping = false, interrupted = false,
+    cap = open and slots.new(concurrency) or nil,
+  }
+  -- Attempts count for this load only when made by one of its requests.
+  local function on_attempt(record, response)
+    local me = task.current()
+    local n = L.counts[me]
+    if n then
+      L.counts[me] = n + 1
+      L.recorder:attempt(record, response)
+    end
+  end
+  client.recorders[on_attempt] = true
+  local helpers = { task.spawn(on_interrupt, L) }
+  if duration then helpers[#helpers + 1] = task.spawn(timekeeper, L) end
+  local quiet = s.quiet
+  if quiet == nil then quiet = M.defaults.quiet end
+  local line = not quiet and progress.new(L) or nil
+  if line then helpers[#helpers + 1] = task.spawn(progress.run, line) end
+  if open then
+    L.workers[1] = task.spawn(pcall, open_scheduler, L)
+  else
+    for w = 1, concurrency do L.workers[w] = task.spawn(closed_worker, L) end
+  end
+  local ok, err = pcall(await_all, L)
+  if not ok then stop(L, true) end -- this task was cancelled: so are they
+  for _, h in ipairs(helpers) do h:cancel() end
+  if line then progress.clear(line) end
+  client.recorders[on_attempt] = nil
+  if own_client then client:close() end
+  if not ok then error(err, 0) end
+  local r = L.recorder:result{
+    duration = core.now() - started, model = open and "open" or "closed",
+    concurrency = concurrency, rate = s.rate, label = describe_load(s),
+    limits = s.limits, interrupted = L.interrupted, capped_by = capped_by,
+  }
+  if L.interrupted then
+    M.exit_status = 130
+  elseif not r.ok and M.exit_status == 0 then
+    M.exit_status = 2
+  end
+  local path = s.json or M.defaults.json
+  if path then M.write_json(r, path) end
+  return r
+end
+
+--- Write a result's JSON to `path` ("-" for stdout).
+function M.write_json(r, path)
+  local text = r:to_json()
+  if path == "-" then
+    io.stdout:write(text)
+    return
+  end
+  local f, err = io.open(path, "w")
+  if not f then invalid("retry.load: cannot write the JSON: " .. err) end
+  f:write(text)
+  f:close()
+end
+
+return M

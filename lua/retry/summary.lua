@@ -1,0 +1,121 @@
+--- The text summary of a load check (result:summary(), and what `lretry
+-- load` prints at the end): requests and rate, status and error counts,
+-- checks, retries and the attempts histogram, latency percentiles end to
+-- end and per attempt, and each threshold with a mark.
+local M = {}
+
+--- Seconds for people: 850µs, 12.35ms, 1.52s.
+function M.time(s)
+  if s < 0.001 then return ("%.0fµs"):format(s * 1e6) end
+  if s < 1 then return ("%.2fms"):format(s * 1e3) end
+  return ("%.2fs"):format(s)
+end
+
+local function percent(x)
+  return ("%.2f%%"):format(x * 100)
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b)
+    if type(a) == type(b) then return a < b end
+    return type(a) == "number"
+  end)
+  return keys
+end
+
+local function counts(t, total)
+  local parts = {}
+  for _, k in ipairs(sorted_keys(t)) do
+    local part = ("%s: %d"):format(tostring(k), t[k])
+    if total then part = part .. (" (%.1f%%)"):format(100 * t[k] / total) end
+    parts[#parts + 1] = part
+  end
+  return table.concat(parts, "  ")
+end
+
+-- How a threshold's value and limit read.
+local function threshold_value(unit, v)
+  if unit == "seconds" then return M.time(v) end
+  if unit == "ratio" then return percent(v) end
+  if unit == "per second" then return ("%.1f/s"):format(v) end
+  return ("%.2f"):format(v)
+end
+
+local function latency_row(name, l)
+  return ("  %-9s %9s %9s %9s %9s %9s %9s"):format(name, M.time(l.mean),
+    M.time(l.p50), M.time(l.p90), M.time(l.p99), M.time(l.p999),
+    M.time(l.max))
+end
+
+function M.format(r)
+  local thresholds = require("retry.result").THRESHOLDS
+  local out = {}
+  local function line(fmt, ...) out[#out + 1] = fmt:format(...) end
+  line("lretry load: %s", r.label or "script")
+  local model
+  if r.model == "open" then
+    model = ("open model, %s/s, up to %d in flight"):format(
+      tostring(r.rate), r.concurrency or 0)
+  else
+    model = ("%s model, %d concurrent"):format(r.model or "closed",
+      r.concurrency or 0)
+  end
+  line("  %s, %s%s", model, M.time(r.duration),
+    r.interrupted and ", INTERRUPTED: partial figures" or "")
+  if r.capped_by then
+    line("  the client's limit (%d connections) capped the concurrency",
+      r.capped_by)
+  end
+  line("")
+  line("  %-10s %8d   %.1f/s", "requests", r.requests, r.rps)
+  line("  %-10s %8d   %s", "responses", r.responses, counts(r.by_status))
+  line("  %-10s %8d   %s", "errors", r.errors, counts(r.by_error))
+  for _, kind in ipairs(sorted_keys(r.error_examples)) do
+    line("  %-10s %8s   %s: %s", "", "", kind, r.error_examples[kind])
+  end
+  if r.checks > 0 then
+    line("  %-10s %8s   %d passed, %d failed", "checks",
+      percent(r.check_rate), r.checks - r.checks_failed, r.checks_failed)
+    if r.check_example then
+      line("  %-10s %8s   %s", "", "", r.check_example)
+    end
+  end
+  line("  %-10s %8d   %.2f per request%s", "retries", r.retries,
+    r.retry_rate, r.hedges > 0 and (", %d hedged copies"):format(r.hedges)
+      or "")
+  if r.resent > 0 then
+    line("  %-10s %8d   attempts libcurl sent again at once: their kept-alive "
+      .. "connection had died", "resent", r.resent)
+  end
+  line("  %-10s %8s   %s", "attempts", "", counts(r.attempts, r.requests))
+  if r.late > 0 then
+    line("  %-10s %8d   started over %s after their scheduled time: the "
+      .. "runner could not keep up", "late", r.late, M.time(
+        require("retry.result").LATE_AFTER))
+  end
+  if r.dropped > 0 then
+    line("  %-10s %8d   were due but never started: the concurrency cap "
+      .. "was reached", "dropped", r.dropped)
+  end
+  line("")
+  line("  %-9s %9s %9s %9s %9s %9s %9s", "latency", "mean", "p50", "p90",
+    "p99", "p99.9", "max")
+  line("%s", latency_row("request", r.latency))
+  line("%s", latency_row("attempt", r.attempt_latency))
+  local names = sorted_keys(r.thresholds)
+  if #names > 0 then
+    line("")
+    line("  thresholds")
+    for _, name in ipairs(names) do
+      local t, def = r.thresholds[name], thresholds[name]
+      line("    %s %-10s %s %-10s %s", t.ok and "✓" or "✗", name,
+        def.at_most and "<=" or ">=", threshold_value(def.unit, t.limit),
+        threshold_value(def.unit, t.value) .. (t.ok and "" or "  CROSSED"))
+    end
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+return M

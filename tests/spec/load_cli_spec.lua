@@ -1,0 +1,248 @@
+-- The load-check command line (issue 8): lretry load | probe | merge, the
+-- exit statuses a CI job reads, the live progress line (only on a
+-- terminal: run under `script` for a pseudo-terminal) and Ctrl-C.
+local retry = require("retry")
+local h = require("helper")
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function lretry(args)
+  return h.sh(h.lretry .. " " .. args)
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+describe("lretry load", function()
+  it("sends -n requests at -c and prints the summary", function()
+    local url, key = h.counted("/hello", "cli")
+    local code, out, err = lretry("load " .. q(url) .. " -c 8 -n 500 --expect 200")
+    assert.equal(0, code, err)
+    assert.equal("", err) -- no progress line: stderr is not a terminal
+    assert.is_truthy(out:find("requests%s+500"), out)
+    assert.is_truthy(out:find("200: 500", 1, true), out)
+    assert.is_truthy(out:find("100.00%   500 passed, 0 failed", 1, true), out)
+    assert.is_truthy(out:find("p99.9", 1, true), out)
+    retry.run(function()
+      local c = h.counts(retry, key)
+      assert.equal(500, c.hits)
+      assert.is_true(c.peak <= 8)
+    end)
+  end)
+
+  it("exits 2 when a threshold is crossed, 0 when all hold", function()
+    local url = h.url("/delay/20")
+    local code, out = lretry("load " .. q(url) .. " -n 20 -c 2 --quiet "
+      .. "--threshold p50=5ms --threshold error_rate=0")
+    assert.equal(2, code)
+    assert.is_truthy(out:find("✗ p50", 1, true), out)
+    assert.is_truthy(out:find("CROSSED", 1, true), out)
+    assert.is_truthy(out:find("✓ error_rate", 1, true), out)
+    code, out = lretry("load " .. q(url) .. " -n 20 -c 2 --quiet "
+      .. "--threshold p50=2s --threshold rps=1")
+    assert.equal(0, code, out)
+    assert.is_falsy(out:find("CROSSED", 1, true))
+  end)
+
+  it("runs an open model with -r and -d", function()
+    local url, key = h.counted("/hello", "cli")
+    local code, out, err = lretry("load " .. q(url) .. " -r 100 -d 1s")
+    assert.equal(0, code, err)
+    assert.is_truthy(out:find("open model, 100/s", 1, true), out)
+    local n = tonumber(out:match("requests%s+(%d+)"))
+    assert.is_true(n >= 95 and n <= 101, out)
+    retry.run(function() assert.equal(n, h.hits(retry, key)) end)
+  end)
+
+  it("sends -m, -H and --body, retries with --attempts and --strategy",
+    function()
+      local prefix = h.key("cli-fail")
+      local url = h.url("/fail?n=1&key=" .. prefix)
+      local code, out = lretry("load " .. q(url) .. " -n 1 -c 1 -m put -H "
+        .. q("X-Test: yes") .. " --body hello --attempts 2 --strategy list")
+      assert.equal(0, code, out)
+      assert.is_truthy(out:find("2: 1 (100.0%)", 1, true), out)
+      code, out = lretry("load " .. q(h.url("/echo")) .. " -n 1 -c 1 -m PUT -H "
+        .. q("X-Test: yes") .. " --body hello --json -")
+      assert.equal(0, code, out)
+      assert.equal(1, require("cjson").decode(out).by_status["200"])
+    end)
+
+  it("writes --json that follows the schema and matches the summary",
+    function()
+      local path = os.tmpname()
+      local code, out = lretry("load " .. q(h.url("/hello")) .. " -n 200 -c 4 "
+        .. "--json " .. path)
+      assert.equal(0, code, out)
+      local j = require("cjson").decode(slurp(path))
+      os.remove(path)
+      assert.equal(200, j.requests)
+      assert.equal(200, j.histogram.count)
+      assert.is_truthy(out:find(require("retry.summary").time(j.latency.p99),
+        1, true), out)
+    end)
+
+  it("names bad input and exits 2", function()
+    local cases = {
+      { "load", "a URL is needed" },
+      { "load /x", "must start with http" },
+      { "load http://x -c 0", "--concurrency must be an integer >= 1" },
+      { "load http://x -d soon", "-d must be a time" },
+      { "load http://x --strategy slow", "--strategy must be" },
+      { "load http://x --threshold p98=1", "unknown threshold" },
+      { "load http://x --threshold p99", "NAME=LIMIT" },
+      { "load http://x --bogus", "unknown option --bogus" },
+      { "load http://x -H nocolon", "-H must be 'Name: value'" },
+      { "load http://x --expect 999", "is not a status code" },
+      { "probe", "give at least one URL" },
+      { "merge", "give the JSON files" },
+    }
+    for _, c in ipairs(cases) do
+      local code, out, err = lretry(c[1])
+      assert.equal(2, code, c[1])
+      assert.equal("", out, c[1])
+      assert.is_truthy(err:find(c[2], 1, true), c[1] .. ": " .. err)
+    end
+  end)
+
+  it("documents every option in --help", function()
+    local code, out = lretry("load --help")
+    assert.equal(0, code)
+    for _, opt in ipairs({ "-c", "-n", "-d", "-r", "-m", "-H", "--body",
+      "--attempts", "--strategy", "--json", "--quiet", "--threshold",
+      "--expect", "--timeout" }) do
+      assert.is_truthy(out:find(opt, 1, true), opt)
+    end
+    code, out = lretry("--help")
+    assert.equal(0, code)
+    for _, cmd in ipairs({ "lretry load", "lretry probe", "lretry merge",
+      "--json", "130" }) do
+      assert.is_truthy(out:find(cmd, 1, true), cmd)
+    end
+  end)
+end)
+
+describe("the progress line", function()
+  local function under_terminal(args)
+    -- script(1) gives the command a pseudo-terminal; its output is the
+    -- terminal's, stdout and stderr together. The sanitizer runs preload
+    -- ASan for stock lua5.4; script itself must not inherit it (its own
+    -- leaks would fail the run), and the ASan lretry needs no preload.
+    return h.sh("env -u LD_PRELOAD script -qec " .. q(h.lretry .. " " .. args)
+      .. " /dev/null")
+  end
+
+  it("is drawn on a terminal and erased before the summary", function()
+    local code, out = under_terminal("load " .. q(h.url("/hello")) .. " -c 2 -d 1s")
+    assert.equal(0, code, out)
+    assert.is_truthy(out:find("\r\27[K", 1, true), out)
+    assert.is_truthy(out:find("s left  %d+/s  in flight %d+  errors 0  retries 0"), out)
+    assert.is_truthy(out:find("\r\27[Klretry load:", 1, true), out)
+  end)
+
+  it("is not drawn with --quiet, nor when stderr is not a terminal",
+    function()
+      local code, out = under_terminal("load " .. q(h.url("/hello"))
+        .. " -c 2 -d 1s --quiet")
+      assert.equal(0, code, out)
+      assert.is_falsy(out:find("in flight", 1, true), out)
+      code, out = under_terminal("load " .. q(h.url("/hello"))
+        .. " -c 2 -d 1s 2>/dev/null")
+      assert.equal(0, code, out)
+      assert.is_falsy(out:find("in flight", 1, true), out)
+    end)
+end)
+
+describe("Ctrl-C during a load", function()
+  it("cancels what is in flight, prints the partial summary, writes the "
+    .. "JSON and exits 130", function()
+      local url, key = h.counted("/delay/300", "cli-int")
+      local path = os.tmpname()
+      local t0 = retry.now()
+      local code, out = h.sh("sh -c " .. q(h.lretry .. " load " .. q(url)
+        .. " -c 8 -d 20s --json " .. path .. " & pid=$!; sleep 1; "
+        .. "kill -INT $pid; wait $pid"))
+      local took = retry.now() - t0
+      assert.equal(130, code, out)
+      assert.is_true(took < 3, tostring(took))
+      assert.is_truthy(out:find("INTERRUPTED", 1, true), out)
+      local j = require("cjson").decode(slurp(path))
+      os.remove(path)
+      assert.is_true(j.interrupted)
+      assert.equal(j.requests, j.responses + j.errors)
+      assert.equal(8, j.by_error.cancelled)
+      retry.run(function()
+        local c = h.counts(retry, key)
+        assert.equal(j.attempts_sent, c.hits)
+        -- The server sees the cancelled requests go away.
+        local deadline = retry.now() + 2
+        while h.counts(retry, key).aborted < 8 and retry.now() < deadline do
+          retry.sleep(0.05)
+        end
+        assert.equal(8, h.counts(retry, key).aborted)
+      end)
+    end)
+
+  it("a second Ctrl-C ends the process at once", function()
+    -- After an interrupted load the script would sleep for 30 s.
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+      local retry = require("retry")
+      retry.load{ url = %q, concurrency = 2, duration = 20, quiet = true }
+      io.stdout:write("load over\n"); io.stdout:flush()
+      retry.sleep(30)
+    ]]):format(h.url("/delay/100")))
+    f:close()
+    local t0 = retry.now()
+    local code, out = h.sh("sh -c " .. q(h.lretry .. " " .. script
+      .. " & pid=$!; sleep 1; kill -INT $pid; sleep 0.5; kill -INT $pid; "
+      .. "wait $pid"))
+    os.remove(script)
+    assert.equal(130, code, out)
+    assert.is_truthy(out:find("load over", 1, true), out)
+    assert.is_true(retry.now() - t0 < 4)
+  end)
+end)
+
+describe("lretry probe", function()
+  it("prints one line per URL and exits 1 when one fails", function()
+    local good = h.url("/fail?n=1&key=" .. h.key("probe"))
+    local code, out = lretry("probe " .. q(h.url("/hello")) .. " " .. q(good)
+      .. " " .. q(h.url("/status/404")))
+    assert.equal(1, code, out)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    assert.equal(4, #lines, out)
+    assert.equal("3 URLs, 1 failed", lines[4])
+    assert.is_truthy(lines[1]:find("^OK .*200 OK, 1 attempt, "), lines[1])
+    assert.is_truthy(lines[2]:find("^OK .*200 OK, 2 attempts, "), lines[2])
+    assert.is_truthy(lines[3]:find("^FAIL .*404 Not Found, 1 attempt"), lines[3])
+    code = lretry("probe " .. q(h.url("/hello")))
+    assert.equal(0, code)
+  end)
+end)
+
+describe("lretry --json with a script", function()
+  it("writes the load's JSON and exits 2 on a crossed threshold", function()
+    local script, path = os.tmpname(), os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+      local retry = require("retry")
+      local r = retry.load{ url = %q, requests = 30, thresholds = { rps = 1e9 } }
+      io.write(r:summary())
+    ]]):format(h.url("/hello")))
+    f:close()
+    local code, out = h.sh(h.lretry .. " --json " .. path .. " " .. script)
+    os.remove(script)
+    assert.equal(2, code, out)
+    local j = require("cjson").decode(slurp(path))
+    os.remove(path)
+    assert.equal(30, j.requests)
+    assert.is_false(j.thresholds.rps.ok)
+  end)
+end)

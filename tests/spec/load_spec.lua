@@ -1,0 +1,368 @@
+-- Load checks (issue 8, contract section 9): retry.load's models, figures,
+-- thresholds and JSON, every request counted at the server as well. The
+-- command line (lretry load | probe | merge, progress, Ctrl-C) is in
+-- load_cli_spec.lua.
+local retry = require("retry")
+local h = require("helper")
+local expect = require("expect")
+local result = require("retry.result")
+
+local function fast(attempts)
+  return retry.ExponentialRetry{ attempts = attempts or 3,
+    start_timeout = 0.001 }
+end
+
+local function quiet(spec)
+  spec.quiet = true
+  return spec
+end
+
+describe("retry.load, closed model", function()
+  it("sends the requested count, no more at once than the concurrency",
+    function()
+      retry.run(function()
+        local url, key = h.counted("/delay/5", "load")
+        local r = retry.load(quiet{ url = url, concurrency = 8,
+          requests = 300 })
+        assert.equal(300, r.requests)
+        assert.equal(300, r.responses)
+        assert.equal(0, r.errors)
+        assert.same({ [200] = 300 }, r.by_status)
+        assert.same({ [1] = 300 }, r.attempts)
+        assert.equal(300, r.attempts_sent)
+        local c = h.counts(retry, key)
+        assert.equal(300, c.hits)
+        assert.is_true(c.peak <= 8 and c.peak >= 4, "peak " .. c.peak)
+        assert.equal("closed", r.model)
+        assert.near(r.requests / r.duration, r.rps, 1e-9)
+        assert.equal(300, r.histogram:count())
+        assert.equal(300, r.attempt_histogram:count())
+      end)
+    end)
+
+  it("runs for a duration and accounts for every request", function()
+    retry.run(function()
+      local url, key = h.counted("/delay/20", "load")
+      local t0 = retry.now()
+      local r = retry.load(quiet{ url = url, concurrency = 4,
+        duration = 0.5 })
+      local took = retry.now() - t0
+      assert.is_true(took >= 0.5 and took < 1, tostring(took))
+      assert.is_true(r.requests >= 20, tostring(r.requests))
+      assert.equal(h.hits(retry, key), r.requests)
+      assert.equal(r.requests, r.responses + r.errors)
+      local sum = 0
+      for _, e in ipairs(r.timeline) do sum = sum + e.requests end
+      assert.equal(r.requests, sum)
+    end)
+  end)
+
+  it("uses as many connections as the concurrency, and says when a "
+    .. "client's limit capped it", function()
+    retry.run(function()
+      local url, key = h.counted("/delay/5", "load")
+      local client = retry.RetryClient{ limit = 3 }
+      local r = retry.load(quiet{ client = client, url = url,
+        concurrency = 12, requests = 120 })
+      assert.equal(3, r.capped_by)
+      assert.is_truthy(r:summary():find("limit (3 connections) capped", 1,
+        true))
+      local c = h.counts(retry, key)
+      assert.equal(120, c.hits)
+      assert.is_true(c.peak <= 3, "peak " .. c.peak)
+      assert.is_false(client.closed) -- a given client is the caller's
+    end)
+  end)
+end)
+
+describe("retry.load, open model", function()
+  it("starts requests at the rate, within 5% over 5 s", function()
+    retry.run(function()
+      local url, key = h.counted("/hello", "load")
+      local r = retry.load(quiet{ url = url, rate = 200, duration = 5 })
+      assert.equal("open", r.model)
+      assert.is_true(math.abs(r.requests - 1000) <= 50, tostring(r.requests))
+      assert.is_true(math.abs(r.rps - 200) <= 10, tostring(r.rps))
+      assert.equal(h.hits(retry, key), r.requests)
+      -- A busy machine may start a few over 10 ms late; not many.
+      assert.is_true(r.late <= r.requests * 0.05, "late " .. r.late)
+    end)
+  end)
+
+  it("counts latency from the scheduled start: a stalled server cannot "
+    .. "hide its stall", function()
+    retry.run(function()
+      -- 50 requests/s against 100 ms replies with one request in flight:
+      -- the runner falls behind, and the queueing shows in the latency
+      -- though every attempt took about 100 ms.
+      local url = h.url("/delay/100")
+      local r = retry.load(quiet{ url = url, rate = 50, duration = 1,
+        concurrency = 1 })
+      -- About 10 of the 50 due could start, most of them late.
+      assert.is_true(r.late >= 5, "late " .. r.late)
+      assert.is_true(r.dropped >= 30, "dropped " .. r.dropped)
+      assert.equal(50, r.requests + r.dropped)
+      assert.is_true(r.attempt_latency.p50 < 0.2, tostring(r.attempt_latency.p50))
+      assert.is_true(r.latency.max > 0.5, tostring(r.latency.max))
+      assert.is_truthy(r:summary():find("could not keep up", 1, true))
+    end)
+  end)
+end)
+
+describe("retry.load figures", function()
+  it("shows the retries of a route that fails every first attempt", function()
+    retry.run(function()
+      local prefix = h.key("first")
+      local client = retry.RetryClient{ retry_options = fast(3) }
+      local r = retry.load(quiet{ client = client, concurrency = 10,
+        requests = 60, request = function(c, i)
+          return c:get(h.url("/fail?n=1&key=" .. prefix .. "-" .. i))
+        end })
+      assert.same({ [200] = 60 }, r.by_status)
+      assert.equal(60, r.retries)
+      assert.same({ [2] = 60 }, r.attempts)
+      assert.equal(120, r.attempts_sent)
+      assert.equal(1, r.retry_rate)
+      local hits = 0
+      for i = 1, 60 do hits = hits + h.hits(retry, prefix .. "-" .. i) end
+      assert.equal(120, hits)
+      assert.is_truthy(r:summary():find("2: 60 (100.0%)", 1, true))
+    end)
+  end)
+
+  it("counts check failures and error kinds", function()
+    retry.run(function()
+      local client = retry.RetryClient{ retry_options = fast(1) }
+      local r = retry.load(quiet{ client = client, concurrency = 4,
+        requests = 100, request = function(c, i)
+          if i % 10 == 1 then return c:get("http://127.0.0.1:1/") end
+          if i % 10 == 2 then error("boom " .. i) end
+          if i % 10 == 3 then return nil end
+          return c:get(h.url(i % 2 == 0 and "/hello" or "/status/503"))
+        end, check = function(resp)
+          if resp.status == 503 then error("not this one") end
+          return resp.status == 200
+        end })
+      assert.equal(100, r.requests)
+      assert.same({ connect = 10, script = 10, invalid = 10 }, r.by_error)
+      assert.equal(30, r.errors)
+      assert.same({ [200] = 40, [503] = 30 }, r.by_status)
+      assert.equal(70, r.checks)
+      assert.equal(30, r.checks_failed)
+      assert.equal(40 / 70, r.check_rate)
+      assert.equal(60 / 100, r.error_rate) -- 30 errors and 30 503s
+      assert.is_truthy(r.error_examples.script:find("boom", 1, true))
+      assert.is_truthy(r.error_examples.invalid:find("returned nil", 1, true))
+      assert.is_truthy(r.check_example:find("not this one", 1, true))
+      -- The 10 errors raised and the 10 nils sent nothing.
+      assert.same({ [0] = 20, [1] = 80 }, r.attempts)
+    end)
+  end)
+
+  it("accounts for every request when the server drops connections at "
+    .. "random", function()
+    retry.run(function()
+      local url, key = h.counted("/flaky?drop=25&fail=10", "flaky")
+      local client = retry.RetryClient{ retry_options = fast(3) }
+      local r = retry.load(quiet{ client = client, url = url,
+        concurrency = 16, requests = 1500 })
+      assert.equal(1500, r.requests)
+      assert.equal(r.requests, r.responses + r.errors)
+      assert.is_true(r.errors > 0 and (r.by_error.network or 0) > 0)
+      assert.is_true(r.retries > 300, tostring(r.retries))
+      -- A GET on a kept-alive connection that died is sent again once by
+      -- libcurl; the attempt says so (resent) and the figures count it.
+      assert.equal(h.hits(retry, key), r.attempts_sent + r.resent)
+      local n = 0
+      for k, c in pairs(r.attempts) do
+        n = n + c
+        assert.is_true(k >= 1 and k <= 3)
+      end
+      assert.equal(1500, n)
+    end)
+  end)
+end)
+
+describe("retry.load thresholds", function()
+  it("marks each threshold and sets the exit status", function()
+    retry.run(function()
+      local load = require("retry.load")
+      local before = load.exit_status
+      local r = retry.load(quiet{ url = h.url("/hello"), requests = 50,
+        thresholds = { p99 = 10, error_rate = 0, rps = 1e9 } })
+      assert.is_false(r.ok)
+      assert.is_true(r.thresholds.p99.ok)
+      assert.is_true(r.thresholds.error_rate.ok)
+      assert.is_false(r.thresholds.rps.ok)
+      assert.equal(1e9, r.thresholds.rps.limit)
+      assert.equal(r.rps, r.thresholds.rps.value)
+      local text = r:summary()
+      assert.is_truthy(text:find("✗ rps", 1, true))
+      assert.is_truthy(text:find("✓ p99", 1, true))
+      assert.equal(2, load.exit_status)
+      load.exit_status = before
+    end)
+  end)
+
+  it("refuses unknown names, bad limits and a check_rate with no check",
+    function()
+      retry.run(function()
+        local url = h.url("/hello")
+        expect.invalid("unknown threshold \"p98\"", function()
+          retry.load{ url = url, requests = 1, thresholds = { p98 = 1 } }
+        end)
+        expect.invalid("thresholds%.p99 must be a number >= 0", function()
+          retry.load{ url = url, requests = 1, thresholds = { p99 = -1 } }
+        end)
+        expect.invalid("check_rate needs a check function", function()
+          retry.load{ url = url, requests = 1,
+            thresholds = { check_rate = 0.9 } }
+        end)
+        expect.invalid("unknown setting \"requets\"", function()
+          retry.load{ url = url, requets = 1 }
+        end)
+        expect.invalid("give a url, or a request function", function()
+          retry.load{ requests = 1 }
+        end)
+        expect.invalid("rate must be a number", function()
+          retry.load{ url = url, rate = 0 }
+        end)
+      end)
+    end)
+end)
+
+describe("retry.load JSON", function()
+  local TOP = { "requests", "responses", "errors", "by_status", "by_error",
+    "checks_failed", "retries", "attempts", "duration", "rps", "latency",
+    "thresholds", "histogram", "timeline" }
+
+  it("follows the schema and matches the summary", function()
+    retry.run(function()
+      local cjson = require("cjson")
+      local client = retry.RetryClient{ retry_options = fast(2) }
+      local prefix = h.key("json")
+      local r = retry.load(quiet{ client = client, requests = 40,
+        concurrency = 4, request = function(c, i)
+          return c:get(h.url("/fail?n=1&status=502&key=" .. prefix .. i))
+        end, check = function(resp) return resp.status == 200 end,
+        thresholds = { p99 = 5, check_rate = 0.5 } })
+      local j = cjson.decode(r:to_json())
+      for _, k in ipairs(TOP) do
+        assert.is_not_nil(j[k], "missing " .. k)
+      end
+      assert.equal("lretry.load/1", j.schema)
+      assert.equal(40, j.requests)
+      assert.same({ ["200"] = 40 }, j.by_status)
+      assert.same({ ["2"] = 40 }, j.attempts)
+      assert.equal(40, j.retries)
+      assert.equal(0, j.checks_failed)
+      for _, p in ipairs({ "p50", "p90", "p99", "p999", "max" }) do
+        assert.near(r.latency[p], j.latency[p], 1e-12)
+        assert.is_truthy(r:summary():find(require("retry.summary").time(
+          r.latency[p]), 1, true))
+      end
+      assert.same({ limit = 5, value = r.latency.p99, ok = true },
+        j.thresholds.p99)
+      assert.equal(40, j.histogram.count)
+      assert.equal("ns", j.histogram.unit)
+      local second = j.timeline[1]
+      assert.equal(1, second.second)
+      assert.is_number(second.p99)
+      -- A result read back writes the same JSON.
+      assert.equal(r:to_json(), retry.LoadResult.from_json(r:to_json()):to_json())
+    end)
+  end)
+
+  it("names what is wrong with a file that is not a result", function()
+    expect.invalid("x%.json: not JSON", function()
+      retry.LoadResult.from_json("{", "x.json")
+    end)
+    expect.invalid("x%.json: not a load result", function()
+      retry.LoadResult.from_json('{"schema":"other"}', "x.json")
+    end)
+  end)
+end)
+
+describe("merging results", function()
+  -- The same samples, recorded as two runs and as one.
+  local function record(rec, samples)
+    for _, s in ipairs(samples) do
+      local ended = { finished_at = rec.started + s.at }
+      rec:attempt({ attempt = 1, elapsed = s.latency / 2, error = ended })
+      if s.attempts == 2 then
+        rec:attempt({ attempt = 2, elapsed = s.latency / 2, error = ended })
+      end
+      rec:finished(rec.started + s.at, s.latency, s.attempts, s.status,
+        s.kind, s.kind and "why")
+    end
+  end
+
+  it("gives what one run over both sets of samples gives", function()
+    math.randomseed(8)
+    local function samples(n)
+      local out = {}
+      for i = 1, n do
+        local failed = math.random() < 0.1
+        out[i] = { at = i / n * 3, latency = math.exp(math.random() * 6) / 1e4,
+          attempts = math.random() < 0.2 and 2 or 1,
+          status = not failed and (math.random() < 0.9 and 200 or 503) or nil,
+          kind = failed and "timeout" or nil }
+      end
+      return out
+    end
+    local a, b = samples(3000), samples(2000)
+    local meta = { duration = 3, model = "closed", concurrency = 4,
+      label = "GET x", limits = { p99 = 0.1 } }
+    local ra, rb, rab = result.recorder(0), result.recorder(0),
+      result.recorder(0)
+    record(ra, a); record(rb, b); record(rab, a); record(rab, b)
+    local dir = os.tmpname()
+    local fa, fb, fm = dir .. ".a.json", dir .. ".b.json", dir .. ".m.json"
+    for path, rec in pairs({ [fa] = ra, [fb] = rb }) do
+      local f = assert(io.open(path, "w"))
+      f:write(rec:result(meta):to_json())
+      f:close()
+    end
+    local code, out, err = h.sh(h.lretry .. " merge " .. fa .. " " .. fb
+      .. " --json " .. fm)
+    assert.equal(0, code, err)
+    assert.is_truthy(out:find("requests%s+5000"), out)
+    local f = assert(io.open(fm))
+    local merged = retry.LoadResult.from_json(f:read("a"), fm)
+    f:close()
+    os.remove(fa); os.remove(fb); os.remove(fm); os.remove(dir)
+    meta.concurrency = 8
+    local one = rab:result(meta)
+    for _, k in ipairs({ "requests", "responses", "errors", "failed",
+      "retries", "attempts_sent", "concurrency" }) do
+      assert.equal(one[k], merged[k], k)
+    end
+    assert.same(one.by_status, merged.by_status)
+    assert.same(one.by_error, merged.by_error)
+    assert.same(one.attempts, merged.attempts)
+    assert.same(one.histogram:export(), merged.histogram:export())
+    assert.same(one.attempt_histogram:export(),
+      merged.attempt_histogram:export())
+    assert.same(one.latency, merged.latency)
+    assert.same(one.thresholds, merged.thresholds)
+    for i, e in ipairs(one.timeline) do
+      assert.equal(e.requests, merged.timeline[i].requests)
+      assert.equal(e.errors, merged.timeline[i].errors)
+      assert.equal(e.retries, merged.timeline[i].retries)
+    end
+  end)
+
+  it("adds two real runs", function()
+    retry.run(function()
+      local r1 = retry.load(quiet{ url = h.url("/hello"), requests = 100 })
+      local r2 = retry.load(quiet{ url = h.url("/status/503"),
+        requests = 50, client = retry.RetryClient{ retry_options = fast(1) } })
+      local m = retry.LoadResult.merge({ r1, r2 })
+      assert.equal(150, m.requests)
+      assert.same({ [200] = 100, [503] = 50 }, m.by_status)
+      assert.equal(150, m.histogram:count())
+      assert.equal(math.max(r1.latency.max, r2.latency.max), m.latency.max)
+      assert.equal(50 / 150, m.error_rate)
+    end)
+  end)
+end)
