@@ -2,10 +2,11 @@
 # Throughput of the retry client beside wrk, measured in one run against
 # nginx on loopback (`return 200`, keep-alive).
 #   scripts/bench.sh [TOTAL] [CONCURRENCY]     defaults: 100000 64
-# Prints req/s for wrk -t1 and for lretry (CONCURRENCY tasks, one
-# RetryClient, TOTAL GETs), their ratio, lretry's peak RSS, and how many
-# connections nginx accepted during the lretry run (stub_status): a steady
-# load should open as many as its concurrency.
+# Prints req/s for wrk -t1, for `lretry load URL -c CONCURRENCY -n TOTAL`
+# (with a Lua check per response) and for a hand-written RetryClient loop
+# (CONCURRENCY tasks, TOTAL GETs), their ratios to wrk, peak RSS, and how
+# many connections nginx accepted during each lretry run (stub_status): a
+# steady load should open as many as its concurrency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-100000}
@@ -60,10 +61,24 @@ echo "wrk -t1 -c$conc: $wrk_rps req/s"
 accepted() {
   curl -s "http://127.0.0.1:$port/nginx_status" | awk 'NR == 3 {print $1}'
 }
+
+# lretry load: the load-check command, a Lua check (--expect) per response.
+accepts_before=$(accepted)
+/usr/bin/time -v -o "$dir/time.load" build/lretry load "$url" -c "$conc" \
+  -n "$total" --expect 200 --quiet >"$dir/load.out"
+# The status request itself is one connection more.
+load_accepts=$(($(accepted) - accepts_before - 1))
+load_rps=$(awk '$1 == "requests" {sub("/s", "", $3); print $3}' "$dir/load.out")
+load_rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time.load")
+echo "lretry load -c$conc -n$total: $load_rps req/s," \
+  "peak RSS $((load_rss / 1024)) MiB, connections $load_accepts"
+grep -q "100.00%   $total passed" "$dir/load.out" \
+  || { echo "bench: lretry load did not get $total 200s" >&2; cat "$dir/load.out" >&2; exit 1; }
+
+# The retry client in a hand-written loop (scripts/bench_client.lua).
 accepts_before=$(accepted)
 /usr/bin/time -v -o "$dir/time" build/lretry scripts/bench_client.lua "$url" \
   "$total" "$conc" | tee "$dir/out"
-# The status request itself is one connection more.
 accepts=$(($(accepted) - accepts_before - 1))
 lretry_rps=$(awk '{print $(NF-1)}' "$dir/out")
 rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time")
@@ -71,5 +86,7 @@ cpu=$(awk -F': ' '/Percent of CPU/ {print $2}' "$dir/time")
 echo "lretry peak RSS: $((rss_kb / 1024)) MiB, CPU $cpu"
 echo "connections nginx accepted during the lretry run: $accepts" \
   "(concurrency $conc)"
+awk -v a="$load_rps" -v b="$wrk_rps" \
+  'BEGIN { printf "ratio lretry load / wrk -t1: %.2f\n", a / b }'
 awk -v a="$lretry_rps" -v b="$wrk_rps" \
   'BEGIN { printf "ratio lretry / wrk -t1: %.2f\n", a / b }'

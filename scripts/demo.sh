@@ -22,5 +22,5 @@ echo "Load check (scripts/load_check.lua): 2 s of a mixed workload with retries,
 echo "a check and thresholds, against a route that drops and fails requests"
 build/lretry scripts/load_check.lua "$LRETRY_TEST_URL" 2
 echo
-echo "The same from the command line: lretry load URL -c 16 -n 5000"
+echo "From the command line: lretry load URL -c 16 -n 5000, 10% of replies a 503"
 build/lretry load "$LRETRY_TEST_URL/flaky?fail=10" -c 16 -n 5000

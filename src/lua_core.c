@@ -13,6 +13,7 @@
 #include <lua.h>
 #include <math.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -463,13 +464,23 @@ static int l_interrupt(lua_State *L) {
   return 1;
 }
 
-/* core.isatty(fd) -> whether the descriptor is a terminal: the live
- * progress line is drawn only there. */
+/* core.isatty(fd) -> whether the descriptor is a terminal, and its width
+ * in columns (nil when unknown): the live progress line is drawn only
+ * there, and cut to fit, since a wrapped line cannot be erased. */
 static int l_isatty(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
+  struct winsize ws;
 
-  lua_pushboolean(L, fd >= 0 && fd <= INT_MAX && isatty((int)fd));
-  return 1;
+  if (fd < 0 || fd > INT_MAX || !isatty((int)fd)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  lua_pushboolean(L, 1);
+  if (ioctl((int)fd, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+    lua_pushinteger(L, ws.ws_col);
+  else
+    lua_pushnil(L);
+  return 2;
 }
 
 /* core.wait(seconds | nil, op, ...) -> position of the first finished

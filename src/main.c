@@ -191,6 +191,7 @@ int main(int argc, char **argv) {
   const char *script = NULL;
   const char *json = NULL;
   int quiet = 0;
+  int load_status;
   int script_index = argc;
   int status;
   int i;
@@ -273,8 +274,11 @@ int main(int argc, char **argv) {
   }
   /* A command gets its name as the first argument. */
   status = run_main(L, argv, argc, script_index == 0 ? 1 : script_index + 1);
-  if (status == 0)
-    status = load_exit_status(L);
+  /* After Ctrl-C the script may end in an error (a later load refused to
+   * start): the interrupt is still what the caller should see. */
+  load_status = load_exit_status(L);
+  if (status == 0 || load_status == 130)
+    status = load_status;
   lua_close(L);
   return status;
 }

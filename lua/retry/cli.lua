@@ -2,7 +2,9 @@
 -- and `lretry merge` (README, "Load checks"). main.c runs
 -- `main(command, args...)` inside retry.run and exits with
 -- retry.load's exit_status.
+local core = require("retry.core")
 local errors = require("retry.errors")
+local http = require("retry.http")
 local load = require("retry.load")
 local result = require("retry.result")
 local retry = require("retry")
@@ -35,7 +37,8 @@ error, checks, retries, attempts per request, latency percentiles.
       --threshold NAME=LIMIT
                         fail (exit 2) when crossed (repeatable). NAME:
                         p50 p90 p99 p999 max mean (seconds, or 250ms),
-                        error_rate retry_rate (at most), check_rate rps
+                        error_rate (0.01 or 1%), retry_rate (at most);
+                        check_rate (0.99 or 99%, with --expect), rps
                         (at least)
       --json FILE       write the figures as JSON (- for stdout)
       --quiet           no live progress line
@@ -52,17 +55,20 @@ time. Exit status 1 when any URL failed (an error, or a status >= 400).
 ]],
   merge = [[
 usage: lretry merge A.json B.json... [--json OUT] [--quiet]
+                    [--threshold NAME=LIMIT]...
 Add the results of `lretry load --json` (or result:to_json()) exactly, as
 one run over all their requests: counts add, latency histograms merge and
 percentiles come from the merged histogram; the duration is the longest.
 Prints the merged summary (not with --quiet) and checks the inputs'
-thresholds against the merged figures (exit 2 when one is crossed).
+thresholds (the strictest limit where several have one) and those given
+here against the merged figures: exit 2 when one is crossed, 1 when a file
+cannot be read or is not a load result.
 ]],
 }
 
 local Usage = {}
 
--- A usage error: the message, then the command's help, exit 2.
+-- A usage error: the message and where the help is, exit 2.
 local function usage_error(command, message)
   error(setmetatable({ command = command, message = message }, Usage), 0)
 end
@@ -81,12 +87,16 @@ local STRATEGIES = {
   random = function(n) return retry.RandomRetry{ attempts = n } end,
   fibonacci = function(n) return retry.FibonacciRetry{ attempts = n } end,
   jitter = function(n) return retry.JitterRetry{ attempts = n } end,
+  -- 0.1, 0.2, 0.4 ... s, at most 30 s: the exponential default's waits.
   list = function(n)
     local timeouts = {}
-    for i = 1, math.max(n - 1, 1) do timeouts[i] = 0.1 * 2 ^ (i - 1) end
+    for i = 1, math.max(n - 1, 1) do
+      timeouts[i] = math.min(0.1 * 2 ^ (i - 1), 30)
+    end
     return retry.ListRetry{ timeouts = timeouts, attempts = n }
   end,
 }
+local MAX_ATTEMPTS = 100
 
 -- Options that take a value, by their long name; short aliases.
 local TAKES_VALUE = { concurrency = true, requests = true, duration = true,
@@ -167,11 +177,23 @@ local function thresholds_of(command, list)
       usage_error(command, ("unknown threshold %q (known: %s)"):format(name,
         table.concat(result.THRESHOLD_NAMES, ", ")))
     end
-    local value = def.unit == "seconds" and M.parse_time(limit)
-      or tonumber(limit)
+    local value
+    if def.unit == "seconds" then
+      value = M.parse_time(limit)
+    elseif def.unit == "ratio" and limit:find("^[%d.]+%%$") then
+      value = tonumber(limit:sub(1, -2))
+      value = value and value / 100
+    elseif limit:find("^[%d.]+$") then
+      value = tonumber(limit)
+    end
     if value == nil then
-      usage_error(command, ("--threshold %s: %q is not a number"):format(
-        name, limit))
+      usage_error(command, ("--threshold %s: %q is not a %s"):format(name,
+        limit, def.unit == "seconds" and "time (0.25, 250ms)"
+          or def.unit == "ratio" and "ratio (0.01, or 1%)" or "number"))
+    end
+    if def.unit == "ratio" and value > 1 then
+      usage_error(command, ("--threshold %s is a ratio from 0 to 1 "
+        .. "(0.01, or 1%%), got %q"):format(name, limit))
     end
     out[name] = value
   end
@@ -182,8 +204,11 @@ local function read_body(command, body)
   if body == nil or body:sub(1, 1) ~= "@" then return body end
   local f, err = io.open(body:sub(2), "rb")
   if not f then usage_error(command, "--body: " .. err) end
-  local data = f:read("a")
+  local data, read_err = f:read("a")
   f:close()
+  if data == nil then
+    usage_error(command, "--body: " .. body:sub(2) .. ": " .. tostring(read_err))
+  end
   return data
 end
 
@@ -202,6 +227,10 @@ end
 local function expect_check(command, codes)
   if codes == nil then return nil end
   local allowed = {}
+  if not codes:find("%d") then
+    usage_error(command, ("--expect needs status codes such as 200,204, "
+      .. "got %q"):format(codes))
+  end
   for code in codes:gmatch("[^,]+") do
     local n = math.tointeger(tonumber(code))
     if n == nil or n < 100 or n > 599 then
@@ -254,11 +283,25 @@ local function run_load(args)
       .. "fibonacci or jitter, got %q"):format(opts.strategy))
   end
   local concurrency = integer_option("load", opts, "concurrency", 1)
+  local attempts = integer_option("load", opts, "attempts", 1) or 3
+  if attempts > MAX_ATTEMPTS then
+    usage_error("load", ("--attempts must be at most %d, got %d"):format(
+      MAX_ATTEMPTS, attempts))
+  end
   local method = (opts.method or "GET"):upper()
   local body = read_body("load", opts.body)
   local headers = headers_of("load", opts.header)
+  -- What every request would be refused for, found before the load runs.
+  local bad = core.check(http.make_spec(method, url, { headers = headers,
+    data = body }))
+  if bad then usage_error("load", bad) end
+  local thresholds = thresholds_of("load", opts.threshold)
+  if thresholds.check_rate and not opts.expect then
+    usage_error("load", "--threshold check_rate needs --expect: it is the "
+      .. "share of responses with an expected status")
+  end
   local client = retry.RetryClient{
-    retry_options = strategy(integer_option("load", opts, "attempts", 1) or 3),
+    retry_options = strategy(attempts),
     limit = concurrency or (rate and load.DEFAULT_IN_FLIGHT
       or load.DEFAULT_CONCURRENCY),
     timeout = timeout,
@@ -270,7 +313,7 @@ local function run_load(args)
     check = expect_check("load", opts.expect), concurrency = concurrency,
     requests = integer_option("load", opts, "requests", 0),
     duration = duration, rate = rate,
-    thresholds = thresholds_of("load", opts.threshold),
+    thresholds = thresholds,
     quiet = opts.quiet or nil, json = opts.json,
   }
   client:close()
@@ -319,12 +362,13 @@ local function run_merge(args)
   local opts, files = parse("merge", args)
   if opts.help then io.write(M.USAGE.merge); return 0 end
   if #files == 0 then usage_error("merge", "give the JSON files to merge") end
-  for name in pairs(opts) do
-    if name ~= "json" and name ~= "quiet" and name ~= "header"
-        and name ~= "threshold" then
+  for name, v in pairs(opts) do
+    if name ~= "json" and name ~= "quiet" and name ~= "threshold"
+        and not (type(v) == "table" and #v == 0) then
       usage_error("merge", "--" .. name .. " does not apply to merge")
     end
   end
+  local limits = thresholds_of("merge", opts.threshold)
   local results = {}
   for i, path in ipairs(files) do
     local f, err = io.open(path, "rb")
@@ -341,7 +385,7 @@ local function run_merge(args)
     end
     results[i] = r
   end
-  local merged = result.merge(results)
+  local merged = result.merge(results, limits)
   if opts.json then load.write_json(merged, opts.json) end
   if not opts.quiet then
     local out = opts.json == "-" and io.stderr or io.stdout
@@ -356,8 +400,8 @@ local function run(command, args)
   local ok, status = pcall(COMMANDS[command], args)
   if ok then return status end
   if getmetatable(status) == Usage then
-    io.stderr:write("lretry ", status.command, ": ", status.message, "\n\n",
-      M.USAGE[status.command])
+    io.stderr:write("lretry ", status.command, ": ", status.message,
+      "\n(lretry ", status.command, " --help shows the options)\n")
     return 2
   end
   if errors.is_error(status, "invalid") then

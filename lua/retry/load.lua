@@ -36,6 +36,10 @@ M.defaults = { json = nil, quiet = false }
 -- interrupted, else 2 after a load crossed a threshold, else 0.
 M.exit_status = 0
 
+--- Set once a load was interrupted (Ctrl-C): later loads refuse to start,
+-- so one Ctrl-C stops a script that runs several.
+M.interrupted = false
+
 local FIELDS = { client = true, url = true, request = true, check = true,
   concurrency = true, requests = true, duration = true, rate = true,
   thresholds = true, grace = true, quiet = true, json = true, label = true }
@@ -102,7 +106,7 @@ local function check_spec(spec)
 end
 
 -- One request of the load: `start` is when it started, or in the open
--- model when it was due to.
+-- model when it was due to. Returns how many attempts it sent.
 local function one(L, i, start)
   local me = task.current()
   L.counts[me] = 0
@@ -123,7 +127,7 @@ local function one(L, i, start)
       end
     end
     r:close()
-    return
+    return attempts
   end
   local kind, message, at
   if ok then
@@ -135,15 +139,28 @@ local function one(L, i, start)
     kind, message = "script", tostring(r)
   end
   at = at or core.now()
-  rec:finished(at, at - start, attempts, nil, kind, message)
+  local latency = at - start
+  if kind == "cancelled" and L.cancelled_why then
+    -- Cut by the load itself: counted, but how long it had run says
+    -- nothing about the server.
+    message, latency = L.cancelled_why, nil
+  end
+  rec:finished(at, latency, attempts, nil, kind, message)
+  return attempts
 end
 
 -- Workers and requests never raise: what they record is their result, so
 -- an error an await sees is the awaiting task's own cancel.
 local function closed_worker(L)
   while not L.stopping and L.started_count < L.total do
+    local now = core.now()
+    if L.ends and now >= L.ends then break end
     L.started_count = L.started_count + 1
-    pcall(one, L, L.started_count, core.now())
+    local ok, sent = pcall(one, L, L.started_count, now)
+    -- A request that sent nothing (refused by an open breaker, a script
+    -- error) never waited: give the loop a turn, or this worker would
+    -- spin without the timers, Ctrl-C or the other workers running.
+    if ok and sent == 0 then pcall(core.sleep, 0) end
   end
 end
 
@@ -162,7 +179,10 @@ local function open_scheduler(L)
   while not L.stopping and L.started_count < L.total do
     local i = L.started_count + 1
     local due = L.started + (i - 1) * interval
-    if L.ends and due >= L.ends then break end
+    if L.ends and due >= L.ends then
+      L.stopped_by = L.stopped_by or "duration"
+      break
+    end
     -- Timers tick in whole milliseconds and fire at or after their time:
     -- waking up to EARLY before `due` keeps the runner's own lateness out
     -- of the latency.
@@ -179,31 +199,41 @@ local function open_scheduler(L)
     -- From when it was due, or from when it started if that was earlier.
     L.live[task.spawn(open_request, L, i, math.min(due, now))] = true
   end
-  -- Requests due before the load stopped that never started (held back
-  -- by the cap) are dropped: counted, so a slow server cannot hide them.
-  local stop_at = core.now()
-  if L.ends and stop_at > L.ends then stop_at = L.ends end
-  local due_count = math.min(L.total,
-    math.ceil((stop_at - L.started) * L.rate - 1e-9))
-  L.recorder.dropped = math.max(0, due_count - L.started_count)
 end
 
--- Stop starting requests; with `cancel`, also cancel those in flight,
--- which end as `cancelled` errors.
-local function stop(L, cancel)
+-- Requests due before the load stopped that never started (held back by
+-- the cap) are dropped: counted, so a slow server cannot hide them.
+local function count_dropped(L)
+  local stop_at = L.stopped_at or core.now()
+  if L.ends and stop_at > L.ends then stop_at = L.ends end
+  local due = math.min(L.total,
+    math.ceil((stop_at - L.started) * L.rate - 1e-9))
+  L.recorder.dropped = math.max(0, due - L.started_count)
+end
+
+-- Stop starting requests (`why`: "duration" or "interrupt"); with
+-- `cancel_why`, also cancel those in flight, which end as `cancelled`
+-- errors with that message.
+local function stop(L, why, cancel_why)
+  if not L.stopping then
+    L.stopped_at, L.stopped_by = core.now(), why
+  end
   L.stopping = true
-  if not cancel then return end
+  if not cancel_why then return end
+  L.cancelled_why = L.cancelled_why or cancel_why
   for _, w in ipairs(L.workers) do w:cancel() end
   for t in pairs(L.live) do t:cancel() end
 end
 
 local function timekeeper(L)
   core.sleep(L.duration)
-  stop(L, false)
+  stop(L, "duration")
   core.sleep(L.grace)
   -- A request function that catches one cancel is cancelled again.
+  local why = ("still in flight %g s after the load's duration ended "
+    .. "(grace)"):format(L.grace)
   while true do
-    stop(L, true)
+    stop(L, "duration", why)
     core.sleep(0.1)
   end
 end
@@ -212,7 +242,8 @@ local function on_interrupt(L)
   local op = core.interrupt()
   core.wait(nil, op)
   L.interrupted = true
-  stop(L, true)
+  M.interrupted = true
+  stop(L, "interrupt", "cancelled by Ctrl-C")
 end
 
 local function await_all(L)
@@ -239,6 +270,10 @@ end
 -- "Load checks".
 function M.load(spec)
   local s = check_spec(spec)
+  if M.interrupted then
+    error(errors.new("cancelled", "retry.load: an earlier load was "
+      .. "interrupted by Ctrl-C, so no more start"), 2)
+  end
   if task.current() == nil then
     invalid("retry.load must be called inside a task: wrap the code in "
       .. "retry.run(function() ... end) (lretry runs scripts there)")
@@ -249,6 +284,13 @@ function M.load(spec)
   local duration = s.duration
   if duration == nil and s.requests == nil then
     duration = M.DEFAULT_DURATION
+  end
+  local path = s.json or M.defaults.json
+  if path and path ~= "-" then
+    -- Found now rather than after the whole load has run.
+    local f, err = io.open(path, "w")
+    if not f then invalid("retry.load: cannot write the JSON: " .. err) end
+    f:close()
   end
   local client, own_client = s.client, false
   if client == nil then
@@ -269,12 +311,13 @@ function M.load(spec)
     live = {}, stopping = false, interrupted = false,
     cap = open and slots.new(concurrency) or nil,
   }
-  -- Attempts count for this load only when made by one of its requests.
+  -- Attempts count for this load only when made by one of its requests,
+  -- or by a task one of them spawned.
   local function on_attempt(record, response)
-    local me = task.current()
-    local n = L.counts[me]
-    if n then
-      L.counts[me] = n + 1
+    local t = task.current()
+    while t and L.counts[t] == nil do t = t.parent end
+    if t then
+      L.counts[t] = L.counts[t] + 1
       L.recorder:attempt(record, response)
     end
   end
@@ -288,17 +331,26 @@ function M.load(spec)
   if open then
     L.workers[1] = task.spawn(pcall, open_scheduler, L)
   else
-    for w = 1, concurrency do L.workers[w] = task.spawn(closed_worker, L) end
+    for w = 1, math.min(concurrency, L.total) do
+      L.workers[w] = task.spawn(closed_worker, L)
+    end
   end
   local ok, err = pcall(await_all, L)
-  if not ok then stop(L, true) end -- this task was cancelled: so are they
+  if not ok then -- this task was cancelled: so are they
+    stop(L, "cancel", "the task running the load was cancelled")
+  end
   for _, h in ipairs(helpers) do h:cancel() end
   if line then progress.clear(line) end
   client.recorders[on_attempt] = nil
   if own_client then client:close() end
   if not ok then error(err, 0) end
+  if open then count_dropped(L) end
+  -- A load that ran its whole duration lasted that long, however early
+  -- its last request ended: an open model's rate is its own.
+  local took = core.now() - started
+  if L.stopped_by == "duration" then took = math.max(took, duration) end
   local r = L.recorder:result{
-    duration = core.now() - started, model = open and "open" or "closed",
+    duration = took, model = open and "open" or "closed",
     concurrency = concurrency, rate = s.rate, label = describe_load(s),
     limits = s.limits, interrupted = L.interrupted, capped_by = capped_by,
   }
@@ -307,8 +359,13 @@ function M.load(spec)
   elseif not r.ok and M.exit_status == 0 then
     M.exit_status = 2
   end
-  local path = s.json or M.defaults.json
-  if path then M.write_json(r, path) end
+  if path then
+    local written, err = pcall(M.write_json, r, path)
+    if not written then
+      io.stderr:write("lretry: ", tostring(err.message or err), "\n")
+      M.exit_status = math.max(M.exit_status, 1)
+    end
+  end
   return r
 end
 

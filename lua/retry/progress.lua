@@ -9,8 +9,10 @@ M.INTERVAL = 0.25
 
 --- A progress line for load `L`, or nil when stderr is not a terminal.
 function M.new(L)
-  if not core.isatty(2) then return nil end
-  return { load = L, last_done = 0, last_at = L.started, drawn = false }
+  local tty, columns = core.isatty(2)
+  if not tty then return nil end
+  return { load = L, last_done = 0, last_at = L.started, drawn = false,
+    columns = columns or 80 }
 end
 
 local function draw(line)
@@ -27,10 +29,11 @@ local function draw(line)
     where = ("%d done, %.0fs left"):format(done,
       math.max(0, L.ends - now))
   end
-  io.stderr:write(("\r\27[K  %.1fs  %s  %.0f/s  in flight %d  errors %d  "
-    .. "retries %d%s"):format(elapsed, where, rate,
-    L.started_count - done, rec.errors, rec.retries,
-    L.stopping and "  stopping..." or ""))
+  local text = ("%.1fs  %s  %.0f/s  in flight %d  errors %d  retries %d%s")
+    :format(elapsed, where, rate, L.started_count - done, rec.errors,
+      rec.retries, L.stopping and "  stopping" or "")
+  -- Cut to the terminal's width: a line that wrapped could not be erased.
+  io.stderr:write("\r\27[K", text:sub(1, line.columns - 1))
   io.stderr:flush()
   line.drawn = true
 end

@@ -67,6 +67,10 @@ function M.check_thresholds(t, what, has_check)
       invalid(what .. "." .. name .. " must be a number >= 0, got "
         .. describe(limit))
     end
+    if M.THRESHOLDS[name].unit == "ratio" and limit > 1 then
+      invalid(what .. "." .. name .. " is a ratio from 0 to 1 (0.01 for "
+        .. "1%), got " .. describe(limit))
+    end
     if name == "check_rate" and not has_check then
       invalid(what .. ".check_rate needs a check function to measure")
     end
@@ -139,8 +143,9 @@ function Recorder:attempt(record, response)
     or record.elapsed)
 end
 
---- A request ended at `at` after `latency` seconds and `attempts`
--- attempts, with a response of `status` or an error of `kind`.
+--- A request ended at `at` after `latency` seconds (nil: not measured)
+-- and `attempts` attempts, with a response of `status` or an error of
+-- `kind`.
 function Recorder:finished(at, latency, attempts, status, kind, message)
   self.requests = self.requests + 1
   add(self.attempts, attempts, 1)
@@ -163,8 +168,11 @@ function Recorder:finished(at, latency, attempts, status, kind, message)
       self.error_examples[kind] = message
     end
   end
-  self.latency:record(latency)
-  self.second_latency:record(latency)
+  -- No latency for requests the load cut itself (Ctrl-C, the grace).
+  if latency then
+    self.latency:record(latency)
+    self.second_latency:record(latency)
+  end
 end
 
 --- A check ran on a response: passed, or failed (with why, when it raised).
@@ -290,12 +298,12 @@ function Result:__tostring()
 end
 
 local function count_field(t, name, where)
-  local v = t[name]
-  if math.type(v) ~= "integer" and not (type(v) == "number"
-      and v == math.floor(v)) or v < 0 then
-    invalid(where .. ": " .. name .. " must be a count, got " .. describe(v))
+  local v = type(t[name]) == "number" and math.tointeger(t[name])
+  if not v or v < 0 then
+    invalid(where .. ": " .. name .. " must be a count, got "
+      .. describe(t[name]))
   end
-  return math.tointeger(v)
+  return v
 end
 
 local function count_map(t, name, where, integer_keys)
@@ -307,16 +315,50 @@ local function count_map(t, name, where, integer_keys)
   local out = {}
   for k, n in pairs(v) do
     local key = k
+    if type(k) ~= "string" then
+      invalid(where .. ": " .. name .. " must be an object, got a list")
+    end
     if integer_keys then
       key = math.tointeger(tonumber(k))
-      if key == nil then
-        invalid(where .. ": " .. name .. " has a key that is not a number: "
+      if key == nil or key < 0 then
+        invalid(where .. ": " .. name .. " has a key that is not a count: "
           .. describe(k))
       end
     end
     out[key] = count_field(v, k, where .. ": " .. name)
   end
   return out
+end
+
+local function total(t)
+  local n = 0
+  for _, c in pairs(t) do n = n + c end
+  return n
+end
+
+-- The counts of a result read from a file must agree with each other.
+local function check_sums(r, where)
+  local function agree(what, a, b)
+    if a ~= b then
+      invalid(("%s: the counts do not add up: %s (%d and %d)"):format(where,
+        what, a, b))
+    end
+  end
+  agree("responses + errors and requests", r.responses + r.errors,
+    r.requests)
+  agree("by_status and responses", total(r.by_status), r.responses)
+  agree("by_error and errors", total(r.by_error), r.errors)
+  agree("attempts and requests", total(r.attempts), r.requests)
+  if r.checks_failed > r.checks or r.checks > r.responses
+      or r.failed > r.requests then
+    invalid(where .. ": the counts do not add up: checks, checks_failed "
+      .. "or failed")
+  end
+  for status in pairs(r.by_status) do
+    if status < 100 or status > 599 then
+      invalid(where .. ": by_status has " .. status .. ", not a status code")
+    end
+  end
 end
 
 --- A Result from JSON text written by to_json; `where` names the source in
@@ -340,6 +382,9 @@ function M.from_json(text, where)
   end
   local timeline = {}
   for i, e in ipairs(type(t.timeline) == "table" and t.timeline or {}) do
+    if type(e) ~= "table" then
+      invalid(where .. ": timeline[" .. i .. "] must be an object")
+    end
     timeline[i] = { second = i, requests = count_field(e, "requests", where),
       errors = count_field(e, "errors", where),
       retries = count_field(e, "retries", where),
@@ -347,10 +392,16 @@ function M.from_json(text, where)
   end
   local limits = {}
   for name, th in pairs(type(t.thresholds) == "table" and t.thresholds or {}) do
-    if M.THRESHOLDS[name] and type(th) == "table"
-        and type(th.limit) == "number" then
-      limits[name] = th.limit
+    if type(th) ~= "table" then
+      invalid(where .. ": thresholds." .. tostring(name) .. " must be an "
+        .. "object with a limit")
     end
+    limits[name] = th.limit
+  end
+  limits = M.check_thresholds(limits, where .. ": thresholds", true)
+  if t.timeline ~= nil and (type(t.timeline) ~= "table"
+      or (next(t.timeline) ~= nil and t.timeline[1] == nil)) then
+    invalid(where .. ": timeline must be a list")
   end
   local duration = t.duration
   if type(duration) ~= "number" or duration < 0 then
@@ -359,11 +410,11 @@ function M.from_json(text, where)
   local function text_map(name)
     local out = {}
     for k, v in pairs(type(t[name]) == "table" and t[name] or {}) do
-      out[k] = tostring(v)
+      if type(v) == "string" then out[k] = v end
     end
     return out
   end
-  return derive({
+  local r = {
     schema = M.SCHEMA, label = t.label, model = t.model,
     concurrency = tonumber(t.concurrency), rate = tonumber(t.rate),
     capped_by = tonumber(t.capped_by), interrupted = t.interrupted == true,
@@ -388,7 +439,9 @@ function M.from_json(text, where)
     dropped = count_field(t, "dropped", where), timeline = timeline,
     histogram = histogram("histogram"),
     attempt_histogram = histogram("attempt_histogram"),
-  })
+  }
+  check_sums(r, where)
+  return derive(r)
 end
 
 local SUMMED = { "requests", "responses", "errors", "failed", "checks",
@@ -408,8 +461,9 @@ end
 -- is the longest. Each second of the timeline adds its counts; its p50
 -- and p99 are the largest of the inputs' (the exact figures need the
 -- per-second histograms, which are not kept). Thresholds: every limit any
--- input had, checked against the merged figures.
-function M.merge(results)
+-- input had (the strictest, where several had one), and `limits` (name ->
+-- limit) on top, checked against the merged figures.
+function M.merge(results, limits)
   if type(results) ~= "table" or #results == 0 then
     invalid("retry.LoadResult.merge: expected a list of results")
   end
@@ -441,8 +495,13 @@ function M.merge(results)
     if r.rate then out.rate = (out.rate or 0) + r.rate end
     if r.duration > out.duration then out.duration = r.duration end
     out.interrupted = out.interrupted or r.interrupted
+    -- The same threshold in several inputs: the strictest limit holds.
     for name, limit in pairs(r.limits) do
-      if out.limits[name] == nil then out.limits[name] = limit end
+      local have = out.limits[name]
+      if have == nil or (M.THRESHOLDS[name].at_most and limit < have)
+          or (not M.THRESHOLDS[name].at_most and limit > have) then
+        out.limits[name] = limit
+      end
     end
     out.histogram:merge(r.histogram)
     out.attempt_histogram:merge(r.attempt_histogram)
@@ -459,6 +518,7 @@ function M.merge(results)
       if e.p99 and (o.p99 == nil or e.p99 > o.p99) then o.p99 = e.p99 end
     end
   end
+  for name, limit in pairs(limits or {}) do out.limits[name] = limit end
   -- A cap on one input says nothing about the others.
   if #results == 1 then out.capped_by = results[1].capped_by end
   return derive(out)

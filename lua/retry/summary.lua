@@ -4,11 +4,13 @@
 -- end and per attempt, and each threshold with a mark.
 local M = {}
 
---- Seconds for people: 850µs, 12.35ms, 1.52s.
+--- Seconds for people, in ASCII so columns line up: 850us, 12.35ms,
+-- 1.52s, 2m05.0s.
 function M.time(s)
-  if s < 0.001 then return ("%.0fµs"):format(s * 1e6) end
+  if s < 0.001 then return ("%.0fus"):format(s * 1e6) end
   if s < 1 then return ("%.2fms"):format(s * 1e3) end
-  return ("%.2fs"):format(s)
+  if s < 60 then return ("%.2fs"):format(s) end
+  return ("%dm%04.1fs"):format(s // 60, s % 60)
 end
 
 local function percent(x)
@@ -35,12 +37,17 @@ local function counts(t, total)
   return table.concat(parts, "  ")
 end
 
--- How a threshold's value and limit read.
+-- How a threshold's value and limit read: with enough digits that a
+-- crossed one never reads as equal to its limit.
 local function threshold_value(unit, v)
-  if unit == "seconds" then return M.time(v) end
-  if unit == "ratio" then return percent(v) end
-  if unit == "per second" then return ("%.1f/s"):format(v) end
-  return ("%.2f"):format(v)
+  if unit == "seconds" then
+    if v < 0.001 then return ("%.4gus"):format(v * 1e6) end
+    if v < 1 then return ("%.4gms"):format(v * 1e3) end
+    return ("%.4gs"):format(v)
+  end
+  if unit == "ratio" then return ("%.4g%%"):format(v * 100) end
+  if unit == "per second" then return ("%.6g/s"):format(v) end
+  return ("%.4g"):format(v)
 end
 
 local function latency_row(name, l)
@@ -52,7 +59,9 @@ end
 function M.format(r)
   local thresholds = require("retry.result").THRESHOLDS
   local out = {}
-  local function line(fmt, ...) out[#out + 1] = fmt:format(...) end
+  local function line(fmt, ...)
+    out[#out + 1] = (fmt:format(...):gsub("%s+$", ""))
+  end
   line("lretry load: %s", r.label or "script")
   local model
   if r.model == "open" then
@@ -69,7 +78,7 @@ function M.format(r)
       r.capped_by)
   end
   line("")
-  line("  %-10s %8d   %.1f/s", "requests", r.requests, r.rps)
+  line("  %-10s %8d   %.6g/s", "requests", r.requests, r.rps)
   line("  %-10s %8d   %s", "responses", r.responses, counts(r.by_status))
   line("  %-10s %8d   %s", "errors", r.errors, counts(r.by_error))
   for _, kind in ipairs(sorted_keys(r.error_examples)) do
@@ -92,8 +101,8 @@ function M.format(r)
   line("  %-10s %8s   %s", "attempts", "", counts(r.attempts, r.requests))
   if r.late > 0 then
     line("  %-10s %8d   started over %s after their scheduled time: the "
-      .. "runner could not keep up", "late", r.late, M.time(
-        require("retry.result").LATE_AFTER))
+      .. "in-flight cap was reached, or the runner fell behind", "late",
+      r.late, M.time(require("retry.result").LATE_AFTER))
   end
   if r.dropped > 0 then
     line("  %-10s %8d   were due but never started: the concurrency cap "

@@ -94,7 +94,7 @@ function M.spawn(fn, ...)
   local parent = by_thread[coroutine.running()]
   local scope = parent and (parent.inner or parent.scope) or run.root
   local task = setmetatable({ done = false, waiters = {}, run = run,
-    scope = scope }, Task)
+    scope = scope, parent = parent }, Task)
   local handle, thread = core.spawn(task_body, task, fn, ...)
   task.handle = handle
   by_thread[thread] = task

@@ -127,13 +127,13 @@ describe("lretry load", function()
 end)
 
 describe("the progress line", function()
-  local function under_terminal(args)
+  local function under_terminal(args, before)
     -- script(1) gives the command a pseudo-terminal; its output is the
     -- terminal's, stdout and stderr together. The sanitizer runs preload
     -- ASan for stock lua5.4; script itself must not inherit it (its own
     -- leaks would fail the run), and the ASan lretry needs no preload.
-    return h.sh("env -u LD_PRELOAD script -qec " .. q(h.lretry .. " " .. args)
-      .. " /dev/null")
+    return h.sh("env -u LD_PRELOAD script -qec " .. q((before or "")
+      .. h.lretry .. " " .. args) .. " /dev/null")
   end
 
   it("is drawn on a terminal and erased before the summary", function()
@@ -143,6 +143,21 @@ describe("the progress line", function()
     assert.is_truthy(out:find("s left  %d+/s  in flight %d+  errors 0  retries 0"), out)
     assert.is_truthy(out:find("\r\27[Klretry load:", 1, true), out)
   end)
+
+  it("fits a narrow terminal, so erasing it leaves nothing behind",
+    function()
+      local code, out = under_terminal("load " .. q(h.url("/hello"))
+        .. " -c 2 -d 1s", "stty cols 30; ")
+      assert.equal(0, code, out)
+      local drawn = 0
+      for text in out:gmatch("\r\27%[K([^\r\n]*)") do
+        if text ~= "" and not text:find("^lretry load") then
+          drawn = drawn + 1
+          assert.is_true(#text <= 29, text)
+        end
+      end
+      assert.is_true(drawn >= 2, out)
+    end)
 
   it("is not drawn with --quiet, nor when stderr is not a terminal",
     function()
@@ -175,6 +190,9 @@ describe("Ctrl-C during a load", function()
       assert.is_true(j.interrupted)
       assert.equal(j.requests, j.responses + j.errors)
       assert.equal(8, j.by_error.cancelled)
+      assert.equal("cancelled by Ctrl-C", j.error_examples.cancelled)
+      -- Cut by the load, not answered by the server: no latency for them.
+      assert.equal(j.requests - 8, j.histogram.count)
       retry.run(function()
         local c = h.counts(retry, key)
         assert.equal(j.attempts_sent, c.hits)
@@ -207,6 +225,33 @@ describe("Ctrl-C during a load", function()
     assert.is_truthy(out:find("load over", 1, true), out)
     assert.is_true(retry.now() - t0 < 4)
   end)
+end)
+
+describe("Ctrl-C in a script that runs several loads", function()
+  it("stops the script: later loads do not start, and it exits 130",
+    function()
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write(([[
+        local retry = require("retry")
+        for n = 1, 3 do
+          local r = retry.load{ url = %q, concurrency = 2, duration = 3,
+            quiet = true }
+          print("load " .. n .. (r.interrupted and ": interrupted" or ": done"))
+        end
+      ]]):format(h.url("/delay/50")))
+      f:close()
+      local t0 = retry.now()
+      local code, out, err = h.sh("sh -c " .. q(h.lretry .. " " .. script
+        .. " & pid=$!; sleep 1; kill -INT $pid; wait $pid"))
+      os.remove(script)
+      assert.equal(130, code, out .. err)
+      assert.is_true(retry.now() - t0 < 2.5)
+      assert.is_truthy(out:find("load 1: interrupted", 1, true), out)
+      assert.is_falsy(out:find("load 2", 1, true), out)
+      assert.is_truthy(err:find("an earlier load was interrupted", 1, true),
+        err)
+    end)
 end)
 
 describe("lretry probe", function()

@@ -75,7 +75,49 @@ describe("retry.load, closed model", function()
   end)
 end)
 
+describe("retry.load, requests that send nothing", function()
+  it("still end at the duration: the workers give the loop a turn",
+    function()
+      retry.run(function()
+        local t0 = retry.now()
+        local r = retry.load(quiet{ concurrency = 4, duration = 0.3,
+          request = function() error("no server today") end })
+        local took = retry.now() - t0
+        assert.is_true(took >= 0.3 and took < 0.8, tostring(took))
+        assert.is_true(r.requests > 100)
+        assert.same({ script = r.requests }, r.by_error)
+        assert.same({ [0] = r.requests }, r.attempts)
+      end)
+    end)
+
+  it("count the attempts of tasks a request spawned", function()
+    retry.run(function()
+      local url, key = h.counted("/hello", "spawned")
+      local r = retry.load(quiet{ requests = 20, concurrency = 4,
+        request = function(client)
+          local a = retry.spawn(function() return client:get(url) end)
+          local b = retry.spawn(function() return client:get(url) end)
+          a:await():close()
+          return b:await()
+        end })
+      assert.equal(40, r.attempts_sent)
+      assert.same({ [2] = 20 }, r.attempts)
+      assert.equal(40, h.hits(retry, key))
+    end)
+  end)
+end)
+
 describe("retry.load, open model", function()
+  it("lasts its whole duration, so a slow rate reads right", function()
+    retry.run(function()
+      local r = retry.load(quiet{ url = h.url("/hello"), rate = 3,
+        duration = 1 })
+      assert.equal(3, r.requests)
+      assert.is_true(r.duration >= 1 and r.duration < 1.3, tostring(r.duration))
+      assert.is_true(math.abs(r.rps - 3) < 0.35, tostring(r.rps))
+    end)
+  end)
+
   it("starts requests at the rate, within 5% over 5 s", function()
     retry.run(function()
       local url, key = h.counted("/hello", "load")
@@ -104,7 +146,7 @@ describe("retry.load, open model", function()
       assert.equal(50, r.requests + r.dropped)
       assert.is_true(r.attempt_latency.p50 < 0.2, tostring(r.attempt_latency.p50))
       assert.is_true(r.latency.max > 0.5, tostring(r.latency.max))
-      assert.is_truthy(r:summary():find("could not keep up", 1, true))
+      assert.is_truthy(r:summary():find("in-flight cap was reached", 1, true))
     end)
   end)
 end)
@@ -220,6 +262,13 @@ describe("retry.load thresholds", function()
         end)
         expect.invalid("unknown setting \"requets\"", function()
           retry.load{ url = url, requets = 1 }
+        end)
+        expect.invalid("error_rate is a ratio from 0 to 1", function()
+          retry.load{ url = url, requests = 1,
+            thresholds = { error_rate = 5 } }
+        end)
+        expect.invalid("cannot write the JSON", function()
+          retry.load{ url = url, requests = 1, json = "/nonexistent/x.json" }
         end)
         expect.invalid("give a url, or a request function", function()
           retry.load{ requests = 1 }
@@ -350,6 +399,49 @@ describe("merging results", function()
       assert.equal(e.errors, merged.timeline[i].errors)
       assert.equal(e.retries, merged.timeline[i].retries)
     end
+  end)
+
+  it("keeps the strictest of the inputs' limits and adds those given",
+    function()
+      local function file(limits)
+        local rec = result.recorder(0)
+        rec:finished(0.5, 0.2, 1, 200)
+        local path = os.tmpname()
+        local f = assert(io.open(path, "w"))
+        f:write(rec:result{ duration = 1, model = "closed", concurrency = 1,
+          limits = limits }:to_json())
+        f:close()
+        return path
+      end
+      local loose, strict = file({ p99 = 1 }), file({ p99 = 0.1 })
+      for _, order in ipairs({ loose .. " " .. strict, strict .. " " .. loose }) do
+        local code, out = h.sh(h.lretry .. " merge " .. order)
+        assert.equal(2, code, out)
+        assert.is_truthy(out:find("✗ p99", 1, true), out)
+      end
+      local code, out = h.sh(h.lretry .. " merge " .. loose
+        .. " --threshold rps=5")
+      assert.equal(2, code, out)
+      assert.is_truthy(out:find("✗ rps", 1, true), out)
+      local _, _, err = h.sh(h.lretry .. " merge " .. loose .. " -H 'A: b'")
+      assert.is_truthy(err:find("--header does not apply", 1, true), err)
+      os.remove(loose); os.remove(strict)
+    end)
+
+  it("refuses a file whose counts do not add up", function()
+    local rec = result.recorder(0)
+    rec:finished(0.5, 0.2, 1, 200)
+    local j = require("cjson").decode(rec:result{ duration = 1,
+      model = "closed", concurrency = 1 }:to_json())
+    j.responses = 5
+    expect.invalid("x%.json: the counts do not add up: responses %+ errors",
+      function()
+        retry.LoadResult.from_json(require("cjson").encode(j), "x.json")
+      end)
+    j.responses, j.requests = 1, 1e300
+    expect.invalid("x%.json: requests must be a count", function()
+      retry.LoadResult.from_json(require("cjson").encode(j), "x.json")
+    end)
   end)
 
   it("adds two real runs", function()
