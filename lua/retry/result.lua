@@ -265,7 +265,7 @@ function Result:to_table()
     schema = self.schema, label = self.label, model = self.model,
     concurrency = self.concurrency, rate = self.rate,
     capped_by = self.capped_by, interrupted = self.interrupted,
-    requests = self.requests, responses = self.responses,
+    merged = self.merged, requests = self.requests, responses = self.responses,
     errors = self.errors, failed = self.failed,
     by_status = string_keys(self.by_status), by_error = self.by_error,
     error_examples = self.error_examples, checks = self.checks,
@@ -418,6 +418,7 @@ function M.from_json(text, where)
     schema = M.SCHEMA, label = t.label, model = t.model,
     concurrency = tonumber(t.concurrency), rate = tonumber(t.rate),
     capped_by = tonumber(t.capped_by), interrupted = t.interrupted == true,
+    merged = math.tointeger(t.merged),
     duration = duration, limits = limits,
     requests = count_field(t, "requests", where),
     responses = count_field(t, "responses", where),
@@ -519,6 +520,8 @@ function M.merge(results, limits)
     end
   end
   for name, limit in pairs(limits or {}) do out.limits[name] = limit end
+  out.merged = 0
+  for _, r in ipairs(results) do out.merged = out.merged + (r.merged or 1) end
   -- A cap on one input says nothing about the others.
   if #results == 1 then out.capped_by = results[1].capped_by end
   return derive(out)

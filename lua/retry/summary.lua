@@ -62,7 +62,11 @@ function M.format(r)
   local function line(fmt, ...)
     out[#out + 1] = (fmt:format(...):gsub("%s+$", ""))
   end
-  line("lretry load: %s", r.label or "script")
+  if r.merged then
+    line("lretry merge of %d results: %s", r.merged, r.label or "script")
+  else
+    line("lretry load: %s", r.label or "script")
+  end
   local model
   if r.model == "open" then
     model = ("open model, %s/s, up to %d in flight"):format(
