@@ -534,6 +534,23 @@ static int l_is_response(lua_State *L) {
   return 1;
 }
 
+/* core.transfer_times(response) -> its transfer's total time and when it
+ * ended (core.now's clock): what a load check records for every attempt,
+ * read without building the timings table or going through __index. */
+static int l_transfer_times(lua_State *L) {
+  const rt_response_t *r;
+
+  if (!rt_response_is(L, 1))
+    return rt_error_invalid(L,
+                            "core.transfer_times: expected a Response, "
+                            "got %s",
+                            luaL_typename(L, 1));
+  r = lua_touserdata(L, 1);
+  lua_pushnumber(L, r->timings[4]);
+  lua_pushnumber(L, r->finished_at);
+  return 2;
+}
+
 static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"cancel_op", l_cancel_op},
                                       {"cancelled", l_cancelled},
@@ -552,6 +569,7 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"start", l_start},
                                       {"take_cancel", l_take_cancel},
                                       {"timer", l_timer},
+                                      {"transfer_times", l_transfer_times},
                                       {"interrupt", l_interrupt},
                                       {"isatty", l_isatty},
                                       {"wait", l_wait},

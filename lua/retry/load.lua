@@ -116,7 +116,7 @@ local function one(L, i, start)
   local rec = L.recorder
   if ok and core.is_response(r) then
     -- The transfer's own end, taken in C, not when this task resumed.
-    local at = r.finished_at
+    local _, at = core.transfer_times(r)
     rec:finished(at, at - start, attempts, r.status)
     if L.check then
       local checked, passed = pcall(L.check, r)

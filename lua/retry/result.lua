@@ -129,18 +129,21 @@ function Recorder:attempt(record, response)
   self.attempts_sent = self.attempts_sent + 1
   if record.resent then self.resent = self.resent + 1 end
   if record.hedges then self.hedges = self.hedges + record.hedges end
+  -- libcurl's own measure of the transfer; Lua's only for errors.
+  local took, at
+  if response then
+    took, at = core.transfer_times(response)
+  else
+    local err = record.error
+    took, at = record.elapsed, type(err) == "table" and err.finished_at
+  end
   if record.attempt > 1 then
     self.retries = self.retries + 1
     -- In the second the transfer ended, as libcurl's end is reported.
-    local err = record.error
-    local at = response and response.finished_at
-      or (type(err) == "table" and err.finished_at) or core.now()
-    local entry = entry_at(self, at)
+    local entry = entry_at(self, at or core.now())
     entry.retries = entry.retries + 1
   end
-  -- libcurl's own measure of the transfer; Lua's only for errors.
-  self.attempt_latency:record(response and response.timings.total
-    or record.elapsed)
+  self.attempt_latency:record(took)
 end
 
 --- A request ended at `at` after `latency` seconds (nil: not measured)
