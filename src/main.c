@@ -124,6 +124,12 @@ static void set_arg_table(lua_State *L, char **argv, int argc, int script) {
 static int run_main(lua_State *L, char **argv, int argc, int first_arg) {
   int base, i, status;
 
+  /* Every argument goes on the stack: a probe of hundreds of URLs needs
+   * more than the 20 free slots Lua guarantees. */
+  if (!lua_checkstack(L, argc - first_arg + 2)) {
+    fprintf(stderr, "lretry: too many arguments (%d)\n", argc - first_arg);
+    return 2;
+  }
   for (i = first_arg; i < argc; i++)
     lua_pushstring(L, argv[i]);
   base = lua_gettop(L) - (argc - first_arg) - 1;

@@ -60,9 +60,10 @@ Add the results of `lretry load --json` (or result:to_json()) exactly, as
 one run over all their requests: counts add, latency histograms merge and
 percentiles come from the merged histogram; the duration is the longest.
 Prints the merged summary (not with --quiet) and checks the inputs'
-thresholds (the strictest limit where several have one) and those given
-here against the merged figures: exit 2 when one is crossed, 1 when a file
-cannot be read or is not a load result.
+thresholds (the strictest limit where several have one; a --threshold
+given here replaces the inputs' of that name) against the merged figures:
+exit 2 when one is crossed, 1 when a file cannot be read or is not a load
+result.
 ]],
 }
 
@@ -180,10 +181,11 @@ local function thresholds_of(command, list)
     local value
     if def.unit == "seconds" then
       value = M.parse_time(limit)
-    elseif def.unit == "ratio" and limit:find("^[%d.]+%%$") then
-      value = tonumber(limit:sub(1, -2))
-      value = value and value / 100
-    elseif limit:find("^[%d.]+$") then
+    elseif def.unit == "ratio" and limit:find("^%d*%.?%d+%%$") then
+      -- "0.7%" is read as 0.7e-2, the same number as "0.007" (dividing
+      -- by 100 would not be).
+      value = tonumber(limit:sub(1, -2) .. "e-2")
+    elseif limit:find("^%d*%.?%d+$") then
       value = tonumber(limit)
     end
     if value == nil then
@@ -337,9 +339,12 @@ local function run_probe(args)
       local elapsed = summary.time(retry.now() - t0)
       if not ok then
         local attempts = errors.is_error(r) and r.attempt or 1
-        return false, ("FAIL  %s  %s, %d attempt%s, %s"):format(url,
+        local tries = ("%d attempt%s"):format(attempts,
+          attempts == 1 and "" or "s")
+        if errors.is_error(r, "invalid") then tries = "not sent" end
+        return false, ("FAIL  %s  %s, %s, %s"):format(url,
           errors.is_error(r) and r.kind .. " error: " .. r.message
-            or tostring(r), attempts, attempts == 1 and "" or "s", elapsed)
+            or tostring(r), tries, elapsed)
       end
       r:close()
       return r.ok, ("%s  %s  %d %s, %d attempt%s, %s"):format(

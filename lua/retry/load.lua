@@ -28,6 +28,10 @@ M.DEFAULT_IN_FLIGHT = 1000 -- open model cap on requests in flight
 M.DEFAULT_DURATION = 10 -- seconds, when neither requests nor duration is set
 M.DEFAULT_GRACE = 10 -- seconds requests in flight at the end of a duration
 -- get before they are cancelled
+M.MAX_RATE = 1e6 -- requests per second: far beyond what one loop can start
+-- How many requests a worker or the scheduler starts without giving the
+-- loop a turn, when none of them had to wait.
+local BURST = 64
 
 --- Set by the host: `lretry --json FILE` and `--quiet` apply to every load.
 M.defaults = { json = nil, quiet = false }
@@ -75,9 +79,10 @@ local function check_spec(spec)
     label = spec.label,
   }
   if s.rate ~= nil and (type(s.rate) ~= "number" or s.rate ~= s.rate
-      or s.rate <= 0 or s.rate == math.huge) then
-    invalid("retry.load: rate must be a number of requests per second > 0, "
-      .. "got " .. describe(s.rate))
+      or s.rate <= 0 or s.rate > M.MAX_RATE) then
+    invalid(("retry.load: rate must be a number of requests per second, "
+      .. "more than 0 and at most %g, got %s"):format(M.MAX_RATE,
+      describe(s.rate)))
   end
   if s.client ~= nil
       and getmetatable(s.client) ~= client_mod.RetryClient_class then
@@ -105,6 +110,20 @@ local function check_spec(spec)
   return s
 end
 
+-- Stop starting requests (`why`: "duration" or "interrupt"); with
+-- `cancel_why`, also cancel those in flight, which end as `cancelled`
+-- errors with that message.
+local function stop(L, why, cancel_why)
+  if not L.stopping then
+    L.stopped_at, L.stopped_by = core.now(), why
+  end
+  L.stopping = true
+  if not cancel_why then return end
+  L.cancelled_why = L.cancelled_why or cancel_why
+  for _, w in ipairs(L.workers) do w:cancel() end
+  for t in pairs(L.live) do t:cancel() end
+end
+
 -- One request of the load: `start` is when it started, or in the open
 -- model when it was due to. Returns how many attempts it sent.
 local function one(L, i, start)
@@ -112,7 +131,9 @@ local function one(L, i, start)
   L.counts[me] = 0
   local ok, r = pcall(L.request, L.client, i)
   local attempts = L.counts[me]
-  L.counts[me] = nil
+  -- Tasks the request left running still count their attempts, in the
+  -- totals only.
+  L.counts[me] = false
   local rec = L.recorder
   if ok and core.is_response(r) then
     -- The transfer's own end, taken in C, not when this task resumed.
@@ -155,6 +176,10 @@ local function closed_worker(L)
   while not L.stopping and L.started_count < L.total do
     local now = core.now()
     if L.ends and now >= L.ends then break end
+    if L.client.closed then
+      stop(L, "closed")
+      break
+    end
     L.started_count = L.started_count + 1
     local ok, sent = pcall(one, L, L.started_count, now)
     -- A request that sent nothing (refused by an open breaker, a script
@@ -176,7 +201,12 @@ local EARLY = 0.001
 -- it are doing.
 local function open_scheduler(L)
   local interval = 1 / L.rate
+  local burst = 0
   while not L.stopping and L.started_count < L.total do
+    if L.client.closed then
+      stop(L, "closed")
+      break
+    end
     local i = L.started_count + 1
     local due = L.started + (i - 1) * interval
     if L.ends and due >= L.ends then
@@ -187,7 +217,16 @@ local function open_scheduler(L)
     -- waking up to EARLY before `due` keeps the runner's own lateness out
     -- of the latency.
     local wait = due - core.now() - EARLY
-    if wait > 0 then core.sleep(wait) end
+    if wait > 0 then
+      core.sleep(wait)
+      burst = 0
+    elseif burst >= BURST then
+      -- Behind schedule: the requests started must get to run, and
+      -- Ctrl-C must be heard.
+      core.sleep(0)
+      burst = 0
+    end
+    burst = burst + 1
     if L.stopping then break end
     if not L.cap:try_take() then L.cap:acquire() end
     if L.stopping then L.cap:release(); break end
@@ -206,23 +245,16 @@ end
 local function count_dropped(L)
   local stop_at = L.stopped_at or core.now()
   if L.ends and stop_at > L.ends then stop_at = L.ends end
-  local due = math.min(L.total,
-    math.ceil((stop_at - L.started) * L.rate - 1e-9))
-  L.recorder.dropped = math.max(0, due - L.started_count)
-end
-
--- Stop starting requests (`why`: "duration" or "interrupt"); with
--- `cancel_why`, also cancel those in flight, which end as `cancelled`
--- errors with that message.
-local function stop(L, why, cancel_why)
-  if not L.stopping then
-    L.stopped_at, L.stopped_by = core.now(), why
+  -- The requests due before stop_at, by the scheduler's own arithmetic
+  -- (started + (i - 1) * interval), so rounding cannot invent one.
+  local interval = 1 / L.rate
+  local due = math.max(0, math.floor((stop_at - L.started) * L.rate))
+  while due > 0 and L.started + (due - 1) * interval >= stop_at do
+    due = due - 1
   end
-  L.stopping = true
-  if not cancel_why then return end
-  L.cancelled_why = L.cancelled_why or cancel_why
-  for _, w in ipairs(L.workers) do w:cancel() end
-  for t in pairs(L.live) do t:cancel() end
+  while L.started + due * interval < stop_at do due = due + 1 end
+  due = math.min(L.total, due)
+  L.recorder.dropped = math.tointeger(math.max(0, due - L.started_count))
 end
 
 local function timekeeper(L)
@@ -287,10 +319,14 @@ function M.load(spec)
   end
   local path = s.json or M.defaults.json
   if path and path ~= "-" then
-    -- Found now rather than after the whole load has run.
-    local f, err = io.open(path, "w")
+    -- Found now rather than after the whole load has run, leaving a file
+    -- that is there as it is (the load may be cancelled).
+    local existing = io.open(path, "r")
+    if existing then existing:close() end
+    local f, err = io.open(path, "a")
     if not f then invalid("retry.load: cannot write the JSON: " .. err) end
     f:close()
+    if not existing then os.remove(path) end
   end
   local client, own_client = s.client, false
   if client == nil then
@@ -307,7 +343,8 @@ function M.load(spec)
     check = s.check, total = s.requests or math.huge, duration = duration,
     grace = s.grace, rate = s.rate, started = started,
     ends = duration and started + duration, started_count = 0,
-    recorder = result.recorder(started), counts = {}, workers = {},
+    recorder = result.recorder(started),
+    counts = setmetatable({}, { __mode = "k" }), workers = {},
     live = {}, stopping = false, interrupted = false,
     cap = open and slots.new(concurrency) or nil,
   }
@@ -316,10 +353,13 @@ function M.load(spec)
   local function on_attempt(record, response)
     local t = task.current()
     while t and L.counts[t] == nil do t = t.parent end
-    if t then
-      L.counts[t] = L.counts[t] + 1
-      L.recorder:attempt(record, response)
-    end
+    if t == nil then return end
+    local n = L.counts[t]
+    if n then L.counts[t] = n + 1 end
+    -- An attempt the load cut itself has no latency worth recording.
+    local cut = L.cancelled_why and not response
+      and errors.is_error(record.error, "cancelled")
+    L.recorder:attempt(record, response, cut)
   end
   client.recorders[on_attempt] = true
   local helpers = { task.spawn(on_interrupt, L) }
@@ -335,6 +375,11 @@ function M.load(spec)
       L.workers[w] = task.spawn(closed_worker, L)
     end
   end
+  -- The clock starts once the workers exist (none has run yet): making
+  -- 100,000 of them takes a while, which must not eat the duration.
+  started = core.now()
+  L.started, L.recorder.started = started, started
+  L.ends = duration and started + duration
   local ok, err = pcall(await_all, L)
   if not ok then -- this task was cancelled: so are they
     stop(L, "cancel", "the task running the load was cancelled")

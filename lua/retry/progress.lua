@@ -11,8 +11,7 @@ M.INTERVAL = 0.25
 function M.new(L)
   local tty, columns = core.isatty(2)
   if not tty then return nil end
-  return { load = L, last_done = 0, last_at = L.started, drawn = false,
-    columns = columns or 80 }
+  return { load = L, last_done = 0, drawn = false, columns = columns or 80 }
 end
 
 local function draw(line)
@@ -20,7 +19,8 @@ local function draw(line)
   local rec = L.recorder
   local done = rec.requests
   local elapsed = now - L.started
-  local rate = (done - line.last_done) / math.max(now - line.last_at, 1e-3)
+  local since = now - (line.last_at or L.started)
+  local rate = (done - line.last_done) / math.max(since, 1e-3)
   line.last_done, line.last_at = done, now
   local where
   if L.total ~= math.huge then

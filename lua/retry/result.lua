@@ -22,8 +22,12 @@ M.LATE_AFTER = 0.01
 local PERCENTILES = { { "p50", 50 }, { "p90", 90 }, { "p99", 99 },
   { "p999", 99.9 } }
 
+-- nil when no latency was measured: a threshold on nothing is crossed.
 local function latency_of(name)
-  return function(r) return r.latency[name] end
+  return function(r)
+    if r.histogram:count() == 0 then return nil end
+    return r.latency[name]
+  end
 end
 
 --- Threshold names: how each reads its value from a Result, its unit, and
@@ -124,8 +128,9 @@ local function close_second(self)
 end
 
 --- An attempt ended (the client's recorder hook): `record` is the
--- attempt's history record, `response` its Response or nil.
-function Recorder:attempt(record, response)
+-- attempt's history record, `response` its Response or nil; `cut` when the
+-- load itself cancelled it (its latency is not recorded).
+function Recorder:attempt(record, response, cut)
   self.attempts_sent = self.attempts_sent + 1
   if record.resent then self.resent = self.resent + 1 end
   if record.hedges then self.hedges = self.hedges + record.hedges end
@@ -143,7 +148,7 @@ function Recorder:attempt(record, response)
     local entry = entry_at(self, at or core.now())
     entry.retries = entry.retries + 1
   end
-  self.attempt_latency:record(took)
+  if not cut then self.attempt_latency:record(took) end
 end
 
 --- A request ended at `at` after `latency` seconds (nil: not measured)
@@ -217,8 +222,14 @@ local function derive(r)
   for name, limit in pairs(r.limits) do
     local def = M.THRESHOLDS[name]
     local value = def.value(r)
-    local ok
-    if def.at_most then ok = value <= limit else ok = value >= limit end
+    local ok = false
+    if value == nil then
+      ok = false
+    elseif def.at_most then
+      ok = value <= limit
+    else
+      ok = value >= limit
+    end
     r.thresholds[name] = { limit = limit, value = value, ok = ok }
     if not ok then r.ok = false end
   end
@@ -300,9 +311,11 @@ function Result:__tostring()
     self.errors)
 end
 
+local MAX_COUNT = 2 ^ 53 -- what a JSON number holds exactly
+
 local function count_field(t, name, where)
   local v = type(t[name]) == "number" and math.tointeger(t[name])
-  if not v or v < 0 then
+  if not v or v < 0 or v > MAX_COUNT then
     invalid(where .. ": " .. name .. " must be a count, got "
       .. describe(t[name]))
   end
@@ -353,9 +366,10 @@ local function check_sums(r, where)
   agree("by_error and errors", total(r.by_error), r.errors)
   agree("attempts and requests", total(r.attempts), r.requests)
   if r.checks_failed > r.checks or r.checks > r.responses
-      or r.failed > r.requests then
-    invalid(where .. ": the counts do not add up: checks, checks_failed "
-      .. "or failed")
+      or r.failed > r.requests or r.failed < r.errors
+      or r.retries > r.attempts_sent then
+    invalid(where .. ": the counts do not add up: checks, checks_failed, "
+      .. "failed or retries")
   end
   for status in pairs(r.by_status) do
     if status < 100 or status > 599 then
@@ -407,8 +421,24 @@ function M.from_json(text, where)
     invalid(where .. ": timeline must be a list")
   end
   local duration = t.duration
-  if type(duration) ~= "number" or duration < 0 then
+  if type(duration) ~= "number" or duration < 0 or duration == math.huge then
     invalid(where .. ": duration must be a number of seconds")
+  end
+  local function optional(name, check, must)
+    local v = t[name]
+    if v == nil then return nil end
+    if not check(v) then
+      invalid(where .. ": " .. name .. " must be " .. must .. ", got "
+        .. describe(v))
+    end
+    return v
+  end
+  local function count_or_nil(v)
+    return type(v) == "number" and math.tointeger(v) ~= nil and v >= 0
+      and v <= MAX_COUNT
+  end
+  local function positive(v)
+    return type(v) == "number" and v > 0 and v < math.huge
   end
   local function text_map(name)
     local out = {}
@@ -418,10 +448,21 @@ function M.from_json(text, where)
     return out
   end
   local r = {
-    schema = M.SCHEMA, label = t.label, model = t.model,
-    concurrency = tonumber(t.concurrency), rate = tonumber(t.rate),
-    capped_by = tonumber(t.capped_by), interrupted = t.interrupted == true,
-    merged = math.tointeger(t.merged),
+    schema = M.SCHEMA,
+    label = optional("label", function(v) return type(v) == "string" end,
+      "a string"),
+    model = optional("model", function(v)
+      return v == "open" or v == "closed" or v == "mixed"
+    end, "open, closed or mixed"),
+    concurrency = math.tointeger(optional("concurrency", count_or_nil,
+      "a count")),
+    rate = optional("rate", positive, "a number > 0"),
+    capped_by = math.tointeger(optional("capped_by", count_or_nil,
+      "a count")),
+    interrupted = t.interrupted == true,
+    merged = math.tointeger(optional("merged", function(v)
+      return count_or_nil(v) and v >= 1
+    end, "a count >= 1")),
     duration = duration, limits = limits,
     requests = count_field(t, "requests", where),
     responses = count_field(t, "responses", where),
@@ -465,8 +506,9 @@ end
 -- is the longest. Each second of the timeline adds its counts; its p50
 -- and p99 are the largest of the inputs' (the exact figures need the
 -- per-second histograms, which are not kept). Thresholds: every limit any
--- input had (the strictest, where several had one), and `limits` (name ->
--- limit) on top, checked against the merged figures.
+-- input had (the strictest, where several had one), then `limits` (name ->
+-- limit), which replace the inputs' of the same name, checked against the
+-- merged figures.
 function M.merge(results, limits)
   if type(results) ~= "table" or #results == 0 then
     invalid("retry.LoadResult.merge: expected a list of results")
@@ -487,7 +529,13 @@ function M.merge(results, limits)
   }
   for _, f in ipairs(SUMMED) do out[f] = 0 end
   for _, r in ipairs(results) do
-    for _, f in ipairs(SUMMED) do out[f] = out[f] + r[f] end
+    for _, f in ipairs(SUMMED) do
+      out[f] = out[f] + r[f]
+      if out[f] > MAX_COUNT then
+        invalid("retry.LoadResult.merge: " .. f .. " adds up to more than "
+          .. "2^53")
+      end
+    end
     for _, f in ipairs(MAPS) do
       for k, n in pairs(r[f]) do add(out[f], k, n) end
     end
@@ -522,7 +570,9 @@ function M.merge(results, limits)
       if e.p99 and (o.p99 == nil or e.p99 > o.p99) then o.p99 = e.p99 end
     end
   end
-  for name, limit in pairs(limits or {}) do out.limits[name] = limit end
+  -- Limits given to the merge replace the inputs' limits of that name.
+  limits = M.check_thresholds(limits, "retry.LoadResult.merge: limits", true)
+  for name, limit in pairs(limits) do out.limits[name] = limit end
   out.merged = 0
   for _, r in ipairs(results) do out.merged = out.merged + (r.merged or 1) end
   -- A cap on one input says nothing about the others.

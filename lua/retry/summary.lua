@@ -5,12 +5,24 @@
 local M = {}
 
 --- Seconds for people, in ASCII so columns line up: 850us, 12.35ms,
--- 1.52s, 2m05.0s.
+-- 1.52s, 2m05.0s, 3h02m05s. A value is shown in the unit it rounds to.
 function M.time(s)
-  if s < 0.001 then return ("%.0fus"):format(s * 1e6) end
-  if s < 1 then return ("%.2fms"):format(s * 1e3) end
-  if s < 60 then return ("%.2fs"):format(s) end
-  return ("%dm%04.1fs"):format(s // 60, s % 60)
+  if s < 0.0009995 then return ("%.0fus"):format(s * 1e6) end
+  if s < 0.999995 then return ("%.2fms"):format(s * 1e3) end
+  if s < 59.995 then return ("%.2fs"):format(s) end
+  local tenths = math.floor(s * 10 + 0.5)
+  if tenths < 36000 then
+    return ("%dm%04.1fs"):format(tenths // 600, tenths % 600 / 10)
+  end
+  local whole = tenths // 10
+  return ("%dh%02dm%02ds"):format(whole // 3600, whole % 3600 // 60,
+    whole % 60)
+end
+
+-- Messages come from servers and scripts: no control characters reach the
+-- terminal.
+local function printable(text)
+  return (tostring(text):gsub("%c", " "))
 end
 
 local function percent(x)
@@ -37,17 +49,29 @@ local function counts(t, total)
   return table.concat(parts, "  ")
 end
 
--- How a threshold's value and limit read: with enough digits that a
--- crossed one never reads as equal to its limit.
-local function threshold_value(unit, v)
+-- A threshold's value or limit with `digits` significant digits.
+local function threshold_text(unit, v, digits)
+  local g = "%." .. digits .. "g"
   if unit == "seconds" then
-    if v < 0.001 then return ("%.4gus"):format(v * 1e6) end
-    if v < 1 then return ("%.4gms"):format(v * 1e3) end
-    return ("%.4gs"):format(v)
+    if v < 0.001 then return (g .. "us"):format(v * 1e6) end
+    if v < 1 then return (g .. "ms"):format(v * 1e3) end
+    return (g .. "s"):format(v)
   end
-  if unit == "ratio" then return ("%.4g%%"):format(v * 100) end
-  if unit == "per second" then return ("%.6g/s"):format(v) end
-  return ("%.4g"):format(v)
+  if unit == "ratio" then return (g .. "%%"):format(v * 100) end
+  if unit == "per second" then return (g .. "/s"):format(v) end
+  return g:format(v)
+end
+
+-- Limit and value, with as many digits as it takes for two different
+-- numbers not to read the same.
+local function threshold_pair(unit, limit, value)
+  if value == nil then return threshold_text(unit, limit, 4), "no data" end
+  for digits = 4, 17 do
+    local a, b = threshold_text(unit, limit, digits),
+      threshold_text(unit, value, digits)
+    if a ~= b or limit == value then return a, b end
+  end
+  return threshold_text(unit, limit, 17), threshold_text(unit, value, 17)
 end
 
 local function latency_row(name, l)
@@ -69,8 +93,8 @@ function M.format(r)
   end
   local model
   if r.model == "open" then
-    model = ("open model, %s/s, up to %d in flight"):format(
-      tostring(r.rate), r.concurrency or 0)
+    model = ("open model, %.6g/s, up to %d in flight"):format(
+      r.rate or 0, r.concurrency or 0)
   else
     model = ("%s model, %d concurrent"):format(r.model or "closed",
       r.concurrency or 0)
@@ -86,13 +110,14 @@ function M.format(r)
   line("  %-10s %8d   %s", "responses", r.responses, counts(r.by_status))
   line("  %-10s %8d   %s", "errors", r.errors, counts(r.by_error))
   for _, kind in ipairs(sorted_keys(r.error_examples)) do
-    line("  %-10s %8s   %s: %s", "", "", kind, r.error_examples[kind])
+    line("  %-10s %8s   %s: %s", "", "", kind,
+      printable(r.error_examples[kind]))
   end
   if r.checks > 0 then
     line("  %-10s %8s   %d passed, %d failed", "checks",
       percent(r.check_rate), r.checks - r.checks_failed, r.checks_failed)
     if r.check_example then
-      line("  %-10s %8s   %s", "", "", r.check_example)
+      line("  %-10s %8s   %s", "", "", printable(r.check_example))
     end
   end
   line("  %-10s %8d   %.2f per request%s", "retries", r.retries,
@@ -109,8 +134,8 @@ function M.format(r)
       r.late, M.time(require("retry.result").LATE_AFTER))
   end
   if r.dropped > 0 then
-    line("  %-10s %8d   were due but never started: the concurrency cap "
-      .. "was reached", "dropped", r.dropped)
+    line("  %-10s %8d   were due but never started: the in-flight cap "
+      .. "was reached, or the runner fell behind", "dropped", r.dropped)
   end
   line("")
   line("  %-9s %9s %9s %9s %9s %9s %9s", "latency", "mean", "p50", "p90",
@@ -123,9 +148,10 @@ function M.format(r)
     line("  thresholds")
     for _, name in ipairs(names) do
       local t, def = r.thresholds[name], thresholds[name]
+      local limit, value = threshold_pair(def.unit, t.limit, t.value)
       line("    %s %-10s %s %-10s %s", t.ok and "✓" or "✗", name,
-        def.at_most and "<=" or ">=", threshold_value(def.unit, t.limit),
-        threshold_value(def.unit, t.value) .. (t.ok and "" or "  CROSSED"))
+        def.at_most and "<=" or ">=", limit,
+        value .. (t.ok and "" or "  CROSSED"))
     end
   end
   return table.concat(out, "\n") .. "\n"

@@ -86,6 +86,25 @@ describe("lretry load", function()
         1, true), out)
     end)
 
+  it("reads 0.7% as 0.007 exactly, and shows a crossed limit apart from "
+    .. "its value", function()
+      local rec = require("retry.result").recorder(0)
+      for i = 1, 1000 do rec:finished(0.5, 0.2, 1, i <= 7 and 503 or 200) end
+      local path = os.tmpname()
+      local f = assert(io.open(path, "w"))
+      f:write(rec:result{ duration = 1, model = "closed" }:to_json())
+      f:close()
+      local code, out = lretry("merge " .. path .. " --threshold error_rate=0.7%")
+      assert.equal(0, code, out)
+      code, out = lretry("merge " .. path .. " --threshold error_rate=0.69%")
+      assert.equal(2, code, out)
+      assert.is_truthy(out:find("error_rate <= 0.69%%%s+0.7%%  CROSSED"), out)
+      code, out = lretry("merge " .. path .. " --threshold p50=0.19999999s")
+      assert.equal(2, code, out)
+      assert.is_truthy(out:find("<= 199.99999ms 200ms  CROSSED", 1, true), out)
+      os.remove(path)
+    end)
+
   it("names bad input and exits 2", function()
     local cases = {
       { "load", "a URL is needed" },
@@ -255,6 +274,14 @@ describe("Ctrl-C in a script that runs several loads", function()
 end)
 
 describe("lretry probe", function()
+  it("takes hundreds of URLs", function()
+    local urls = {}
+    for i = 1, 300 do urls[i] = q(h.url(i <= 290 and "/hello" or "/status/500")) end
+    local code, out = lretry("probe " .. table.concat(urls, " "))
+    assert.equal(1, code)
+    assert.is_truthy(out:find("300 URLs, 10 failed", 1, true), out)
+  end)
+
   it("prints one line per URL and exits 1 when one fails", function()
     local good = h.url("/fail?n=1&key=" .. h.key("probe"))
     local code, out = lretry("probe " .. q(h.url("/hello")) .. " " .. q(good)

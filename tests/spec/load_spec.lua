@@ -107,7 +107,58 @@ describe("retry.load, requests that send nothing", function()
   end)
 end)
 
+describe("retry.load, the edges of a run", function()
+  it("starts its clock once its workers exist", function()
+    retry.run(function()
+      -- Making 20,000 workers takes longer than 0.05 s (about 0.14 s);
+      -- they share 16 connections.
+      local r = retry.load(quiet{ url = h.url("/hello"), concurrency = 20000,
+        duration = 0.05, client = retry.RetryClient{ limit = 16 } })
+      assert.is_true(r.requests > 0)
+      assert.equal(r.requests, r.responses)
+    end)
+  end)
+
+  it("stops when its client is closed", function()
+    retry.run(function()
+      local client = retry.RetryClient{}
+      local t0 = retry.now()
+      local r = retry.load(quiet{ client = client, duration = 5,
+        concurrency = 2, request = function(c, i)
+          if i == 10 then c:close() end
+          return c:get(h.url("/hello"))
+        end })
+      assert.is_true(retry.now() - t0 < 1)
+      assert.is_true(r.requests >= 10 and r.requests <= 12, tostring(r.requests))
+    end)
+  end)
+
+  it("crosses a latency threshold when nothing was measured", function()
+    retry.run(function()
+      local r = retry.load(quiet{ url = h.url("/hello"), requests = 0,
+        thresholds = { p99 = 1, max = 1 } })
+      assert.equal(0, r.requests)
+      assert.is_false(r.ok)
+      assert.is_nil(r.thresholds.p99.value)
+      assert.is_false(r.thresholds.p99.ok)
+      assert.is_truthy(r:summary():find("no data  CROSSED", 1, true))
+      assert.is_nil(require("cjson").decode(r:to_json()).thresholds.p99.value)
+    end)
+  end)
+end)
+
 describe("retry.load, open model", function()
+  it("counts no dropped request when every due one started", function()
+    retry.run(function()
+      for _ = 1, 3 do
+        local r = retry.load(quiet{ url = h.url("/hello"), rate = 2000,
+          duration = 0.1 })
+        assert.equal(200, r.requests + r.dropped)
+        if r.late == 0 then assert.equal(0, r.dropped) end
+      end
+    end)
+  end)
+
   it("lasts its whole duration, so a slow rate reads right", function()
     retry.run(function()
       local r = retry.load(quiet{ url = h.url("/hello"), rate = 3,
@@ -429,20 +480,49 @@ describe("merging results", function()
       os.remove(loose); os.remove(strict)
     end)
 
-  it("refuses a file whose counts do not add up", function()
+  it("lets a limit given to the merge replace the inputs'", function()
     local rec = result.recorder(0)
     rec:finished(0.5, 0.2, 1, 200)
-    local j = require("cjson").decode(rec:result{ duration = 1,
-      model = "closed", concurrency = 1 }:to_json())
-    j.responses = 5
-    expect.invalid("x%.json: the counts do not add up: responses %+ errors",
-      function()
-        retry.LoadResult.from_json(require("cjson").encode(j), "x.json")
-      end)
-    j.responses, j.requests = 1, 1e300
-    expect.invalid("x%.json: requests must be a count", function()
-      retry.LoadResult.from_json(require("cjson").encode(j), "x.json")
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(rec:result{ duration = 1, model = "closed", concurrency = 1,
+      limits = { p99 = 0.1 } }:to_json())
+    f:close()
+    assert.equal(2, (h.sh(h.lretry .. " merge " .. path)))
+    local code, out = h.sh(h.lretry .. " merge " .. path
+      .. " --threshold p99=1s")
+    assert.equal(0, code, out)
+    os.remove(path)
+    expect.invalid("unknown threshold", function()
+      retry.LoadResult.merge({ retry.LoadResult.from_json(
+        rec:result{ duration = 1 }:to_json()) }, { bogus = 1 })
     end)
+  end)
+
+  it("refuses a file whose counts do not add up", function()
+    local cjson = require("cjson")
+    local rec = result.recorder(0)
+    rec:finished(0.5, 0.2, 1, 200)
+    local good = rec:result{ duration = 1, model = "closed",
+      concurrency = 1 }:to_json()
+    -- Each case: changes to a good file, and what the error says.
+    local cases = {
+      { { responses = 5 }, "the counts do not add up: responses %+ errors" },
+      { { requests = 1e300 }, "requests must be a count" },
+      { { requests = 2, errors = 1, by_error = { network = 1 }, failed = 0,
+        attempts = { ["1"] = 2 } },
+        "the counts do not add up: checks, checks_failed, failed" },
+      { { concurrency = 1.5 }, "concurrency must be a count" },
+      { { merged = 0 }, "merged must be a count >= 1" },
+      { { by_status = { 200 } }, "by_status must be an object, got a list" },
+    }
+    for _, case in ipairs(cases) do
+      local j = cjson.decode(good)
+      for k, v in pairs(case[1]) do j[k] = v end
+      expect.invalid("^x%.json: " .. case[2], function()
+        retry.LoadResult.from_json(cjson.encode(j), "x.json")
+      end)
+    end
   end)
 
   it("adds two real runs", function()
