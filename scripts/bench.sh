@@ -2,11 +2,12 @@
 # Throughput of the retry client beside wrk, measured in one run against
 # nginx on loopback (`return 200`, keep-alive).
 #   scripts/bench.sh [TOTAL] [CONCURRENCY]     defaults: 100000 64
-# Prints req/s for wrk -t1, for `lretry load URL -c CONCURRENCY -n TOTAL`
-# (with a Lua check per response) and for a hand-written RetryClient loop
-# (CONCURRENCY tasks, TOTAL GETs), their ratios to wrk, peak RSS, and how
-# many connections nginx accepted during each lretry run (stub_status): a
-# steady load should open as many as its concurrency.
+# Runs wrk -t1, `lretry load URL -c CONCURRENCY -n TOTAL` (with a Lua check
+# per response) and a hand-written RetryClient loop (CONCURRENCY tasks,
+# TOTAL GETs) in turn, three rounds, and prints the median req/s of each,
+# the ratios to wrk, peak RSS, and how many connections nginx accepted
+# during each lretry run (stub_status): a steady load should open as many
+# as its concurrency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-100000}
@@ -53,40 +54,53 @@ done
 [ -n "$nginx_pid" ] || { echo "bench: nginx did not start" >&2; exit 1; }
 url="http://127.0.0.1:$port/"
 
-wrk -t1 -c"$conc" -d5s "$url" >/dev/null  # warm-up
-wrk_rps=$(wrk -t1 -c"$conc" -d10s "$url" | awk '/Requests\/sec/ {print $2}')
-echo "wrk -t1 -c$conc: $wrk_rps req/s"
+wrk -t1 -c"$conc" -d3s "$url" >/dev/null  # warm-up
 
 # stub_status: "server accepts handled requests" then the three numbers.
 accepted() {
   curl -s "http://127.0.0.1:$port/nginx_status" | awk 'NR == 3 {print $1}'
 }
+median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
-# lretry load: the load-check command, a Lua check (--expect) per response.
-accepts_before=$(accepted)
-/usr/bin/time -v -o "$dir/time.load" build/lretry load "$url" -c "$conc" \
-  -n "$total" --expect 200 --quiet >"$dir/load.out"
-# The status request itself is one connection more.
-load_accepts=$(($(accepted) - accepts_before - 1))
-load_rps=$(awk '$1 == "requests" {sub("/s", "", $3); print $3}' "$dir/load.out")
-load_rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time.load")
-echo "lretry load -c$conc -n$total: $load_rps req/s," \
-  "peak RSS $((load_rss / 1024)) MiB, connections $load_accepts"
-grep -q "100.00%   $total passed" "$dir/load.out" \
-  || { echo "bench: lretry load did not get $total 200s" >&2; cat "$dir/load.out" >&2; exit 1; }
+# Each contender runs once per round, in turn, for $rounds rounds: machines
+# like this drift by 15%, so only figures from the same rounds compare.
+rounds=3
+for round in $(seq "$rounds"); do
+  wrk -t1 -c"$conc" -d10s "$url" | awk '/Requests\/sec/ {print $2}' >>"$dir/wrk"
 
-# The retry client in a hand-written loop (scripts/bench_client.lua).
-accepts_before=$(accepted)
-/usr/bin/time -v -o "$dir/time" build/lretry scripts/bench_client.lua "$url" \
-  "$total" "$conc" | tee "$dir/out"
-accepts=$(($(accepted) - accepts_before - 1))
-lretry_rps=$(awk '{print $(NF-1)}' "$dir/out")
-rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time")
-cpu=$(awk -F': ' '/Percent of CPU/ {print $2}' "$dir/time")
-echo "lretry peak RSS: $((rss_kb / 1024)) MiB, CPU $cpu"
-echo "connections nginx accepted during the lretry run: $accepts" \
-  "(concurrency $conc)"
-awk -v a="$load_rps" -v b="$wrk_rps" \
-  'BEGIN { printf "ratio lretry load / wrk -t1: %.2f\n", a / b }'
-awk -v a="$lretry_rps" -v b="$wrk_rps" \
-  'BEGIN { printf "ratio lretry / wrk -t1: %.2f\n", a / b }'
+  # lretry load: the load-check command, a Lua check (--expect) per
+  # response. The status request itself is one connection more.
+  before=$(accepted)
+  /usr/bin/time -v -o "$dir/time.load" build/lretry load "$url" -c "$conc" \
+    -n "$total" --expect 200 --quiet >"$dir/load.out"
+  echo $(($(accepted) - before - 1)) >>"$dir/load.conns"
+  grep -q "100.00%   $total passed" "$dir/load.out" \
+    || { echo "bench: lretry load did not get $total 200s" >&2; cat "$dir/load.out" >&2; exit 1; }
+  awk '$1 == "requests" {sub("/s", "", $3); print $3}' "$dir/load.out" >>"$dir/load"
+  awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time.load" >>"$dir/load.rss"
+
+  # The retry client in a hand-written loop (scripts/bench_client.lua).
+  before=$(accepted)
+  /usr/bin/time -v -o "$dir/time.loop" build/lretry scripts/bench_client.lua \
+    "$url" "$total" "$conc" >"$dir/loop.out"
+  echo $(($(accepted) - before - 1)) >>"$dir/loop.conns"
+  awk '{print $(NF-1)}' "$dir/loop.out" >>"$dir/loop"
+  awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time.loop" >>"$dir/loop.rss"
+  echo "round $round: wrk $(tail -n1 "$dir/wrk"), lretry load $(tail -n1 "$dir/load")," \
+    "RetryClient loop $(tail -n1 "$dir/loop") req/s"
+done
+
+wrk_rps=$(median <"$dir/wrk")
+load_rps=$(median <"$dir/load")
+loop_rps=$(median <"$dir/loop")
+echo
+echo "medians of $rounds rounds, $total requests at $conc connections:"
+printf '  %-34s %10.0f req/s\n' "wrk -t1 -c$conc" "$wrk_rps"
+printf '  %-34s %10.0f req/s  %.2f x wrk  peak RSS %d MiB  connections %s\n' \
+  "lretry load -c$conc -n$total" "$load_rps" \
+  "$(awk -v a="$load_rps" -v b="$wrk_rps" 'BEGIN {print a / b}')" \
+  "$(($(median <"$dir/load.rss") / 1024))" "$(median <"$dir/load.conns")"
+printf '  %-34s %10.0f req/s  %.2f x wrk  peak RSS %d MiB  connections %s\n' \
+  "RetryClient loop (bench_client.lua)" "$loop_rps" \
+  "$(awk -v a="$loop_rps" -v b="$wrk_rps" 'BEGIN {print a / b}')" \
+  "$(($(median <"$dir/loop.rss") / 1024))" "$(median <"$dir/loop.conns")"

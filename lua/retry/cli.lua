@@ -302,13 +302,16 @@ local function run_load(args)
     usage_error("load", "--threshold check_rate needs --expect: it is the "
       .. "share of responses with an expected status")
   end
+  -- Headers go on the client, and a call without a body passes no
+  -- options: the plain request takes the client's fast path.
   local client = retry.RetryClient{
+    headers = headers,
     retry_options = strategy(attempts),
     limit = concurrency or (rate and load.DEFAULT_IN_FLIGHT
       or load.DEFAULT_CONCURRENCY),
     timeout = timeout,
   }
-  local call = { headers = headers, data = body }
+  local call = body and { data = body } or nil
   local r = load.load{
     client = client, label = method .. " " .. url,
     request = function(c) return c:request(method, url, call) end,
