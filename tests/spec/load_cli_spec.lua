@@ -70,6 +70,13 @@ describe("lretry load", function()
         .. q("X-Test: yes") .. " --body hello --json -")
       assert.equal(0, code, out)
       assert.equal(1, require("cjson").decode(out).by_status["200"])
+      -- The header reaches the server: /auth answers 200 only with it.
+      code, out = lretry("load " .. q(h.url("/auth/u/p")) .. " -n 3 -c 1 -H "
+        .. q("Authorization: Basic dTpw") .. " --expect 200")
+      assert.equal(0, code, out)
+      assert.is_truthy(out:find("200: 3", 1, true), out)
+      code, out = lretry("load " .. q(h.url("/auth/u/p")) .. " -n 3 -c 1")
+      assert.is_truthy(out:find("401: 3", 1, true), out)
     end)
 
   it("writes --json that follows the schema and matches the summary",
