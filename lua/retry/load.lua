@@ -110,9 +110,10 @@ local function check_spec(spec)
   return s
 end
 
--- Stop starting requests (`why`: "duration" or "interrupt"); with
--- `cancel_why`, also cancel those in flight, which end as `cancelled`
--- errors with that message.
+-- Stop starting requests (`why`: "duration", "interrupt", "closed" for a
+-- closed client, "cancel" for a cancelled load); with `cancel_why`, also
+-- cancel those in flight, which end as `cancelled` errors with that
+-- message.
 local function stop(L, why, cancel_why)
   if not L.stopping then
     L.stopped_at, L.stopped_by = core.now(), why
