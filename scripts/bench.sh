@@ -2,12 +2,13 @@
 # Throughput of the retry client beside wrk, measured in one run against
 # nginx on loopback (`return 200`, keep-alive).
 #   scripts/bench.sh [TOTAL] [CONCURRENCY]     defaults: 100000 64
-# Runs wrk -t1, `lretry load URL -c CONCURRENCY -n TOTAL` (with a Lua check
-# per response) and a hand-written RetryClient loop (CONCURRENCY tasks,
-# TOTAL GETs) in turn, three rounds, and prints the median req/s of each,
-# the ratios to wrk, peak RSS, and how many connections nginx accepted
-# during each lretry run (stub_status): a steady load should open as many
-# as its concurrency.
+# Runs wrk -t1, the C ceiling (tests/bench/ceiling.c: libcurl on libuv
+# through src/loop.c, no Lua), `lretry load URL -c CONCURRENCY -n TOTAL`
+# (with a Lua check per response) and a hand-written RetryClient loop
+# (CONCURRENCY tasks, TOTAL GETs) in turn, three rounds, and prints the
+# median req/s of each, the ratios to wrk and to the ceiling, peak RSS, and
+# how many connections nginx accepted during each lretry run (stub_status):
+# a steady load should open as many as its concurrency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-100000}
@@ -68,6 +69,10 @@ rounds=3
 for round in $(seq "$rounds"); do
   wrk -t1 -c"$conc" -d10s "$url" | awk '/Requests\/sec/ {print $2}' >>"$dir/wrk"
 
+  # The C ceiling: libcurl on libuv through src/loop.c, no Lua.
+  build/tests/bench/lretry-ceiling "$url" "$total" "$conc" \
+    | awk '{print $(NF-1)}' >>"$dir/ceiling"
+
   # lretry load: the load-check command, a Lua check (--expect) per
   # response. The status request itself is one connection more.
   before=$(accepted)
@@ -86,16 +91,19 @@ for round in $(seq "$rounds"); do
   echo $(($(accepted) - before - 1)) >>"$dir/loop.conns"
   awk '{print $(NF-1)}' "$dir/loop.out" >>"$dir/loop"
   awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time.loop" >>"$dir/loop.rss"
-  echo "round $round: wrk $(tail -n1 "$dir/wrk"), lretry load $(tail -n1 "$dir/load")," \
-    "RetryClient loop $(tail -n1 "$dir/loop") req/s"
+  echo "round $round: wrk $(tail -n1 "$dir/wrk"), C ceiling $(tail -n1 "$dir/ceiling")," \
+    "lretry load $(tail -n1 "$dir/load"), RetryClient loop $(tail -n1 "$dir/loop") req/s"
 done
 
 wrk_rps=$(median <"$dir/wrk")
+ceiling_rps=$(median <"$dir/ceiling")
 load_rps=$(median <"$dir/load")
 loop_rps=$(median <"$dir/loop")
 echo
 echo "medians of $rounds rounds, $total requests at $conc connections:"
 printf '  %-34s %10.0f req/s\n' "wrk -t1 -c$conc" "$wrk_rps"
+printf '  %-34s %10.0f req/s  %.2f x wrk\n' "C ceiling (lretry-ceiling)" \
+  "$ceiling_rps" "$(awk -v a="$ceiling_rps" -v b="$wrk_rps" 'BEGIN {print a / b}')"
 printf '  %-34s %10.0f req/s  %.2f x wrk  peak RSS %d MiB  connections %s\n' \
   "lretry load -c$conc -n$total" "$load_rps" \
   "$(awk -v a="$load_rps" -v b="$wrk_rps" 'BEGIN {print a / b}')" \
@@ -104,3 +112,5 @@ printf '  %-34s %10.0f req/s  %.2f x wrk  peak RSS %d MiB  connections %s\n' \
   "RetryClient loop (bench_client.lua)" "$loop_rps" \
   "$(awk -v a="$loop_rps" -v b="$wrk_rps" 'BEGIN {print a / b}')" \
   "$(($(median <"$dir/loop.rss") / 1024))" "$(median <"$dir/loop.conns")"
+awk -v a="$load_rps" -v b="$ceiling_rps" -v c="$loop_rps" 'BEGIN {
+  printf "  lretry load / C ceiling: %.2f   RetryClient loop / C ceiling: %.2f\n", a / b, c / b }'
