@@ -4,7 +4,8 @@
 -- A class is a table of fields with their checks. The one constructor checks
 -- each field once and stores it as a plain table field, so get_timeout reads
 -- fields unchecked. Fields stay live (a script may set `opts.attempts = 2`),
--- so the retry loop calls check_live, the same checks, before each request.
+-- so the retry loop calls check_live before each request: the same checks,
+-- run again only when a field changed since they last passed.
 local errors = require("retry.errors")
 local values = require("retry.values")
 
@@ -164,13 +165,62 @@ function M.retries_error_kind(opts, kind)
   return false
 end
 
+-- Options objects as they were when check_live last passed them: opts ->
+-- { [i] = value of field i, lists = { [i] = copy of a table value },
+-- get_timeout = ... }. Weak: a snapshot goes with its object.
+local PASSED = setmetatable({}, { __mode = "k" })
+
+-- Whether `v` still holds exactly the entries 1..n of `copy` and nothing
+-- else (a key past n would be found by next).
+local function same_list(v, copy)
+  local n = #v
+  if n ~= copy.n then return false end
+  for j = 1, n do
+    if v[j] ~= copy[j] then return false end
+  end
+  return next(v, n > 0 and n or nil) == nil
+end
+
+-- Whether no field of opts changed since `snap` was taken: the checks of
+-- the fields only need to run again when one did.
+local function unchanged(opts, fields, snap)
+  if opts.get_timeout ~= snap.get_timeout then return false end
+  for i = 1, #fields do
+    local v = opts[fields[i][1]]
+    if v ~= snap[i] then return false end
+    if type(v) == "table" and not same_list(v, snap.lists[i]) then
+      return false
+    end
+  end
+  return true
+end
+
+local function snapshot(opts, fields)
+  local snap = { lists = {}, get_timeout = opts.get_timeout }
+  for i = 1, #fields do
+    local v = opts[fields[i][1]]
+    snap[i] = v
+    if type(v) == "table" then
+      local copy = { n = #v }
+      for j = 1, copy.n do copy[j] = v[j] end
+      snap.lists[i] = copy
+    end
+  end
+  return snap
+end
+
 --- Check, before each request, the fields the retry loop and get_timeout
 -- read, naming one set to a bad value since construction, owned by `what`
 -- ("retry_options"). An object built here must keep every field that has a
 -- default; a duck-typed table's shared fields are checked where present.
+-- The checks run again only when a field changed (replaced, or a list
+-- edited in place) since they last passed: most requests compare values.
 function M.check_live(opts, what)
   local class = CLASSES[getmetatable(opts)]
-  for _, f in ipairs(class and class.fields or SHARED) do
+  local fields = class and class.fields or SHARED
+  local snap = PASSED[opts]
+  if snap and unchanged(opts, fields, snap) then return end
+  for _, f in ipairs(fields) do
     local v = opts[f[1]]
     if v ~= nil or (class and (f[3] ~= nil or f[2].required)) then
       check(what, f, v)
@@ -181,6 +231,7 @@ function M.check_live(opts, what)
       describe(opts.get_timeout)))
   end
   if class and class.order then check_order(class, opts, what) end
+  PASSED[opts] = snapshot(opts, fields)
 end
 
 --- Whether `x` can serve as retry options: an object built here, or any

@@ -847,6 +847,42 @@ describe("check_live", function()
     invalid(function() live(d) end, "'base'", "'max_timeout'")
   end)
 
+  it("after passing once, still names every later change", function()
+    -- check_live runs its checks again only when something changed since
+    -- they last passed: every kind of change must count as one.
+    local changes = {
+      { function(o) o.attempts = 0 end, "'attempts'" },
+      { function(o) o.statuses[1] = "x" end, "'statuses'" },
+      { function(o) o.statuses[#o.statuses + 1] = 700 end, "'statuses'" },
+      { function(o) o.statuses.extra = 1 end, "'statuses'" },
+      { function(o) o.statuses[3] = 500 end, "'statuses'" }, -- a hole
+      { function(o) o.methods[9] = 1 end, "'methods'" },
+      { function(o) o.exceptions[1] = "bogus" end, "'exceptions'" },
+      { function(o) o.retry_after_statuses[2] = 99 end,
+        "'retry_after_statuses'" },
+      { function(o) o.get_timeout = 5 end, "get_timeout" },
+      { function(o) o.start_timeout = -1 end, "'start_timeout'" },
+    }
+    for _, c in ipairs(changes) do
+      local o = strategies.ExponentialRetry{ statuses = { 429 } }
+      live(o)
+      live(o) -- passes again, unchanged
+      c[1](o)
+      invalid(function() live(o) end, c[2])
+    end
+    local r = strategies.RandomRetry()
+    live(r)
+    r.min_timeout = 5
+    invalid(function() live(r) end, "'min_timeout'", "'max_timeout'")
+    -- A change back to good values passes again.
+    local o = strategies.ExponentialRetry()
+    live(o)
+    o.attempts = 0
+    invalid(function() live(o) end, "'attempts'")
+    o.attempts = 4
+    live(o)
+  end)
+
   it("checks a duck-typed table's shared fields where present", function()
     local g = function() return 0 end
     live({ attempts = 1, get_timeout = g, statuses = { 429 } })
