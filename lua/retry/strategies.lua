@@ -166,9 +166,22 @@ function M.retries_error_kind(opts, kind)
 end
 
 -- Options objects as they were when check_live last passed them: opts ->
--- { [i] = value of field i, lists = { [i] = copy of a table value },
--- get_timeout = ... }. Weak: a snapshot goes with its object.
+-- { [i] = value of field i, get_timeout = ..., lists = { i, copy, ... }
+-- for the fields holding a table }. Weak: a snapshot goes with its object.
 local PASSED = setmetatable({}, { __mode = "k" })
+
+-- The names of a field list, made once per list: the comparison below runs
+-- before every request.
+local NAMES = setmetatable({}, { __mode = "k" })
+local function names_of(fields)
+  local names = NAMES[fields]
+  if names == nil then
+    names = {}
+    for i = 1, #fields do names[i] = fields[i][1] end
+    NAMES[fields] = names
+  end
+  return names
+end
 
 -- Whether `v` still holds exactly the entries 1..n of `copy` and nothing
 -- else (a key past n would be found by next).
@@ -183,27 +196,28 @@ end
 
 -- Whether no field of opts changed since `snap` was taken: the checks of
 -- the fields only need to run again when one did.
-local function unchanged(opts, fields, snap)
+local function unchanged(opts, names, snap)
   if opts.get_timeout ~= snap.get_timeout then return false end
-  for i = 1, #fields do
-    local v = opts[fields[i][1]]
-    if v ~= snap[i] then return false end
-    if type(v) == "table" and not same_list(v, snap.lists[i]) then
-      return false
-    end
+  for i = 1, #names do
+    if opts[names[i]] ~= snap[i] then return false end
+  end
+  local lists = snap.lists
+  for k = 1, #lists, 2 do
+    if not same_list(snap[lists[k]], lists[k + 1]) then return false end
   end
   return true
 end
 
-local function snapshot(opts, fields)
-  local snap = { lists = {}, get_timeout = opts.get_timeout }
-  for i = 1, #fields do
-    local v = opts[fields[i][1]]
+local function snapshot(opts, names)
+  local lists = {}
+  local snap = { lists = lists, get_timeout = opts.get_timeout }
+  for i = 1, #names do
+    local v = opts[names[i]]
     snap[i] = v
     if type(v) == "table" then
       local copy = { n = #v }
       for j = 1, copy.n do copy[j] = v[j] end
-      snap.lists[i] = copy
+      lists[#lists + 1], lists[#lists + 2] = i, copy
     end
   end
   return snap
@@ -218,8 +232,9 @@ end
 function M.check_live(opts, what)
   local class = CLASSES[getmetatable(opts)]
   local fields = class and class.fields or SHARED
+  local names = names_of(fields)
   local snap = PASSED[opts]
-  if snap and unchanged(opts, fields, snap) then return end
+  if snap and unchanged(opts, names, snap) then return end
   for _, f in ipairs(fields) do
     local v = opts[f[1]]
     if v ~= nil or (class and (f[3] ~= nil or f[2].required)) then
@@ -231,7 +246,7 @@ function M.check_live(opts, what)
       describe(opts.get_timeout)))
   end
   if class and class.order then check_order(class, opts, what) end
-  PASSED[opts] = snapshot(opts, fields)
+  PASSED[opts] = snapshot(opts, names)
 end
 
 --- Whether `x` can serve as retry options: an object built here, or any
