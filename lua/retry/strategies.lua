@@ -145,8 +145,12 @@ function M.retries_method(opts, method)
   local methods = list_of(opts, "retries_method", "methods", DEFAULT_METHODS)
   if type(method) ~= "string" then return false end
   method = method:upper()
+  -- Stored upper case by the constructor, so the plain comparison matches
+  -- first; a name set later in lower case still counts.
   for _, m in ipairs(methods) do
-    if type(m) == "string" and m:upper() == method then return true end
+    if m == method or (type(m) == "string" and m:upper() == method) then
+      return true
+    end
   end
   return false
 end
