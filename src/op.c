@@ -171,6 +171,13 @@ static rt_op_t *push_op(lua_State *L, rt_task_t *t, enum op_type type) {
   return op;
 }
 
+/* op holds its handles and runs: t owns it from now on. */
+static void adopt(rt_op_t *op, rt_task_t *t) {
+  op->state = OP_RUNNING;
+  op->owner = t;
+  rt_task_own(t, &op->link);
+}
+
 int rt_op_start_xfer(lua_State *L, rt_task_t *t, rt_loop_t *loop,
                      const rt_request_t *req) {
   rt_op_t *op = push_op(L, t, OP_XFER);
@@ -181,9 +188,7 @@ int rt_op_start_xfer(lua_State *L, rt_task_t *t, rt_loop_t *loop,
     lua_pop(L, 1);
     return rc;
   }
-  op->state = OP_RUNNING;
-  op->owner = t;
-  rt_task_own(t, &op->link);
+  adopt(op, t);
   return 0;
 }
 
@@ -197,9 +202,7 @@ void rt_op_start_timer(lua_State *L, rt_task_t *t, double seconds) {
     luaL_error(L, "retry: out of memory for a timer");
   uv_timer_init(uv, op->timer);
   op->timer->data = op;
-  op->state = OP_RUNNING;
-  op->owner = t;
-  rt_task_own(t, &op->link);
+  adopt(op, t);
   uv_update_time(uv);
   now = uv_hrtime();
   op->deadline_ns = rt_deadline_after(now, seconds);
@@ -223,9 +226,7 @@ int rt_op_start_interrupt(lua_State *L, rt_task_t *t) {
     lua_pop(L, 1);
     return rc;
   }
-  op->state = OP_RUNNING;
-  op->owner = t;
-  rt_task_own(t, &op->link);
+  adopt(op, t);
   return 0;
 }
 

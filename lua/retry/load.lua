@@ -338,13 +338,11 @@ function M.load(spec)
   if client.limit > 0 and client.limit < concurrency then
     capped_by = client.limit
   end
-  local started = core.now()
+  -- started, ends and recorder are set once the workers exist.
   local L = {
     client = client, request = s.request or default_request(s.url),
     check = s.check, total = s.requests or math.huge, duration = duration,
-    grace = s.grace, rate = s.rate, started = started,
-    ends = duration and started + duration, started_count = 0,
-    recorder = result.recorder(started),
+    grace = s.grace, rate = s.rate, started_count = 0,
     counts = setmetatable({}, { __mode = "k" }), workers = {},
     live = {}, stopping = false, interrupted = false,
     cap = open and slots.new(concurrency) or nil,
@@ -378,8 +376,8 @@ function M.load(spec)
   end
   -- The clock starts once the workers exist (none has run yet): making
   -- 100,000 of them takes a while, which must not eat the duration.
-  started = core.now()
-  L.started, L.recorder.started = started, started
+  local started = core.now()
+  L.started, L.recorder = started, result.recorder(started)
   L.ends = duration and started + duration
   local ok, err = pcall(await_all, L)
   if not ok then -- this task was cancelled: so are they

@@ -311,6 +311,11 @@ function Result:__tostring()
     self.errors)
 end
 
+-- The counts of a result: read from JSON one by one, added by merge.
+local SUMMED = { "requests", "responses", "errors", "failed", "checks",
+  "checks_failed", "retries", "attempts_sent", "resent", "hedges", "late",
+  "dropped" }
+
 local MAX_COUNT = 2 ^ 53 -- what a JSON number holds exactly
 
 local function count_field(t, name, where)
@@ -464,33 +469,20 @@ function M.from_json(text, where)
       return count_or_nil(v) and v >= 1
     end, "a count >= 1")),
     duration = duration, limits = limits,
-    requests = count_field(t, "requests", where),
-    responses = count_field(t, "responses", where),
-    errors = count_field(t, "errors", where),
-    failed = count_field(t, "failed", where),
     by_status = count_map(t, "by_status", where, true),
     by_error = count_map(t, "by_error", where),
     error_examples = text_map("error_examples"),
-    checks = count_field(t, "checks", where),
-    checks_failed = count_field(t, "checks_failed", where),
     check_example = type(t.check_example) == "string" and t.check_example
       or nil,
-    retries = count_field(t, "retries", where),
-    attempts_sent = count_field(t, "attempts_sent", where),
-    resent = count_field(t, "resent", where),
-    hedges = count_field(t, "hedges", where),
-    attempts = count_map(t, "attempts", where, true),
-    late = count_field(t, "late", where),
-    dropped = count_field(t, "dropped", where), timeline = timeline,
+    attempts = count_map(t, "attempts", where, true), timeline = timeline,
     histogram = histogram("histogram"),
     attempt_histogram = histogram("attempt_histogram"),
   }
+  for _, f in ipairs(SUMMED) do r[f] = count_field(t, f, where) end
   check_sums(r, where)
   return derive(r)
 end
 
-local SUMMED = { "requests", "responses", "errors", "failed", "checks",
-  "checks_failed", "retries", "attempts_sent", "resent", "hedges", "late", "dropped" }
 local MAPS = { "by_status", "by_error", "attempts" }
 
 local function same_or(results, field, other)

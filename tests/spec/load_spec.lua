@@ -122,14 +122,18 @@ describe("retry.load, the edges of a run", function()
   it("stops when its client is closed", function()
     retry.run(function()
       local client = retry.RetryClient{}
+      local url, key = h.counted("/hello", "closed-client")
       local t0 = retry.now()
       local r = retry.load(quiet{ client = client, duration = 5,
         concurrency = 2, request = function(c, i)
           if i == 10 then c:close() end
-          return c:get(h.url("/hello"))
+          return c:get(url)
         end })
       assert.is_true(retry.now() - t0 < 1)
       assert.is_true(r.requests >= 10 and r.requests <= 12, tostring(r.requests))
+      -- Nothing went out after the close.
+      assert.equal(r.attempts_sent, h.hits(retry, key))
+      assert.is_true(r.attempts_sent <= 10)
     end)
   end)
 
@@ -161,9 +165,10 @@ describe("retry.load, open model", function()
 
   it("lasts its whole duration, so a slow rate reads right", function()
     retry.run(function()
-      local r = retry.load(quiet{ url = h.url("/hello"), rate = 3,
-        duration = 1 })
+      local url, key = h.counted("/hello", "slow-rate")
+      local r = retry.load(quiet{ url = url, rate = 3, duration = 1 })
       assert.equal(3, r.requests)
+      assert.equal(3, h.hits(retry, key))
       assert.is_true(r.duration >= 1 and r.duration < 1.3, tostring(r.duration))
       assert.is_true(math.abs(r.rps - 3) < 0.35, tostring(r.rps))
     end)
