@@ -507,6 +507,13 @@ static int l_result(lua_State *L) {
   return rt_op_push_result(L, rt_op_check(L, 1, "core.result"));
 }
 
+/* core.went_out(op) -> whether its request went out on a connection (a
+ * cancelled attempt the server may have seen); see rt_op_went_out. */
+static int l_went_out(lua_State *L) {
+  lua_pushboolean(L, rt_op_went_out(rt_op_check(L, 1, "core.went_out")));
+  return 1;
+}
+
 static void count_handle(uv_handle_t *handle, void *arg) {
   (void)handle;
   (*(lua_Integer *)arg)++;
@@ -574,6 +581,7 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"isatty", l_isatty},
                                       {"wait", l_wait},
                                       {"wake", l_wake},
+                                      {"went_out", l_went_out},
                                       {NULL, NULL}};
 
 /* The per-state context, made on first load and shared by later loads. */

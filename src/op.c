@@ -36,6 +36,7 @@ struct rt_op_s {
   enum op_type type;
   enum op_state state;
   int waited;      /* the owner is parked waiting on it */
+  int went_out;    /* its transfer sent a request (kept past release) */
   rt_xfer_t *xfer; /* owned until released */
   uv_timer_t *timer;
   uv_signal_t *signal;
@@ -49,6 +50,7 @@ static void free_on_close(uv_handle_t *handle) {
 /* Release whatever handles op holds and unlink it from its task. */
 static void release(rt_op_t *op) {
   if (op->xfer != NULL) {
+    op->went_out = op->xfer->went_out;
     rt_xfer_release(op->xfer);
     op->xfer = NULL;
   }
@@ -237,6 +239,10 @@ rt_op_t *rt_op_check(lua_State *L, int idx, const char *what) {
     rt_error_invalid(L, "%s: expected an operation, got %s", what,
                      luaL_typename(L, idx));
   return op;
+}
+
+int rt_op_went_out(const rt_op_t *op) {
+  return op->xfer != NULL ? op->xfer->went_out : op->went_out;
 }
 
 int rt_op_cancel(rt_op_t *op) {

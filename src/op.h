@@ -39,6 +39,11 @@ int rt_op_start_interrupt(lua_State *L, rt_task_t *t);
 /* The operation at idx, or an `invalid` error naming `what`. */
 rt_op_t *rt_op_check(lua_State *L, int idx, const char *what);
 
+/* Whether op's transfer sent its request on a connection (libcurl called
+ * the pre-request callback), before it ended or was cancelled: whether the
+ * server may have seen it. 0 for timers and signals. */
+int rt_op_went_out(const rt_op_t *op);
+
 /* Stop a running operation; it finishes as cancelled and a wait on it
  * returns. Returns 0 when it had already finished. */
 int rt_op_cancel(rt_op_t *op);

@@ -267,7 +267,9 @@ rt_response_t *rt_response_push(lua_State *L) {
 
   memset(r, 0, sizeof(*r));
   luaL_setmetatable(L, RESPONSE_MT);
-  lua_createtable(L, 0, 4);
+  /* url, method, and what a request adds (attempts, history, elapsed):
+   * room for them all at once, not a rehash as they come. */
+  lua_createtable(L, 0, 8);
   lua_setiuservalue(L, -2, 1);
   return r;
 }

@@ -314,8 +314,12 @@ static int on_prereq(void *userp, char *primary_ip, char *local_ip,
   (void)local_ip;
   (void)primary_port;
   (void)local_port;
+  xfer->went_out = 1;
   if (xfer->sends++ == 0)
     return CURL_PREREQFUNC_OK;
+  /* libcurl counts such re-sends on the handle and gives up after five
+   * in all, across transfers, until curl_easy_reset zeroes the count. */
+  xfer->constant = 0;
   if (xfer->idempotent && !xfer->result.resent) {
     xfer->result.resent = 1;
     return CURL_PREREQFUNC_OK;
@@ -404,12 +408,12 @@ static int set_headers(rt_xfer_t *xfer, const rt_request_t *req) {
   return curl_easy_setopt(xfer->easy, CURLOPT_HTTPHEADER, list) != CURLE_OK;
 }
 
-static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
+/* The options every attempt shares, set when the handle is new or reset. */
+static int configure_constant(rt_xfer_t *xfer) {
   CURL *easy = xfer->easy;
   CURLcode rc = CURLE_OK;
 
   rc |= curl_easy_setopt(easy, CURLOPT_PRIVATE, &xfer->job);
-  rc |= curl_easy_setopt(easy, CURLOPT_URL, req->url);
   rc |= curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
   rc |= curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, xfer->errbuf);
   rc |= curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
@@ -424,9 +428,6 @@ static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
   rc |= curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
   rc |= curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
   rc |= curl_easy_setopt(easy, CURLOPT_USERAGENT, RT_USER_AGENT);
-  rc |= curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, req->timeout_ms);
-  rc |= curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
-                         req->connect_timeout_ms);
   /* HTTP/1.1, as aiohttp: over HTTP/2 libcurl would also send a request
    * again after a refused stream or an HTTP_1_1_REQUIRED reset, which the
    * re-send rule in on_prereq cannot tell from a dead connection. */
@@ -437,8 +438,39 @@ static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
    * thread, blocking the whole loop; with it the thread is left to finish
    * and clean up alone. */
   rc |= curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L);
-  if (req->fresh_connect)
-    rc |= curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
+  return rc != CURLE_OK;
+}
+
+/* Whether a request leaves the handle as configure_constant left it, up to
+ * the options every attempt sets again (URL, timeouts, fresh connect,
+ * headers, and HTTPGET, which also clears NOBODY): the next attempt on it
+ * then needs no curl_easy_reset, and no constant option set again. A
+ * transfer that failed, was cancelled or saw libcurl re-send also needs
+ * the reset (see on_prereq). */
+static int keeps_constant(const rt_request_t *req) {
+  /* An '@' may be credentials in the URL, which libcurl keeps auth state
+   * for: such a handle is reset, like one that was given a CA file. */
+  return req->body == NULL && strcmp(req->method, "GET") == 0 &&
+         req->ca_file == NULL && req->verify_tls &&
+         strchr(req->url, '@') == NULL;
+}
+
+static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
+  CURL *easy = xfer->easy;
+  CURLcode rc = CURLE_OK;
+
+  if (!xfer->constant) {
+    curl_easy_reset(easy);
+    if (configure_constant(xfer) != 0)
+      return -1;
+  }
+  xfer->constant = keeps_constant(req);
+  rc |= curl_easy_setopt(easy, CURLOPT_URL, req->url);
+  rc |= curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, req->timeout_ms);
+  rc |= curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+                         req->connect_timeout_ms);
+  rc |= curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT,
+                         req->fresh_connect ? 1L : 0L);
   if (req->ca_file != NULL)
     rc |= curl_easy_setopt(easy, CURLOPT_CAINFO, req->ca_file);
   if (!req->verify_tls) {
@@ -483,7 +515,6 @@ static rt_xfer_t *xfer_get(rt_loop_t *loop) {
   if (xfer != NULL) {
     loop->xfer_pool = xfer->next_idle;
     loop->xfer_idle--;
-    curl_easy_reset(xfer->easy);
   } else {
     xfer = calloc(1, sizeof(*xfer));
     if (xfer == NULL)
@@ -504,6 +535,7 @@ static rt_xfer_t *xfer_get(rt_loop_t *loop) {
   xfer->note[0] = '\0';
   xfer->stop = RT_STOP_NONE;
   xfer->sends = 0;
+  xfer->went_out = 0;
   return xfer;
 }
 
@@ -722,6 +754,8 @@ static void finish(rt_xfer_t *xfer, CURLcode code) {
 
   uv_timer_stop(&xfer->deadline);
   r->code = code;
+  if (code != CURLE_OK || xfer->stop != RT_STOP_NONE)
+    xfer->constant = 0; /* whatever it left, the next use starts afresh */
   if (xfer->stop != RT_STOP_NONE) {
     r->kind = stop_kind(xfer->stop);
     r->message = xfer->note;
@@ -809,6 +843,7 @@ void rt_xfer_release(rt_xfer_t *xfer) {
   if (xfer->in_flight) {
     rt_loop_remove(xfer->loop, xfer->easy);
     xfer->in_flight = 0;
+    xfer->constant = 0;
   }
   xfer_put(xfer);
 }

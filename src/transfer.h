@@ -101,10 +101,12 @@ struct rt_xfer_s {
   curl_off_t max_body_size;
   enum rt_xfer_stop stop;
   int sends;        /* requests curl started for the current URL */
+  int went_out;     /* a request of this attempt went out on a connection */
   int idempotent;   /* the current request may be re-sent once */
   int is_head;      /* a HEAD: no body to limit */
   int discard_body; /* the current response is a redirect being followed */
   int in_flight;
+  int constant; /* holds configure_constant's options: no reset needed */
   rt_xfer_done_cb done; /* borrowed */
   void *done_arg;       /* borrowed */
   rt_xfer_t *next_idle; /* pool link */

@@ -109,9 +109,18 @@ end
 -- ops are the client's while they run, so close() can cancel them.
 local function wait_ops(client, limit, ops)
   local active = client.ops
-  for i = 1, #ops do active[ops[i]] = true end
+  local n = #ops
+  if n == 1 then -- most waits: no unpacking
+    local op = ops[1]
+    active[op] = true
+    local ok, i = pcall(core.wait, limit, op)
+    active[op] = nil
+    if not ok then error(i, 0) end
+    return i
+  end
+  for i = 1, n do active[ops[i]] = true end
   local ok, i = pcall(core.wait, limit, table.unpack(ops))
-  for j = 1, #ops do active[ops[j]] = nil end
+  for j = 1, n do active[ops[j]] = nil end
   if not ok then error(i, 0) end
   return i
 end
@@ -122,6 +131,13 @@ local function start(spec)
   if op then return op end
   return nil, errors.new(kind, message, { method = spec.method,
     url = spec.url })
+end
+
+local function went_out(ops)
+  for i = 1, #ops do
+    if core.went_out(ops[i]) then return true end
+  end
+  return false
 end
 
 local function cancel_all(ops)
@@ -181,9 +197,10 @@ end
 first acceptable answer winning and the others cancelled in flight. The
 deadline cuts it. Returns response or nil, err, and how many copies went
 beyond the first. ]]
-local function send(client, st, spec, method)
+local function send(client, st, spec, method, started)
   local first, err = start(spec)
   if not first then return nil, err, 0 end
+  if started then started[1] = first end
   local counters = client.counters
   counters.attempts = counters.attempts + 1
   local ops = { first }
@@ -208,6 +225,7 @@ local function send(client, st, spec, method)
       local copy, copy_err = start(spec)
       if copy then
         ops[#ops + 1] = copy
+        if started then started[#started + 1] = copy end
         extra = extra + 1
         counters.hedges = counters.hedges + 1
       else
@@ -273,14 +291,16 @@ local function attempt(client, st, p, spec, n)
     error(closed_error(spec), 0)
   end
   local t0 = core.now()
-  local sent_before = client.counters.attempts
-  local ok, response, err, extra = pcall(send, client, st, spec, spec.method)
+  -- The copies a load check may need to look at if the attempt is cut.
+  local started = next(client.recorders) and {} or nil
+  local ok, response, err, extra = pcall(send, client, st, spec,
+    spec.method, started)
   local elapsed = core.now() - t0
   if limited then give_slots(client, host) end
   if not ok then
-    -- Cancelled (or closed) in flight: the server saw it, so a load
-    -- check counts it.
-    if client.counters.attempts > sent_before and next(client.recorders) then
+    -- Cancelled (or closed) in flight: a load check counts it when its
+    -- request went out, as the server may have seen it.
+    if started and went_out(started) then
       local record = { attempt = n, elapsed = elapsed, error = response }
       for recorder in pairs(client.recorders) do recorder(record) end
     end

@@ -311,20 +311,52 @@ local function check_settings(client)
   end
 end
 
-local function run_request(client, list, options, call)
+local function run_request(client, list, options, call, specs)
   if client.closed then
     invalid("the RetryClient is closed")
   end
   check_settings(client)
-  return loop.execute(client, list, options, call)
+  return loop.execute(client, list, options, call, specs)
+end
+
+--[[ The attempt list and request tables of a call without options, kept
+for the client's last plain method and URL: a load makes one such call
+thousands of times a second. Requests share them, as nothing writes to
+either; they are made again when a client field they were made from
+changed (the headers table is the request table's own, so an edit in place
+is sent as it is). ]]
+local function plain_call(client, method, url)
+  local c = client.plain
+  if c and c.url == url and c.method == method
+      and c.headers == client.headers and c.base_url == client.base_url
+      and c.timeout == client.timeout
+      and c.connect_timeout == client.connect_timeout
+      and c.max_redirects == client.max_redirects
+      and c.max_body_size == client.max_body_size
+      and c.ca_file == client.ca_file and c.verify_tls == client.verify_tls
+  then
+    return c.list, c.specs
+  end
+  local list = params_for_url(method, url, NO_OPTIONS)
+  client.plain = { method = method, url = url, list = list,
+    specs = { attempt_mod.spec_for(client, list[1]) },
+    headers = client.headers, base_url = client.base_url,
+    timeout = client.timeout, connect_timeout = client.connect_timeout,
+    max_redirects = client.max_redirects,
+    max_body_size = client.max_body_size, ca_file = client.ca_file,
+    verify_tls = client.verify_tls }
+  return list, client.plain.specs
 end
 
 -- Per-call opts: a strategy object, or a table of options. Returns the
 -- options for the attempt list, the strategy and the call's settings.
+-- The settings of a call without options: shared, as nothing writes them.
+local PLAIN_SETTINGS = { [true] = { raise = true }, [false] = { raise = false } }
+
 local function call_options(client, opts, allowed)
   if opts == nil or strategies.is_options(opts) then
     return NO_OPTIONS, opts or client.retry_options,
-      { raise = client.raise_for_status }
+      PLAIN_SETTINGS[client.raise_for_status] or { raise = client.raise_for_status }
   end
   if type(opts) ~= "table" then
     invalid("request options must be a table or retry options, got "
@@ -359,6 +391,10 @@ function RetryClient:request(method, url, opts)
   check_client(self, "request")
   values.check_string(method, "method")
   local o, options, call = call_options(self, opts, CALL_KEYS)
+  if o == NO_OPTIONS and type(url) == "string" and url ~= "" then
+    local list, specs = plain_call(self, method:upper(), url)
+    return run_request(self, list, options, call, specs)
+  end
   local list = params_for_url(method:upper(), url, o)
   return run_request(self, list, options, call)
 end
@@ -369,6 +405,10 @@ for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head",
   RetryClient[m] = function(self, url, opts)
     check_client(self, m)
     local o, options, call = call_options(self, opts, CALL_KEYS)
+    if o == NO_OPTIONS and type(url) == "string" and url ~= "" then
+      local list, specs = plain_call(self, method, url)
+      return run_request(self, list, options, call, specs)
+    end
     local list = params_for_url(method, url, o)
     return run_request(self, list, options, call)
   end

@@ -261,8 +261,9 @@ end
 -- The retry loop over a list of RequestParams (entry n for attempt n, the
 -- last one after the list runs out): attempt, decide, act. Fields of
 -- `options` are read at every step, so changes to a shared strategy take
--- effect on the next request.
-local function execute(client, list, options, call)
+-- effect on the next request. `specs`, the request tables of the list, are
+-- made here unless the caller has them.
+local function execute(client, list, options, call, specs)
   -- client.retry_options is live, so it may have been set to anything.
   if not strategies.is_options(options) then
     invalid("retry_options must be retry options (e.g. "
@@ -270,8 +271,8 @@ local function execute(client, list, options, call)
   end
   strategies.check_live(options, "retry_options")
   local deadline = call.deadline or client.deadline
-  local st = { list = list, specs = specs_for(client, list), history = {},
-    options = options, raise = call.raise, n = 0, started = core.now(),
+  local st = { list = list, specs = specs or specs_for(client, list),
+    history = {}, options = options, raise = call.raise, n = 0, started = core.now(),
     hedge = call.hedge or client.hedge, before_retry = call.before_retry,
     deadline_seconds = deadline, decide = retry_reason }
   if deadline then st.deadline = st.started + deadline end

@@ -261,6 +261,31 @@ describe("RetryClient", function()
     end)
   end)
 
+  it("a repeated plain call sends the client's fields as they are now", function()
+    run(function()
+      local client <close> = retry.RetryClient{ base_url = h.url(""),
+        headers = { ["X-A"] = "1" } }
+      assert.equal("1", client:get("/echo"):json().headers["x-a"])
+      client.headers["X-A"] = "2" -- in place
+      assert.equal("2", client:get("/echo"):json().headers["x-a"])
+      client.headers = { ["X-B"] = "3" } -- a new table
+      local e = client:get("/echo"):json()
+      assert.is_nil(e.headers["x-a"])
+      assert.equal("3", e.headers["x-b"])
+      assert.equal("POST", client:post("/echo"):json().method)
+      client.base_url = h.url("/hello")
+      local r = client:get("/echo")
+      assert.truthy(r.url:find("/hello/echo$"), r.url)
+      client.base_url = h.url("")
+      client.timeout = 0.05
+      local ok, err = pcall(client.get, client, "/delay/1000")
+      assert.is_false(ok)
+      assert.equal("timeout", err.kind)
+      client.timeout = 300
+      assert.equal(200, client:get("/delay/1").status)
+    end)
+  end)
+
   it("sends params, data and json", function()
     run(function()
       local client = retry.RetryClient{ base_url = h.url("") }
