@@ -1,33 +1,94 @@
 #!/usr/bin/env bash
-# Throughput of the retry client beside wrk, measured in one run against
-# nginx on loopback (`return 200`, keep-alive).
+# lretry's performance beside wrk, curl and a C ceiling, measured in one run
+# against nginx on loopback (1 worker, `return 200` and a keep-alive `503`,
+# access log off), and checked against the targets of issue 9.
 #   scripts/bench.sh [TOTAL] [CONCURRENCY]     defaults: 100000 64
-# Runs wrk -t1, the C ceiling (tests/bench/ceiling.c: libcurl on libuv
-# through src/loop.c, no Lua), `lretry load URL -c CONCURRENCY -n TOTAL`
-# (with a Lua check per response) and a hand-written RetryClient loop
-# (CONCURRENCY tasks, TOTAL GETs) in turn, three rounds, and prints the
-# median req/s of each, the ratios to wrk and to the ceiling, peak RSS, and
-# how many connections nginx accepted during each lretry run (stub_status):
-# a steady load should open as many as its concurrency.
+#   BUILD=/tmp/b scripts/bench.sh              use (and build) another build
+#                                              directory; default build/
+#
+# Every contender runs once per round, in turn, for three rounds, and the
+# table shows the median of each; ratios are taken between medians of the
+# same run only (machines like this drift by 15% from run to run):
+#   wrk -t1 and -t2; the C ceiling (tests/bench/ceiling.c: libcurl on libuv
+#   through src/loop.c, reused easy handles, no Lua); curl -Z; `lretry load`
+#   (closed model, a Lua check per response); bare `retry.request` and
+#   RetryClient loops; the 503 route with 3 attempts per request
+#   (attempts/s); `lretry load --threads 2` when lretry has it; one request
+#   at a time (ceiling, curl, lretry); memory (100,000 requests, 10,000
+#   requests in backoff, 10,000 in flight against nginx's echo_sleep route,
+#   what is left after that burst); timer lateness under load; CPU of a
+#   10 requests/s load; connections opened (nginx stub_status).
+# It ends with one line per target: `target NAME: met|NOT met (value vs
+# target)`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-100000}
 conc=${2:-64}
-scripts/setup.sh --bench
+build=${BUILD:-build}
+rounds=3
+c1_total=10000     # GETs one at a time
+inflight=10000     # requests in flight at once (memory)
+sleepers=10000     # requests waiting in backoff at once (memory)
+slow_ms=3000       # the slow route's delay: long enough for all to connect
+backoff_s=3        # the sleepers' backoff wait
+# Tasks sleeping 1-20 ms beside the load (timers). 100 already wake ~10,000
+# times a second; 1000 would wake more often than the load sends requests,
+# measuring the timers under their own load rather than the requests'.
+timer_tasks=100
+timer_s=5
+
+# Packages and build. setup.sh builds build/; another BUILD is built here,
+# so the bench never touches a build directory it was not given.
+if [ "$build" = build ]; then
+  scripts/setup.sh --bench
+else
+  for tool in nginx wrk curl /usr/bin/time cmake; do
+    command -v "$tool" >/dev/null || { scripts/setup.sh --bench; break; }
+  done
+  [ -f "$build/CMakeCache.txt" ] \
+    || cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$build" -j"$(nproc)" >/dev/null
+fi
+lretry=$build/lretry
+ceiling=$build/tests/bench/lretry-ceiling
+
+# Every connection needs a descriptor: 10,000 in flight in the ceiling,
+# lretry and nginx (lretry raises its own limit; the others inherit this
+# one).
+ulimit -n "$(ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((inflight + 200)) ]; then
+  echo "bench: the descriptor limit ($(ulimit -n)) is below $((inflight + 200));" \
+    "raise the hard limit (ulimit -Hn)" >&2
+  exit 1
+fi
 
 dir=$(mktemp -d)
 nginx_pid=
-trap 'kill $nginx_pid 2>/dev/null; wait $nginx_pid 2>/dev/null; rm -rf "$dir"' EXIT
+cleanup() {
+  for pid in $nginx_pid; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
 # nginx on a free port below the ephemeral range (32768 up), where client
 # sockets of other programs cannot be holding it; another port if taken.
+# /bench_id answers this run's directory, so a server of someone else's
+# that already listens on the port is not mistaken for ours. /slow answers
+# after $slow_ms ms (echo_sleep, from libnginx-mod-http-echo, which
+# nginx-light brings).
 start_nginx() {
   port=$((20000 + RANDOM % 12000))
   cat >"$dir/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
 worker_processes 1;
+worker_rlimit_nofile $((inflight * 2 + 1000));
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/error.log;
-events { worker_connections 4096; }
+events { worker_connections $((inflight + 1000)); }
 http {
   access_log off;
   keepalive_requests 1000000;
@@ -35,14 +96,17 @@ http {
   server {
     listen 127.0.0.1:$port;
     location / { return 200 "ok\n"; }
+    location = /503 { return 503 "busy\n"; }
     location = /nginx_status { stub_status; }
+    location = /bench_id { return 200 "$dir"; }
+    location = /slow { echo_sleep $(awk -v ms="$slow_ms" 'BEGIN {print ms / 1000}'); echo "ok"; }
   }
 }
 CONF
   nginx -c "$dir/nginx.conf" -e "$dir/error.log" 2>/dev/null &
   nginx_pid=$!
   for _ in $(seq 50); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    [ "$(curl -s "http://127.0.0.1:$port/bench_id")" = "$dir" ] && return 0
     kill -0 "$nginx_pid" 2>/dev/null || return 1
     sleep 0.1
   done
@@ -50,67 +114,240 @@ CONF
 }
 for _ in $(seq 10); do
   start_nginx && break
-  kill "$nginx_pid" 2>/dev/null; wait "$nginx_pid" 2>/dev/null; nginx_pid=
+  kill "$nginx_pid" 2>/dev/null || true
+  wait "$nginx_pid" 2>/dev/null || true
+  nginx_pid=
 done
 [ -n "$nginx_pid" ] || { echo "bench: nginx did not start" >&2; exit 1; }
 url="http://127.0.0.1:$port/"
+url503="http://127.0.0.1:${port}/503"
 
-wrk -t1 -c"$conc" -d3s "$url" >/dev/null  # warm-up
+slow_url="http://127.0.0.1:${port}/slow"
+
+# curl reads its URLs from a config file: the same URL TOTAL times, each
+# saved to /dev/null; -w prints each status so the run can be checked.
+curl_config() {
+  local n=$1 out=$2
+  awk -v n="$n" -v u="$url" 'BEGIN {
+    for (i = 0; i < n; i++) printf "url = \"%s\"\noutput = \"/dev/null\"\n", u }' >"$out"
+}
+curl_config "$total" "$dir/urls.total"
+curl_config "$c1_total" "$dir/urls.c1"
+
+if "$lretry" load --help | grep -q -- '--threads'; then threads=yes; else threads=no; fi
+
+# --- helpers ---------------------------------------------------------------
+
+fail() { echo "bench: $*" >&2; exit 1; }
+# rec KEY VALUE: this round's figure for KEY; med KEY: their median.
+rec() { echo "$2" >>"$dir/fig.$1"; }
+median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+med() { median <"$dir/fig.$1"; }
+sum() { awk '{s += $1} END {print s}' "$dir/fig.$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 
 # stub_status: "server accepts handled requests" then the three numbers.
 accepted() {
   curl -s "http://127.0.0.1:$port/nginx_status" | awk 'NR == 3 {print $1}'
 }
-median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
-# Each contender runs once per round, in turn, for $rounds rounds: machines
-# like this drift by 15%, so only figures from the same rounds compare.
-rounds=3
+# timed KEY CMD...: runs CMD with its output in $dir/KEY.out, records its
+# peak RSS (KiB) as KEY.rss and its CPU seconds / wall seconds as KEY.cpu
+# (in percent of a core). A failing command ends the bench with its output.
+timed() {
+  local key=$1; shift
+  if ! /usr/bin/time -f '%M %U %S %e' -o "$dir/$key.time" "$@" \
+      >"$dir/$key.out" 2>"$dir/$key.err"; then
+    cat "$dir/$key.out" "$dir/$key.err" "$dir/$key.time" >&2
+    fail "$key failed: $*"
+  fi
+  rec "$key.rss" "$(awk 'END {print $1}' "$dir/$key.time")"
+  rec "$key.cpu" "$(awk 'END {print ($2 + $3) / $4 * 100}' "$dir/$key.time")"
+}
+
+# counted KEY CMD...: timed, and records how many connections nginx
+# accepted meanwhile as KEY.conns (the stub_status request after it is one
+# more, hence the - 1).
+counted() {
+  local key=$1 before
+  before=$(accepted)
+  timed "$@"
+  rec "$key.conns" $(($(accepted) - before - 1))
+}
+
+# The rate in the lines the lretry scripts and the ceiling print:
+# "... in S s, R req/s" (or attempts/s): the last number but one.
+rate_of() { awk 'END {print $(NF-1)}' "$dir/$1.out"; }
+
+# lretry load's summary: "requests  N  R/s"; every check passed.
+load_rate() {
+  grep -q "100.00%   $2 passed" "$dir/$1.out" \
+    || { cat "$dir/$1.out" >&2; fail "$1 did not get $2 200s"; }
+  awk '$1 == "requests" {sub("/s", "", $3); print $3}' "$dir/$1.out"
+}
+
+# curl_run KEY PARALLEL CONFIG COUNT: curl -Z over the config's URLs, wall
+# time from date, every status a 200.
+curl_run() {
+  local key=$1 par=$2 config=$3 n=$4 t0 t1
+  t0=$(date +%s.%N)
+  counted "$key" curl -Z --parallel-max "$par" --no-progress-meter \
+    -w '%{http_code}\n' --config "$config"
+  t1=$(date +%s.%N)
+  [ "$(grep -c '^200$' "$dir/$key.out")" -eq "$n" ] \
+    || fail "curl -Z --parallel-max $par did not get $n 200s"
+  rec "$key" "$(awk -v n="$n" -v a="$t0" -v b="$t1" 'BEGIN {print n / (b - a)}')"
+}
+
+# --- the rounds ------------------------------------------------------------
+
+wrk -t1 -c"$conc" -d3s "$url" >/dev/null  # warm-up
+
+bench_round() {
+  local t v
+  # Throughput at $conc connections.
+  for t in 1 2; do
+    wrk -t"$t" -c"$conc" -d5s "$url" >"$dir/wrk$t.out"
+    rec "wrk$t" "$(awk '/Requests\/sec/ {print $2}' "$dir/wrk$t.out")"
+  done
+  timed ceiling "$ceiling" "$url" "$total" "$conc"
+  rec ceiling "$(rate_of ceiling)"
+  curl_run curl "$conc" "$dir/urls.total" "$total"
+  counted load "$lretry" load "$url" -c "$conc" -n "$total" --expect 200 --quiet
+  rec load "$(load_rate load "$total")"
+  counted request "$lretry" scripts/bench_request.lua "$url" "$total" "$conc"
+  rec request "$(rate_of request)"
+  counted client "$lretry" scripts/bench_client.lua "$url" "$total" "$conc"
+  rec client "$(rate_of client)"
+  # A third of the requests, three attempts each: as many attempts as
+  # the 200 route's requests.
+  counted r503 "$lretry" scripts/bench_503.lua "$url503" $((total / 3)) "$conc" 3
+  rec r503 "$(rate_of r503)"
+  if [ "$threads" = yes ]; then
+    counted threads "$lretry" load "$url" -c "$conc" -n "$total" --threads 2 \
+      --expect 200 --quiet
+    rec threads "$(load_rate threads "$total")"
+  fi
+
+  # One request at a time.
+  timed c1_ceiling "$ceiling" "$url" "$c1_total" 1
+  rec c1_ceiling "$(rate_of c1_ceiling)"
+  curl_run c1_curl 1 "$dir/urls.c1" "$c1_total"
+  counted c1_load "$lretry" load "$url" -c 1 -n "$c1_total" --expect 200 --quiet
+  rec c1_load "$(load_rate c1_load "$c1_total")"
+
+  # Memory: requests in backoff; requests in flight (and after).
+  timed sleepers "$lretry" scripts/bench_sleepers.lua "$url503" "$sleepers" "$backoff_s"
+  rec sleepers.now "$(awk '{print $(NF-4)}' "$dir/sleepers.out")"
+  timed burst_ceiling "$ceiling" "$slow_url" "$inflight" "$inflight"
+  timed burst "$lretry" scripts/bench_burst.lua "$slow_url" "$inflight"
+  rec burst.after "$(awk '{print $(NF-1)}' "$dir/burst.out")"
+
+  # Timers under load.
+  timed timers "$lretry" scripts/bench_timers.lua "$url" "$timer_s" "$conc" "$timer_tasks"
+  v=$(cat "$dir/timers.out")
+  rec timers.median "$(awk '{print $6}' <<<"$v")"
+  rec timers.p99 "$(awk '{print $9}' <<<"$v")"
+  rec timers.max "$(awk '{print $12}' <<<"$v")"
+  rec timers.early "$(awk '{print $14}' <<<"$v")"
+  rec timers.load "$(awk '{print $(NF-1)}' <<<"$v")"
+
+  # A light load: 10 requests/s for 10 s should barely use the CPU.
+  timed idle "$lretry" load "$url" -r 10 -d 10s --expect 200 --quiet
+}
+
 for round in $(seq "$rounds"); do
-  wrk -t1 -c"$conc" -d10s "$url" | awk '/Requests\/sec/ {print $2}' >>"$dir/wrk"
-
-  # The C ceiling: libcurl on libuv through src/loop.c, no Lua.
-  build/tests/bench/lretry-ceiling "$url" "$total" "$conc" \
-    | awk '{print $(NF-1)}' >>"$dir/ceiling"
-
-  # lretry load: the load-check command, a Lua check (--expect) per
-  # response. The status request itself is one connection more.
-  before=$(accepted)
-  /usr/bin/time -v -o "$dir/time.load" build/lretry load "$url" -c "$conc" \
-    -n "$total" --expect 200 --quiet >"$dir/load.out"
-  echo $(($(accepted) - before - 1)) >>"$dir/load.conns"
-  grep -q "100.00%   $total passed" "$dir/load.out" \
-    || { echo "bench: lretry load did not get $total 200s" >&2; cat "$dir/load.out" >&2; exit 1; }
-  awk '$1 == "requests" {sub("/s", "", $3); print $3}' "$dir/load.out" >>"$dir/load"
-  awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time.load" >>"$dir/load.rss"
-
-  # The retry client in a hand-written loop (scripts/bench_client.lua).
-  before=$(accepted)
-  /usr/bin/time -v -o "$dir/time.loop" build/lretry scripts/bench_client.lua \
-    "$url" "$total" "$conc" >"$dir/loop.out"
-  echo $(($(accepted) - before - 1)) >>"$dir/loop.conns"
-  awk '{print $(NF-1)}' "$dir/loop.out" >>"$dir/loop"
-  awk -F': ' '/Maximum resident set size/ {print $2}' "$dir/time.loop" >>"$dir/loop.rss"
-  echo "round $round: wrk $(tail -n1 "$dir/wrk"), C ceiling $(tail -n1 "$dir/ceiling")," \
-    "lretry load $(tail -n1 "$dir/load"), RetryClient loop $(tail -n1 "$dir/loop") req/s"
+  start=$SECONDS
+  bench_round
+  echo "round $round: wrk -t1 $(tail -n1 "$dir/fig.wrk1"), ceiling $(tail -n1 "$dir/fig.ceiling")," \
+    "lretry load $(tail -n1 "$dir/fig.load") req/s ($((SECONDS - start)) s)"
 done
 
-wrk_rps=$(median <"$dir/wrk")
-ceiling_rps=$(median <"$dir/ceiling")
-load_rps=$(median <"$dir/load")
-loop_rps=$(median <"$dir/loop")
+# --- the table ---------------------------------------------------------------
+
+kib_mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
+row() { printf '  %-44s %9.0f %-10s %s\n' "$@" | sed 's/ *$//'; }
+wrk1=$(med wrk1)
+ceil=$(med ceiling)
+load=$(med load)
+c1_ceiling=$(med c1_ceiling)
+c1_curl=$(med c1_curl)
+c1_load=$(med c1_load)
+# Bytes per request in flight: the peak over that at one request at a
+# time (same program), over the requests added.
+per_req() { awk -v a="$1" -v b="$2" -v n="$inflight" 'BEGIN {printf "%.0f", (a - b) * 1024 / (n - 1)}'; }
+burst_ceiling_rss=$(med burst_ceiling.rss)
+burst_rss=$(med burst.rss)
+
 echo
-echo "medians of $rounds rounds, $total requests at $conc connections:"
-printf '  %-34s %10.0f req/s\n' "wrk -t1 -c$conc" "$wrk_rps"
-printf '  %-34s %10.0f req/s  %.2f x wrk\n' "C ceiling (lretry-ceiling)" \
-  "$ceiling_rps" "$(awk -v a="$ceiling_rps" -v b="$wrk_rps" 'BEGIN {print a / b}')"
-printf '  %-34s %10.0f req/s  %.2f x wrk  peak RSS %d MiB  connections %s\n' \
-  "lretry load -c$conc -n$total" "$load_rps" \
-  "$(awk -v a="$load_rps" -v b="$wrk_rps" 'BEGIN {print a / b}')" \
-  "$(($(median <"$dir/load.rss") / 1024))" "$(median <"$dir/load.conns")"
-printf '  %-34s %10.0f req/s  %.2f x wrk  peak RSS %d MiB  connections %s\n' \
-  "RetryClient loop (bench_client.lua)" "$loop_rps" \
-  "$(awk -v a="$loop_rps" -v b="$wrk_rps" 'BEGIN {print a / b}')" \
-  "$(($(median <"$dir/loop.rss") / 1024))" "$(median <"$dir/loop.conns")"
-awk -v a="$load_rps" -v b="$ceiling_rps" -v c="$loop_rps" 'BEGIN {
-  printf "  lretry load / C ceiling: %.2f   RetryClient loop / C ceiling: %.2f\n", a / b, c / b }'
+echo "medians of $rounds rounds, $total requests at $conc connections (nginx, 1 worker):"
+row "wrk -t1 -c$conc -d5s" "$wrk1" req/s ""
+row "wrk -t2 -c$conc -d5s" "$(med wrk2)" req/s "$(ratio "$(med wrk2)" "$wrk1") x wrk -t1"
+row "C ceiling (lretry-ceiling)" "$ceil" req/s "$(ratio "$ceil" "$wrk1") x wrk -t1"
+row "curl -Z --parallel-max $conc" "$(med curl)" req/s \
+  "$(ratio "$(med curl)" "$ceil") x ceiling  connections $(med curl.conns)"
+row "lretry load -c$conc -n$total --expect 200" "$load" req/s \
+  "$(ratio "$load" "$ceil") x ceiling  peak RSS $(kib_mib "$(med load.rss)")  connections $(med load.conns)"
+row "retry.request loop (bench_request.lua)" "$(med request)" req/s \
+  "$(ratio "$(med request)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med request.rss)")  connections $(med request.conns)"
+row "RetryClient loop (bench_client.lua)" "$(med client)" req/s \
+  "$(ratio "$(med client)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med client.rss)")  connections $(med client.conns)"
+row "503 route, 3 attempts (bench_503.lua)" "$(med r503)" attempts/s \
+  "$(ratio "$(med r503)" "$load") x lretry load  connections $(med r503.conns)"
+if [ "$threads" = yes ]; then
+  row "lretry load --threads 2" "$(med threads)" req/s \
+    "$(ratio "$(med threads)" "$load") x lretry load  connections $(med threads.conns)"
+else
+  printf '  %-44s %9s\n' "lretry load --threads 2" "not available (lretry load has no --threads)"
+fi
+echo "one request at a time, $c1_total GETs:"
+row "C ceiling, concurrency 1" "$c1_ceiling" req/s ""
+row "curl -Z --parallel-max 1" "$c1_curl" req/s \
+  "keep-alive: $(med c1_curl.conns) connection(s)"
+row "lretry load -c1 -n$c1_total --expect 200" "$c1_load" req/s \
+  "$(ratio "$c1_load" "$c1_curl") x curl  $(ratio "$c1_load" "$c1_ceiling") x ceiling  connections $(med c1_load.conns)"
+echo "memory (peak RSS from /usr/bin/time):"
+printf '  %-44s %s\n' \
+  "lretry load -c$conc -n$total" "$(kib_mib "$(med load.rss)")" \
+  "$sleepers requests in backoff (bench_sleepers)" \
+    "$(kib_mib "$(med sleepers.rss)"), $(kib_mib "$(med sleepers.now)") while all wait" \
+  "$inflight in flight: C ceiling" \
+    "$(kib_mib "$burst_ceiling_rss"), $(per_req "$burst_ceiling_rss" "$(med c1_ceiling.rss)") bytes per request" \
+  "$inflight in flight: lretry (bench_burst)" \
+    "$(kib_mib "$burst_rss"), $(per_req "$burst_rss" "$(med c1_load.rss)") bytes per request, $(ratio "$burst_rss" "$burst_ceiling_rss") x ceiling" \
+  "  after the burst (1 s idle, Lua collected)" "$(kib_mib "$(med burst.after)")"
+echo "  (bytes per request: (peak - peak at concurrency 1) / $((inflight - 1)); nginx's /slow answers after $slow_ms ms)"
+echo "timers ($timer_tasks tasks sleeping 1-20 ms beside a $conc-connection load of $(med timers.load) req/s):"
+printf '  %-44s median %s ms, p99 %s ms, max %s ms, early %s (all rounds)\n' \
+  "retry.sleep lateness" "$(med timers.median)" "$(med timers.p99)" \
+  "$(med timers.max)" "$(sum timers.early)"
+printf '  %-44s %.2f%% of a core\n' "lretry load -r 10 -d 10s: CPU / wall" "$(med idle.cpu)"
+
+# --- the targets (issue 9) -------------------------------------------------
+
+# target NAME VALUE OP LIMIT FORMAT: met when VALUE OP LIMIT.
+target() {
+  awk -v n="$1" -v v="$2" -v op="$3" -v l="$4" -v f="$5" 'BEGIN {
+    ok = op == ">=" ? v + 0 >= l + 0 : op == "<=" ? v + 0 <= l + 0 \
+       : op == "<" ? v + 0 < l + 0 : v + 0 == l + 0
+    printf "target %s: %s (" f " vs %s %s)\n", n, ok ? "met" : "NOT met", v, op, l }'
+}
+raw() { awk -v a="$1" -v b="$2" 'BEGIN {print a / b}'; }
+echo
+target "lretry load vs C ceiling" "$(raw "$load" "$ceil")" ">=" 0.85 "%.2f"
+target "retry.request vs C ceiling" "$(raw "$(med request)" "$ceil")" ">=" 0.9 "%.2f"
+target "503 attempts/s vs 200 req/s" "$(raw "$(med r503)" "$load")" ">=" 0.9 "%.2f"
+target "connections opened by lretry load" "$(med load.conns)" "==" "$conc" "%d"
+if [ "$threads" = yes ]; then
+  target "--threads 2 vs one thread" "$(raw "$(med threads)" "$load")" ">=" 1.6 "%.2f"
+else
+  echo "target --threads 2 vs one thread: NOT met (no --threads vs >= 1.6)"
+fi
+target "peak RSS, $total requests at $conc (MiB)" "$(raw "$(med load.rss)" 1024)" "<=" 16 "%.1f"
+target "peak RSS, $sleepers in backoff (MiB)" "$(raw "$(med sleepers.rss)" 1024)" "<=" 40 "%.1f"
+target "RSS, $inflight in flight vs C ceiling" "$(raw "$burst_rss" "$burst_ceiling_rss")" "<=" 1.1 "%.2f"
+target "CPU at 10 requests/s (% of a core)" "$(med idle.cpu)" "<" 1 "%.2f"
+target "concurrency 1 vs curl -Z --parallel-max 1" "$(raw "$c1_load" "$c1_curl")" ">=" 1.2 "%.2f"
+target "concurrency 1 vs C ceiling" "$(raw "$c1_load" "$c1_ceiling")" ">=" 0.9 "%.2f"
+target "sleeps ended early" "$(sum timers.early)" "==" 0 "%d"
+target "sleep lateness p99 (ms)" "$(med timers.p99)" "<=" 1.5 "%.3f"

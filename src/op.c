@@ -88,7 +88,11 @@ static void finished(rt_op_t *op, rt_task_t *owner, int waited,
                      enum op_state state) {
   op->state = state;
   op->waited = 0;
-  if (waited && owner != NULL && owner->state == RT_TASK_PARKED)
+  if (!waited || owner == NULL || owner->state != RT_TASK_PARKED)
+    return;
+  if (op->type == OP_TIMER && state == OP_DONE)
+    rt_task_wake_timed(owner);
+  else
     rt_task_wake(owner, 0);
 }
 
@@ -106,7 +110,8 @@ static void on_timer(uv_timer_t *timer) {
   int waited;
 
   if (now < op->deadline_ns) {
-    uv_timer_start(timer, on_timer, rt_ms_until(op->deadline_ns, now), 0);
+    uv_timer_start(timer, on_timer, rt_timeout_ms(timer->loop, op->deadline_ns),
+                   0);
     return;
   }
   /* A timer has nothing to hand over: done is its whole result. */
@@ -208,7 +213,7 @@ void rt_op_start_timer(lua_State *L, rt_task_t *t, double seconds) {
   uv_update_time(uv);
   now = uv_hrtime();
   op->deadline_ns = rt_deadline_after(now, seconds);
-  uv_timer_start(op->timer, on_timer, rt_ms_until(op->deadline_ns, now), 0);
+  uv_timer_start(op->timer, on_timer, rt_timeout_ms(uv, op->deadline_ns), 0);
 }
 
 int rt_op_start_interrupt(lua_State *L, rt_task_t *t) {

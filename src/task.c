@@ -40,21 +40,36 @@ void rt_task_push_handle(lua_State *L, rt_task_t *t) {
 
 static void on_idle(uv_idle_t *idle);
 
-static void ready_push(rt_sched_t *s, rt_task_t *t) {
-  t->state = RT_TASK_READY;
-  if (t->in_ready)
-    return;
+/* Queue t behind `after` (NULL: at the head). */
+static void ready_link(rt_sched_t *s, rt_task_t *t, rt_task_t *after) {
   t->in_ready = 1;
-  t->ready_next = NULL;
-  if (s->ready_tail != NULL)
-    s->ready_tail->ready_next = t;
+  t->ready_next = after != NULL ? after->ready_next : s->ready_head;
+  if (after != NULL)
+    after->ready_next = t;
   else
     s->ready_head = t;
-  s->ready_tail = t;
+  if (t->ready_next == NULL)
+    s->ready_tail = t;
   s->ready_count++;
   /* An active idle handle makes the loop poll without blocking. */
   if (s->ready_count == 1)
     uv_idle_start(&s->idle, on_idle);
+}
+
+static void ready_push(rt_sched_t *s, rt_task_t *t) {
+  t->state = RT_TASK_READY;
+  if (!t->in_ready)
+    ready_link(s, t, s->ready_tail);
+}
+
+/* Tasks woken by their timers go before the others, in the order their
+ * timers fired: a backoff sleep is late by whatever runs before it. */
+static void ready_push_timed(rt_sched_t *s, rt_task_t *t) {
+  t->state = RT_TASK_READY;
+  if (t->in_ready)
+    return;
+  ready_link(s, t, s->timed_tail);
+  s->timed_tail = t;
 }
 
 static rt_task_t *ready_pop(rt_sched_t *s) {
@@ -63,6 +78,8 @@ static rt_task_t *ready_pop(rt_sched_t *s) {
   s->ready_head = t->ready_next;
   if (s->ready_head == NULL)
     s->ready_tail = NULL;
+  if (s->timed_tail == t)
+    s->timed_tail = NULL;
   s->ready_count--;
   t->in_ready = 0;
   t->ready_next = NULL;
@@ -185,15 +202,27 @@ static void resume(rt_sched_t *s, rt_task_t *t) {
   finish(s, t);
 }
 
+/* How long one drain may resume tasks before the loop turns. libuv runs
+ * timers once per turn, so a turn spent resuming 64 tasks that each start
+ * their next request (several milliseconds) would make every timer due in
+ * it as late; the tasks left over keep the idle handle on, so the loop
+ * polls without blocking and comes straight back to them. */
+#define DRAIN_BUDGET_NS 300000
+
 static void drain(rt_sched_t *s) {
   /* Only tasks queued before this call: tasks they wake wait for the next
    * loop iteration, so a chain of wakes cannot starve I/O. */
   unsigned n = s->ready_count;
+  uint64_t until;
 
   if (s->L == NULL)
     return;
-  while (n-- > 0 && s->ready_head != NULL)
+  until = uv_hrtime() + DRAIN_BUDGET_NS;
+  while (n-- > 0 && s->ready_head != NULL) {
     resume(s, ready_pop(s));
+    if (uv_hrtime() >= until)
+      break;
+  }
   if (s->ready_head == NULL)
     uv_idle_stop(&s->idle);
 }
@@ -368,6 +397,11 @@ void rt_task_wake(rt_task_t *t, int nargs) {
   ready_push(t->sched, t);
 }
 
+void rt_task_wake_timed(rt_task_t *t) {
+  t->nargs = 0;
+  ready_push_timed(t->sched, t);
+}
+
 static int park_lua_k(lua_State *L, int status, lua_KContext ctx) {
   rt_task_t *t = (rt_task_t *)ctx;
 
@@ -405,10 +439,11 @@ uint64_t rt_deadline_after(uint64_t now_ns, double seconds) {
   return now_ns + (uint64_t)ceil(seconds * 1e9);
 }
 
-uint64_t rt_ms_until(uint64_t deadline_ns, uint64_t now_ns) {
-  uint64_t left = deadline_ns - now_ns;
+uint64_t rt_timeout_ms(uv_loop_t *uv, uint64_t deadline_ns) {
+  uint64_t due_ms = deadline_ns / 1000000 + (deadline_ns % 1000000 != 0);
+  uint64_t now_ms = uv_now(uv);
 
-  return left / 1000000 + (left % 1000000 != 0);
+  return due_ms > now_ms ? due_ms - now_ms : 0;
 }
 
 static void on_park_timer(uv_timer_t *timer) {
@@ -418,11 +453,12 @@ static void on_park_timer(uv_timer_t *timer) {
   /* libuv's clock counts whole milliseconds, so the timer can fire up to a
    * millisecond early: a timed park never ends before its time. */
   if (now < t->deadline_ns) {
-    uv_timer_start(timer, on_park_timer, rt_ms_until(t->deadline_ns, now), 0);
+    uv_timer_start(timer, on_park_timer,
+                   rt_timeout_ms(timer->loop, t->deadline_ns), 0);
     return;
   }
   if (t->state == RT_TASK_PARKED)
-    rt_task_wake(t, 0);
+    rt_task_wake_timed(t);
 }
 
 int rt_task_park_timed(lua_State *L, rt_task_t *t, double seconds, void *op,
@@ -449,7 +485,8 @@ int rt_task_park_timed(lua_State *L, rt_task_t *t, double seconds, void *op,
   uv_update_time(s->uv);
   now = uv_hrtime();
   t->deadline_ns = rt_deadline_after(now, seconds);
-  uv_timer_start(t->timer, on_park_timer, rt_ms_until(t->deadline_ns, now), 0);
+  uv_timer_start(t->timer, on_park_timer, rt_timeout_ms(s->uv, t->deadline_ns),
+                 0);
   return rt_task_park(L, t, op, abandon, k);
 }
 
@@ -512,10 +549,15 @@ void rt_sched_abandon_all(rt_sched_t *s) {
     if (t->in_ready) {
       /* Unlink it from the ready queue: it must never be resumed. */
       rt_task_t **p = &s->ready_head;
+      rt_task_t *before = NULL;
 
-      while (*p != t)
+      while (*p != t) {
+        before = *p;
         p = &(*p)->ready_next;
+      }
       *p = t->ready_next;
+      if (s->timed_tail == t)
+        s->timed_tail = before;
       if (s->ready_tail == t) {
         rt_task_t *last = s->ready_head;
 

@@ -69,6 +69,7 @@ struct rt_sched_s {
   uv_idle_t idle;   /* keeps the poll from blocking while tasks wait */
   rt_task_t *ready_head;
   rt_task_t *ready_tail;
+  rt_task_t *timed_tail; /* the last task its timer woke, while queued */
   unsigned ready_count;
   rt_task_t *live; /* every task not yet done */
   unsigned live_count;
@@ -111,6 +112,10 @@ int rt_task_park(lua_State *L, rt_task_t *t, void *op,
  * it, so a cancel before then still releases it. */
 void rt_task_wake(rt_task_t *t, int nargs);
 
+/* The same for a task woken by its timer (no values): it is queued ahead
+ * of tasks woken by I/O, behind those other timers woke before it. */
+void rt_task_wake_timed(rt_task_t *t);
+
 /* Park until rt_task_wake_lua; returns the values passed to it. */
 int rt_task_park_lua(lua_State *L, rt_task_t *t);
 
@@ -127,11 +132,15 @@ int rt_task_park_timed(lua_State *L, rt_task_t *t, double seconds, void *op,
 /* Sleep the running task for seconds (>= 0). Use as a return expression. */
 int rt_task_sleep(lua_State *L, rt_task_t *t, double seconds);
 
-/* uv_hrtime after seconds (>= 0; beyond some 570 years, UINT64_MAX), and
- * whole milliseconds until a deadline, rounded up: libuv's timers count
- * whole milliseconds and must never end a wait early. */
+/* uv_hrtime after seconds (>= 0; beyond some 570 years, UINT64_MAX).
+ * libuv's timers count whole milliseconds and must never end a wait
+ * early: a timer fires at the deadline rounded up to the millisecond. */
 uint64_t rt_deadline_after(uint64_t now_ns, double seconds);
-uint64_t rt_ms_until(uint64_t deadline_ns, uint64_t now_ns);
+/* The delay to give uv_timer_start for a timer that must not fire before
+ * deadline_ns (uv_hrtime's clock): from the loop's clock (whole
+ * milliseconds, rounded down) to the first whole millisecond at or after
+ * the deadline, so it fires less than a millisecond late, not up to two. */
+uint64_t rt_timeout_ms(uv_loop_t *uv, uint64_t deadline_ns);
 
 /* Link something the task now owns; it is stopped when the task is
  * cancelled or ends, unless unlinked first. */

@@ -1,0 +1,34 @@
+-- Memory of a burst: N requests in flight at once (retry.load, closed
+-- model, N workers, one request each) against a route that answers slowly
+-- (nginx's /slow route in scripts/bench.sh), then what is left once the burst is over:
+-- after one second idle and a full Lua collection, this reads the
+-- process's RSS (/proc/self/status). scripts/bench.sh takes the peak RSS
+-- of the whole run from /usr/bin/time and compares it with the C ceiling's
+-- for the same burst.
+-- Usage: lretry scripts/bench_burst.lua URL [N]
+-- Prints: "bench_burst: N requests in S s, peak RSS X KiB, after Y KiB"
+local retry = require("retry")
+
+local url = arg[1] or error("usage: lretry scripts/bench_burst.lua URL [N]")
+local n = math.tointeger(tonumber(arg[2] or 10000))
+assert(n and n > 0, "N must be a positive integer")
+
+local function status_kib(field)
+  local f <close> = assert(io.open("/proc/self/status"))
+  return tonumber(f:read("a"):match(field .. ":%s*(%d+) kB"))
+end
+
+local r = retry.load{
+  url = url, concurrency = n, requests = n, quiet = true,
+  check = function(response) return response.status == 200 end,
+}
+local peak = status_kib("VmHWM")
+retry.sleep(1)
+collectgarbage("collect")
+local after = status_kib("VmRSS")
+print(("bench_burst: %d requests in %.2f s, peak RSS %d KiB, after %d KiB"):format(
+  r.requests, r.duration, peak, after))
+if r.checks_failed ~= 0 or r.errors ~= 0 or r.requests ~= n then
+  io.stderr:write(r:summary())
+  os.exit(1)
+end

@@ -1,0 +1,62 @@
+-- Memory of many requests waiting in the client's backoff: TASKS tasks
+-- each make one RetryClient GET to a route that answers 503, so each
+-- request waits WAIT seconds in backoff before its second (last) attempt.
+-- The client keeps its default limit (100 attempts in flight), so the
+-- first attempts finish long before the first wait ends and all TASKS
+-- requests sit in backoff together. Once they do, this reads the
+-- process's RSS (/proc/self/status); scripts/bench.sh also takes the peak
+-- RSS of the whole run from /usr/bin/time.
+-- Usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT]
+-- Prints: "bench_sleepers: N in backoff at once, RSS X KiB (peak Y KiB)"
+local retry = require("retry")
+
+local url = arg[1] or error("usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT]")
+local n = math.tointeger(tonumber(arg[2] or 10000))
+local wait = tonumber(arg[3] or 3)
+assert(n and n > 0, "TASKS must be a positive integer")
+assert(wait and wait > 0, "WAIT must be seconds > 0")
+
+local function status_kib(field)
+  local f <close> = assert(io.open("/proc/self/status"))
+  return tonumber(f:read("a"):match(field .. ":%s*(%d+) kB"))
+end
+
+-- before_retry runs just before the backoff wait: it counts the requests
+-- that entered it and notes when the first and the last did. All were
+-- waiting at once when the last came in less than WAIT after the first.
+local waiting, first, last = 0, nil, nil
+local client <close> = retry.RetryClient{
+  retry_options = retry.ListRetry{ timeouts = { wait }, attempts = 2,
+    before_retry = function()
+      waiting = waiting + 1
+      if waiting == 1 then first = retry.now() end
+      if waiting == n then last = retry.now() end
+    end },
+}
+
+local statuses, ended = 0, 0
+local tasks = {}
+for i = 1, n do
+  tasks[i] = retry.spawn(function()
+    local r <close> = client:get(url)
+    if r.status == 503 and r.attempts == 2 then statuses = statuses + 1 end
+    ended = ended + 1
+  end)
+end
+-- Wait until every request is in backoff (or the first waits end, or a
+-- request ended without one), and read the RSS then: within 10 ms of the
+-- last one entering it.
+while waiting < n and ended == 0 and (first == nil or retry.now() - first < wait) do
+  retry.sleep(0.01)
+end
+local rss, peak = status_kib("VmRSS"), status_kib("VmHWM")
+local at_once = last ~= nil and retry.now() - first < wait
+retry.gather(tasks)
+print(("bench_sleepers: %d in backoff at once, RSS %d KiB (peak %d KiB)"):format(
+  at_once and n or 0, rss, peak))
+if not at_once or statuses ~= n then
+  io.stderr:write(("bench_sleepers: %d of %d entered backoff, %s; %d of %d "
+    .. "made 2 attempts and got 503\n"):format(waiting, n,
+    at_once and "all at once" or "not all at once", statuses, n))
+  os.exit(1)
+end
