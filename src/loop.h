@@ -47,6 +47,7 @@ struct rt_loop_s {
   void *xfer_pool;       /* owned by transfer.c; idle easy handles */
   unsigned xfer_idle;    /* how many there are (transfer.c keeps it) */
   rt_loop_trim_cb trim;  /* set by transfer.c; may be NULL */
+  int shrunk;            /* the caches let go of much since the last tidy */
 };
 
 /* Initialise the uv loop and the multi handle. Returns 0 or a negative
