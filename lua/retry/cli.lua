@@ -25,6 +25,10 @@ error, checks, retries, attempts per request, latency percentiles.
   -r, --rate R          open model: start R requests per second, however
                         slow the server is; latency counts from each
                         request's scheduled start
+  -t, --threads N       run the load on N OS threads, each with its own
+                        loop: -c and -r split between them, -n shared
+                        (default 1; at most the concurrency); one
+                        merged summary
   -m, --method METHOD   (default GET)
   -H, --header 'K: V'   add a request header (repeatable)
       --body DATA       request body; @FILE reads it from FILE
@@ -103,9 +107,9 @@ local MAX_ATTEMPTS = 100
 local TAKES_VALUE = { concurrency = true, requests = true, duration = true,
   rate = true, method = true, header = true, body = true, attempts = true,
   strategy = true, timeout = true, expect = true, threshold = true,
-  json = true }
+  json = true, threads = true }
 local SHORT = { c = "concurrency", n = "requests", d = "duration",
-  r = "rate", m = "method", H = "header", h = "help" }
+  r = "rate", m = "method", H = "header", h = "help", t = "threads" }
 local FLAGS = { quiet = true, help = true }
 
 -- argv -> options (repeatable ones as lists) and positional arguments.
@@ -285,6 +289,14 @@ local function run_load(args)
       .. "fibonacci or jitter, got %q"):format(opts.strategy))
   end
   local concurrency = integer_option("load", opts, "concurrency", 1)
+  local threads = integer_option("load", opts, "threads", 1)
+  local cap = concurrency
+    or (rate and load.DEFAULT_IN_FLIGHT or load.DEFAULT_CONCURRENCY)
+  if threads and threads > cap then
+    usage_error("load", ("--threads %d is more than the concurrency (%s%d): "
+      .. "each thread runs at least one request at a time"):format(threads,
+      concurrency and "-c " or "", cap))
+  end
   local attempts = integer_option("load", opts, "attempts", 1) or 3
   if attempts > MAX_ATTEMPTS then
     usage_error("load", ("--attempts must be at most %d, got %d"):format(
@@ -307,8 +319,7 @@ local function run_load(args)
   local client = retry.RetryClient{
     headers = headers,
     retry_options = strategy(attempts),
-    limit = concurrency or (rate and load.DEFAULT_IN_FLIGHT
-      or load.DEFAULT_CONCURRENCY),
+    limit = cap,
     timeout = timeout,
   }
   local call = body and { data = body } or nil
@@ -317,7 +328,7 @@ local function run_load(args)
     request = function(c) return c:request(method, url, call) end,
     check = expect_check("load", opts.expect), concurrency = concurrency,
     requests = integer_option("load", opts, "requests", 0),
-    duration = duration, rate = rate,
+    duration = duration, rate = rate, threads = threads,
     thresholds = thresholds,
     quiet = opts.quiet or nil, json = opts.json,
   }

@@ -44,9 +44,27 @@ M.exit_status = 0
 -- so one Ctrl-C stops a script that runs several.
 M.interrupted = false
 
+--- retry.load calls so far in this state: a worker thread runs the share
+-- of the call with the number the main thread gave it.
+M.calls = 0
+
+--- In a worker thread of a load with `threads` (set by become_worker):
+-- { index, count, share = {seq, concurrency, requests, rate, progress},
+-- hand_over, wait_stop, publish } (src/threads.h). nil in the main thread.
+M.worker = nil
+
+--- What a worker thread's script ends with once its share is handed over.
+M.WORKER_DONE = setmetatable({}, {
+  __name = "retry.load.worker_done",
+  __tostring = function()
+    return "this worker thread's share of the load is done"
+  end,
+})
+
 local FIELDS = { client = true, url = true, request = true, check = true,
   concurrency = true, requests = true, duration = true, rate = true,
-  thresholds = true, grace = true, quiet = true, json = true, label = true }
+  thresholds = true, grace = true, quiet = true, json = true, label = true,
+  threads = true }
 
 local function check_count(v, name, min)
   if v == nil then return nil end
@@ -76,7 +94,7 @@ local function check_spec(spec)
       "retry.load: grace", true) or M.DEFAULT_GRACE,
     client = spec.client, url = spec.url, request = spec.request,
     check = spec.check, quiet = spec.quiet, json = spec.json,
-    label = spec.label,
+    label = spec.label, threads = check_count(spec.threads, "threads", 1),
   }
   if s.rate ~= nil and (type(s.rate) ~= "number" or s.rate ~= s.rate
       or s.rate <= 0 or s.rate > M.MAX_RATE) then
@@ -174,6 +192,9 @@ end
 -- Workers and requests never raise: what they record is their result, so
 -- an error an await sees is the awaiting task's own cancel.
 local function closed_worker(L)
+  -- In a worker thread, the request numbers come from the load's count
+  -- shared by every thread (src/threads.c).
+  local claim = L.claim
   while not L.stopping and L.started_count < L.total do
     local now = core.now()
     if L.ends and now >= L.ends then break end
@@ -181,8 +202,13 @@ local function closed_worker(L)
       stop(L, "closed")
       break
     end
+    local i = L.started_count + 1
+    if claim then
+      i = claim()
+      if i == nil then break end
+    end
     L.started_count = L.started_count + 1
-    local ok, sent = pcall(one, L, L.started_count, now)
+    local ok, sent = pcall(one, L, i, now)
     -- A request that sent nothing (refused by an open breaker, a script
     -- error) never waited: give the loop a turn, or this worker would
     -- spin without the timers, Ctrl-C or the other workers running.
@@ -199,7 +225,8 @@ end
 local EARLY = 0.001
 
 -- Start request i at L.started + (i - 1) / rate, whatever the ones before
--- it are doing.
+-- it are doing (+ L.phase: worker thread k of n starts the requests k,
+-- k + n... of the whole load's schedule).
 local function open_scheduler(L)
   local interval = 1 / L.rate
   local burst = 0
@@ -209,7 +236,7 @@ local function open_scheduler(L)
       break
     end
     local i = L.started_count + 1
-    local due = L.started + (i - 1) * interval
+    local due = L.started + L.phase + (i - 1) * interval
     if L.ends and due >= L.ends then
       L.stopped_by = L.stopped_by or "duration"
       break
@@ -237,7 +264,9 @@ local function open_scheduler(L)
     end
     L.started_count = i
     -- From when it was due, or from when it started if that was earlier.
-    L.live[task.spawn(open_request, L, i, math.min(due, now))] = true
+    -- Worker thread k of n numbers its requests k, k + n, k + 2n...
+    L.live[task.spawn(open_request, L, (i - 1) * L.stride + L.offset,
+      math.min(due, now))] = true
   end
 end
 
@@ -249,11 +278,12 @@ local function count_dropped(L)
   -- The requests due before stop_at, by the scheduler's own arithmetic
   -- (started + (i - 1) * interval), so rounding cannot invent one.
   local interval = 1 / L.rate
-  local due = math.max(0, math.floor((stop_at - L.started) * L.rate))
-  while due > 0 and L.started + (due - 1) * interval >= stop_at do
+  local first = L.started + L.phase
+  local due = math.max(0, math.floor((stop_at - first) * L.rate))
+  while due > 0 and first + (due - 1) * interval >= stop_at do
     due = due - 1
   end
-  while L.started + due * interval < stop_at do due = due + 1 end
+  while first + due * interval < stop_at do due = due + 1 end
   due = math.min(L.total, due)
   L.recorder.dropped = math.tointeger(math.max(0, due - L.started_count))
 end
@@ -271,20 +301,49 @@ local function timekeeper(L)
   end
 end
 
+-- Ctrl-C: the main thread watches SIGINT itself; a worker thread's load
+-- is stopped by the main thread's (src/threads.c).
 local function on_interrupt(L)
-  local op = core.interrupt()
-  core.wait(nil, op)
+  if M.worker then
+    M.worker.wait_stop(task.current().handle)
+  else
+    local op = core.interrupt()
+    core.wait(nil, op)
+    M.interrupted = true
+  end
   L.interrupted = true
-  M.interrupted = true
   stop(L, "interrupt", "cancelled by Ctrl-C")
 end
 
+-- A worker thread's counters, for the main thread's progress line.
+local function publisher(L)
+  local publish = M.worker.publish
+  while true do
+    core.sleep(progress.INTERVAL / 2)
+    local rec = L.recorder
+    if rec then
+      publish(rec.requests, rec.errors, rec.retries, L.started_count)
+    end
+  end
+end
+
+-- Await a worker or request task. One the load cancelled before it ever
+-- ran (a worker thread's load stopped as it began) ends with that cancel,
+-- which is no error of the load's; this task's own cancel is.
+local function await_one(L, t)
+  local ok, err = pcall(t.await, t)
+  if not ok and not (t.done and L.cancelled_why
+      and errors.is_error(err, "cancelled")) then
+    error(err, 0)
+  end
+end
+
 local function await_all(L)
-  for _, w in ipairs(L.workers) do w:await() end
+  for _, w in ipairs(L.workers) do await_one(L, w) end
   while true do
     local t = next(L.live)
     if t == nil then break end
-    t:await()
+    await_one(L, t)
     L.live[t] = nil
   end
 end
@@ -299,36 +358,22 @@ local function describe_load(s)
   return "script"
 end
 
---- Run a load; returns a Result (lua/retry/result.lua). See the README,
--- "Load checks".
-function M.load(spec)
-  local s = check_spec(spec)
-  if M.interrupted then
-    error(errors.new("cancelled", "retry.load: an earlier load was "
-      .. "interrupted by Ctrl-C, so no more start"), 2)
-  end
-  if task.current() == nil then
-    invalid("retry.load must be called inside a task: wrap the code in "
-      .. "retry.run(function() ... end) (lretry runs scripts there)")
-  end
-  local open = s.rate ~= nil
-  local concurrency = s.concurrency
-    or (open and M.DEFAULT_IN_FLIGHT or M.DEFAULT_CONCURRENCY)
-  local duration = s.duration
-  if duration == nil and s.requests == nil then
-    duration = M.DEFAULT_DURATION
-  end
-  local path = s.json or M.defaults.json
-  if path and path ~= "-" then
-    -- Found now rather than after the whole load has run, leaving a file
-    -- that is there as it is (the load may be cancelled).
-    local existing = io.open(path, "r")
-    if existing then existing:close() end
-    local f, err = io.open(path, "a")
-    if not f then invalid("retry.load: cannot write the JSON: " .. err) end
-    f:close()
-    if not existing then os.remove(path) end
-  end
+local function duration_of(s)
+  if s.duration == nil and s.requests == nil then return M.DEFAULT_DURATION end
+  return s.duration
+end
+
+-- Run the load of the checked spec `s` on this thread's loop. `o` says
+-- what to run (the whole load, or a worker thread's share): concurrency,
+-- requests, rate, duration; quiet (no progress line) and publish (a
+-- worker's counters, for the main thread's line); in a worker thread,
+-- claim (the closed model's request numbers, shared by the threads) or
+-- stride, offset and phase (the open model's: worker k of n starts the
+-- whole load's requests k, k + n..., numbered so, (k - 1) / rate after the
+-- first). Returns the Result.
+local function run(s, o)
+  local open = o.rate ~= nil
+  local concurrency, duration = o.concurrency, o.duration
   local client, own_client = s.client, false
   if client == nil then
     client = client_mod.RetryClient{ limit = concurrency }
@@ -341,11 +386,13 @@ function M.load(spec)
   -- started, ends and recorder are set once the workers exist.
   local L = {
     client = client, request = s.request or default_request(s.url),
-    check = s.check, total = s.requests or math.huge, duration = duration,
-    grace = s.grace, rate = s.rate, started_count = 0,
+    check = s.check, total = o.requests or math.huge, duration = duration,
+    grace = s.grace, rate = o.rate, started_count = 0,
     counts = setmetatable({}, { __mode = "k" }), workers = {},
     live = {}, stopping = false, interrupted = false,
     cap = open and slots.new(concurrency) or nil,
+    claim = o.claim, stride = o.stride or 1, offset = o.offset or 1,
+    phase = o.phase or 0,
   }
   -- Attempts count for this load only when made by one of its requests,
   -- or by a task one of them spawned.
@@ -363,9 +410,8 @@ function M.load(spec)
   client.recorders[on_attempt] = true
   local helpers = { task.spawn(on_interrupt, L) }
   if duration then helpers[#helpers + 1] = task.spawn(timekeeper, L) end
-  local quiet = s.quiet
-  if quiet == nil then quiet = M.defaults.quiet end
-  local line = not quiet and progress.new(L) or nil
+  if o.publish then helpers[#helpers + 1] = task.spawn(publisher, L) end
+  local line = not o.quiet and progress.new(L) or nil
   if line then helpers[#helpers + 1] = task.spawn(progress.run, line) end
   if open then
     L.workers[1] = task.spawn(pcall, open_scheduler, L)
@@ -393,12 +439,162 @@ function M.load(spec)
   -- its last request ended: an open model's rate is its own.
   local took = core.now() - started
   if L.stopped_by == "duration" then took = math.max(took, duration) end
-  local r = L.recorder:result{
+  return L.recorder:result{
     duration = took, model = open and "open" or "closed",
-    concurrency = concurrency, rate = s.rate, label = describe_load(s),
+    concurrency = concurrency, rate = o.rate, label = describe_load(s),
     limits = s.limits, interrupted = L.interrupted, capped_by = capped_by,
   }
-  if L.interrupted then
+end
+
+-- The k-th of n parts of total, as even as can be: they add up to total.
+local function part(total, n, k)
+  return total // n + (k <= total % n and 1 or 0)
+end
+
+-- What progress.lua reads of a load, for the main thread of a load with
+-- threads: the counters the workers publish, added up.
+local function threads_view(group, s, o)
+  local started = core.now()
+  local view = { total = s.requests or math.huge, started = started,
+    ends = o.duration and started + o.duration, stopping = false }
+  view.recorder = setmetatable({}, {
+    __index = function(_, k) return group:progress()[k] end,
+  })
+  return setmetatable(view, {
+    __index = function(_, k)
+      if k == "started_count" then return group:progress().started end
+    end,
+  })
+end
+
+-- The main thread of a load with threads: start one OS thread per share,
+-- each running this same script in a Lua state of its own (the host's
+-- src/threads.c), watch Ctrl-C and draw the progress line while they run,
+-- and add up the results they hand back.
+local function threaded_load(s, o)
+  local loaded, threads = pcall(require, "retry.threads")
+  if not loaded then
+    invalid("retry.load: threads need the lretry program, which runs each "
+      .. "thread's share of the load in a Lua state of its own")
+  end
+  local n = s.threads
+  local tty = not o.quiet and core.isatty(2)
+  local shares = {}
+  for k = 1, n do
+    local share = { "seq=" .. M.calls,
+      "concurrency=" .. part(o.concurrency, n, k),
+      "progress=" .. (tty and 1 or 0) }
+    -- The closed model's threads claim the requests from one count as
+    -- they go; the open model's each start their share on schedule.
+    if s.rate then
+      share[#share + 1] = ("rate=%.17g"):format(s.rate / n)
+      if s.requests then
+        share[#share + 1] = "requests=" .. part(s.requests, n, k)
+      end
+    end
+    shares[k] = table.concat(share, " ")
+  end
+  local group = threads.start(shares, not s.rate and s.requests or nil)
+  local view = threads_view(group, s, o)
+  local interrupted = false
+  local helpers = { task.spawn(function()
+    local op = core.interrupt()
+    core.wait(nil, op)
+    interrupted, M.interrupted, view.stopping = true, true, true
+    group:stop()
+  end) }
+  local line = not o.quiet and progress.new(view) or nil
+  if line then helpers[#helpers + 1] = task.spawn(progress.run, line) end
+  -- os.exit now would tear libcurl down under the running threads.
+  local exit = os.exit
+  os.exit = function(...)
+    group:stop()
+    group:join()
+    return exit(...)
+  end
+  local me = task.current()
+  local waited, err = pcall(function()
+    local ended, stopped = 0, false
+    while ended < n do
+      ended = group:wait(me.handle, ended)
+      -- One thread failed: the load has, so the others stop now.
+      if not stopped and group:failed() then
+        stopped = true
+        group:stop()
+      end
+    end
+  end)
+  os.exit = exit
+  for _, h in ipairs(helpers) do h:cancel() end
+  if line then progress.clear(line) end
+  if not waited then -- this task was cancelled: so are the threads
+    group:stop()
+    group:join()
+    error(err, 0)
+  end
+  local items = group:results()
+  group:join()
+  local results, failures = {}, {}
+  for k, item in ipairs(items) do
+    if item.error then
+      failures[#failures + 1] = ("thread %d of %d failed: %s"):format(k, n,
+        item.error)
+    else
+      results[k] = result.from_json(item.result, "thread " .. k)
+    end
+  end
+  if #failures > 0 then
+    error("retry.load: " .. table.concat(failures, "\n"), 0)
+  end
+  -- One run, whose requests several threads made.
+  local r = result.merge(results, s.limits)
+  r.merged, r.threads = nil, n
+  r.concurrency, r.rate, r.label = o.concurrency, s.rate, describe_load(s)
+  r.interrupted = r.interrupted or interrupted
+  -- The client's limit capped the load when it capped every thread.
+  local capped = 0
+  for _, t in ipairs(results) do
+    if t.capped_by == nil then
+      capped = nil
+      break
+    end
+    capped = capped + t.capped_by
+  end
+  r.capped_by = capped
+  return r
+end
+
+-- In a worker thread: run this thread's share of the load the main thread
+-- started it for (number share.seq of the script's loads), hand the result
+-- over and end the script there. A load the script runs before that one
+-- ran in the main thread only: here it returns an empty result at once.
+local function worker_load(s, w)
+  if w.finished then error(M.WORKER_DONE, 0) end
+  local share = w.share
+  if M.calls < share.seq then
+    return result.recorder(core.now()):result{ duration = 0,
+      model = s.rate and "open" or "closed", concurrency = 0, rate = s.rate,
+      label = describe_load(s) }
+  end
+  if M.calls ~= share.seq or s.threads ~= w.count then
+    invalid(("retry.load: in worker thread %d of %d, load number %d of the "
+      .. "script has threads = %s: every thread must run the same loads in "
+      .. "the same order"):format(w.index, w.count, M.calls,
+      tostring(s.threads)))
+  end
+  local r = run(s, { concurrency = share.concurrency,
+    requests = share.requests, rate = share.rate, duration = duration_of(s),
+    quiet = true, publish = share.progress == 1,
+    claim = not share.rate and w.claim or nil, stride = w.count,
+    offset = w.index, phase = s.rate and (w.index - 1) / s.rate })
+  w.hand_over(r:to_json())
+  w.finished = true
+  error(M.WORKER_DONE, 0)
+end
+
+-- The exit status the host will use, and the JSON.
+local function conclude(r, path)
+  if r.interrupted then
     M.exit_status = 130
   elseif not r.ok and M.exit_status == 0 then
     M.exit_status = 2
@@ -411,6 +607,67 @@ function M.load(spec)
     end
   end
   return r
+end
+
+--- Run a load; returns a Result (lua/retry/result.lua). See the README,
+-- "Load checks".
+function M.load(spec)
+  local s = check_spec(spec)
+  M.calls = M.calls + 1
+  if M.worker then return worker_load(s, M.worker) end
+  if M.interrupted then
+    error(errors.new("cancelled", "retry.load: an earlier load was "
+      .. "interrupted by Ctrl-C, so no more start"), 2)
+  end
+  if task.current() == nil then
+    invalid("retry.load must be called inside a task: wrap the code in "
+      .. "retry.run(function() ... end) (lretry runs scripts there)")
+  end
+  local open = s.rate ~= nil
+  local concurrency = s.concurrency
+    or (open and M.DEFAULT_IN_FLIGHT or M.DEFAULT_CONCURRENCY)
+  local threads = s.threads or 1
+  if threads > concurrency then
+    invalid(("retry.load: threads (%d) must be at most the concurrency "
+      .. "(%d): each thread runs at least one request at a time"):format(
+      threads, concurrency))
+  end
+  local path = s.json or M.defaults.json
+  if path and path ~= "-" then
+    -- Found now rather than after the whole load has run, leaving a file
+    -- that is there as it is (the load may be cancelled).
+    local existing = io.open(path, "r")
+    if existing then existing:close() end
+    local f, err = io.open(path, "a")
+    if not f then invalid("retry.load: cannot write the JSON: " .. err) end
+    f:close()
+    if not existing then os.remove(path) end
+  end
+  local quiet = s.quiet
+  if quiet == nil then quiet = M.defaults.quiet end
+  local o = { concurrency = concurrency, requests = s.requests,
+    rate = s.rate, duration = duration_of(s), quiet = quiet }
+  if threads > 1 then return conclude(threaded_load(s, o), path) end
+  return conclude(run(s, o), path)
+end
+
+--- Make this state worker thread `w.index` of `w.count` of a load with
+-- threads (called by the host, src/threads.c, before the script runs).
+-- Only the main thread speaks: what a worker's script prints goes
+-- nowhere, and os.exit ends the worker's script, not the process.
+function M.become_worker(w)
+  local share = {}
+  for k, v in w.share:gmatch("(%w+)=(%S+)") do share[k] = tonumber(v) end
+  w.share = share
+  M.worker = w
+  local null = assert(io.open("/dev/null", "w"))
+  io.output(null)
+  io.stdout = null
+  _G.print = function() end
+  os.exit = function()
+    error(("os.exit was called in worker thread %d of %d, before its "
+      .. "share of the load"):format(w.index, w.count), 2)
+  end
 end
 
 --- Write a result's JSON to `path` ("-" for stdout).

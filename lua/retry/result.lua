@@ -279,7 +279,8 @@ function Result:to_table()
     schema = self.schema, label = self.label, model = self.model,
     concurrency = self.concurrency, rate = self.rate,
     capped_by = self.capped_by, interrupted = self.interrupted,
-    merged = self.merged, requests = self.requests, responses = self.responses,
+    merged = self.merged, threads = self.threads, requests = self.requests,
+    responses = self.responses,
     errors = self.errors, failed = self.failed,
     by_status = string_keys(self.by_status), by_error = self.by_error,
     error_examples = self.error_examples, checks = self.checks,
@@ -466,6 +467,9 @@ function M.from_json(text, where)
       "a count")),
     interrupted = t.interrupted == true,
     merged = math.tointeger(optional("merged", function(v)
+      return count_or_nil(v) and v >= 1
+    end, "a count >= 1")),
+    threads = math.tointeger(optional("threads", function(v)
       return count_or_nil(v) and v >= 1
     end, "a count >= 1")),
     duration = duration, limits = limits,

@@ -1,0 +1,335 @@
+-- Loads on several OS threads (issue 9, point 3): `lretry load --threads N`
+-- and `retry.load{threads = N}` in a script run N loops, each in a thread
+-- with a Lua state of its own, and merge their results exactly. Every
+-- request is counted at the server as well.
+local retry = require("retry")
+local h = require("helper")
+local cjson = require("cjson")
+
+local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+local function lretry(args)
+  return h.sh(h.lretry .. " " .. args)
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_script(text)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+describe("lretry load --threads", function()
+  it("sends exactly -n requests in all, at most -c at once", function()
+    local url, key = h.counted("/delay/2", "threads")
+    local path = os.tmpname()
+    local code, out, err = lretry("load " .. q(url) .. " --threads 2 -n 1000 "
+      .. "-c 8 --expect 200 --json " .. path)
+    assert.equal(0, code, err)
+    assert.is_truthy(out:find("requests%s+1000"), out)
+    assert.is_truthy(out:find("closed model, 8 concurrent", 1, true), out)
+    assert.is_truthy(out:find("100.00%   1000 passed, 0 failed", 1, true), out)
+    local j = cjson.decode(slurp(path))
+    os.remove(path)
+    assert.equal(1000, j.requests)
+    assert.equal(1000, j.responses)
+    assert.equal(1000, j.attempts_sent)
+    assert.equal(1000, j.histogram.count)
+    assert.equal(1000, j.attempt_histogram.count)
+    assert.equal(2, j.threads)
+    assert.equal(8, j.concurrency)
+    assert.is_nil(j.merged)
+    local sum = 0
+    for _, e in ipairs(j.timeline) do sum = sum + e.requests end
+    assert.equal(1000, sum)
+    retry.run(function()
+      local c = h.counts(retry, key)
+      assert.equal(1000, c.hits)
+      assert.is_true(c.peak <= 8, "peak " .. c.peak)
+    end)
+  end)
+
+  it("splits an odd count and concurrency exactly", function()
+    local url, key = h.counted("/hello", "threads")
+    local code, out, err = lretry("load " .. q(url) .. " -t 3 -n 1001 -c 7 "
+      .. "--json -")
+    assert.equal(0, code, err)
+    local j = cjson.decode(out)
+    assert.equal(1001, j.requests)
+    assert.equal(7, j.concurrency)
+    assert.equal(3, j.threads)
+    retry.run(function() assert.equal(1001, h.hits(retry, key)) end)
+  end)
+
+  it("runs every thread for the same duration", function()
+    local url, key = h.counted("/delay/5", "threads")
+    local path = os.tmpname()
+    local t0 = retry.now()
+    local code, _, err = lretry("load " .. q(url) .. " --threads 2 -d 1s "
+      .. "-c 4 --json " .. path)
+    local took = retry.now() - t0
+    assert.equal(0, code, err)
+    assert.is_true(took >= 1 and took < 1.8, tostring(took))
+    local j = cjson.decode(slurp(path))
+    os.remove(path)
+    assert.is_true(j.duration >= 1 and j.duration < 1.3, tostring(j.duration))
+    assert.is_true(j.requests >= 100, tostring(j.requests))
+    assert.equal(j.requests, j.responses + j.errors)
+    retry.run(function() assert.equal(j.requests, h.hits(retry, key)) end)
+  end)
+
+  it("splits the rate of an open model", function()
+    local url, key = h.counted("/hello", "threads")
+    local code, out, err = lretry("load " .. q(url) .. " -t 2 -r 200 -d 1s")
+    assert.equal(0, code, err)
+    assert.is_truthy(out:find("open model, 200/s", 1, true), out)
+    local n = tonumber(out:match("requests%s+(%d+)"))
+    assert.is_true(n >= 196 and n <= 200, out)
+    retry.run(function() assert.equal(n, h.hits(retry, key)) end)
+    -- The threads start the whole schedule's requests in turn: as many
+    -- as one thread would, however the rate divides.
+    url, key = h.counted("/hello", "threads")
+    code, out, err = lretry("load " .. q(url) .. " -t 4 -r 150 -d 1s "
+      .. "--json -")
+    assert.equal(0, code, err)
+    local j = cjson.decode(out)
+    assert.equal(150, j.requests + j.dropped)
+    assert.equal(150, j.rate)
+    retry.run(function() assert.equal(j.requests, h.hits(retry, key)) end)
+  end)
+
+  it("refuses more threads than the concurrency", function()
+    local code, out, err = lretry("load http://127.0.0.1:1/ -t 3 -c 2")
+    assert.equal(2, code)
+    assert.equal("", out)
+    assert.is_truthy(err:find("--threads 3 is more than the concurrency (-c 2)",
+      1, true), err)
+    code, _, err = lretry("load http://127.0.0.1:1/ -t 11")
+    assert.equal(2, code)
+    assert.is_truthy(err:find("more than the concurrency (10)", 1, true), err)
+    code, _, err = lretry("load http://127.0.0.1:1/ -t 0")
+    assert.equal(2, code)
+    assert.is_truthy(err:find("--threads must be an integer >= 1", 1, true),
+      err)
+    local help
+    code, help = lretry("load --help")
+    assert.equal(0, code)
+    assert.is_truthy(help:find("-t, --threads N", 1, true), help)
+  end)
+
+  it("checks the thresholds once, on the merged figures", function()
+    local url = h.url("/delay/20")
+    local code, out = lretry("load " .. q(url) .. " -t 2 -n 20 -c 2 "
+      .. "--threshold p50=5ms --threshold error_rate=0")
+    assert.equal(2, code)
+    assert.is_truthy(out:find("✗ p50", 1, true), out)
+    assert.is_truthy(out:find("✓ error_rate", 1, true), out)
+    local _, n = out:gsub("thresholds", "")
+    assert.equal(1, n, out)
+  end)
+
+  it("writes a JSON that merges like any other", function()
+    local a, b = os.tmpname(), os.tmpname()
+    local code = lretry("load " .. q(h.url("/hello")) .. " -t 2 -n 300 -c 4 "
+      .. "--quiet --json " .. a)
+    assert.equal(0, code)
+    code = lretry("load " .. q(h.url("/status/404")) .. " -n 100 -c 2 "
+      .. "--quiet --json " .. b)
+    assert.equal(0, code)
+    local code2, out = lretry("merge " .. a .. " " .. b .. " --json -")
+    assert.equal(0, code2, out)
+    local m = cjson.decode(out)
+    assert.equal(400, m.requests)
+    assert.equal(300, m.by_status["200"])
+    assert.equal(100, m.by_status["404"])
+    assert.equal(400, m.histogram.count)
+    assert.equal(2, m.merged)
+    -- A merge of the one file gives its figures back.
+    local _, one = lretry("merge " .. a .. " --json -")
+    local ja, jm = cjson.decode(slurp(a)), cjson.decode(one)
+    assert.same(ja.histogram, jm.histogram)
+    assert.same(ja.latency, jm.latency)
+    assert.equal(ja.requests, jm.requests)
+    os.remove(a)
+    os.remove(b)
+  end)
+
+  it("with --threads 1 runs as without it", function()
+    local url, key = h.counted("/hello", "threads")
+    local code, out, err = lretry("load " .. q(url) .. " -t 1 -n 200 -c 4 "
+      .. "--json -")
+    assert.equal(0, code, err)
+    local j = cjson.decode(out)
+    assert.equal(200, j.requests)
+    assert.is_nil(j.threads)
+    assert.is_truthy(err:find("requests%s+200"), err)
+    retry.run(function() assert.equal(200, h.hits(retry, key)) end)
+  end)
+
+  it("stops every thread on Ctrl-C, prints the partial summary and exits 130",
+    function()
+      local url, key = h.counted("/delay/300", "threads-int")
+      local path = os.tmpname()
+      local t0 = retry.now()
+      local code, out = h.sh("sh -c " .. q(h.lretry .. " load " .. q(url)
+        .. " -c 8 -d 20s --threads 2 --json " .. path .. " & pid=$!; "
+        .. "sleep 1; kill -INT $pid; wait $pid"))
+      local took = retry.now() - t0
+      assert.equal(130, code, out)
+      assert.is_true(took < 3, tostring(took))
+      assert.is_truthy(out:find("INTERRUPTED", 1, true), out)
+      local j = cjson.decode(slurp(path))
+      os.remove(path)
+      assert.is_true(j.interrupted)
+      assert.equal(j.requests, j.responses + j.errors)
+      assert.equal(8, j.by_error.cancelled)
+      assert.equal("cancelled by Ctrl-C", j.error_examples.cancelled)
+      assert.equal(j.requests - 8, j.histogram.count)
+      retry.run(function()
+        assert.equal(j.attempts_sent, h.counts(retry, key).hits)
+        local deadline = retry.now() + 2
+        while h.counts(retry, key).aborted < 8 and retry.now() < deadline do
+          retry.sleep(0.05)
+        end
+        assert.equal(8, h.counts(retry, key).aborted)
+      end)
+    end)
+
+  it("draws one progress line with every thread's counts", function()
+    local code, out = h.sh("env -u LD_PRELOAD script -qec "
+      .. q(h.lretry .. " load " .. q(h.url("/delay/10")) .. " -c 8 -t 2 "
+        .. "-n 400") .. " /dev/null")
+    assert.equal(0, code, out)
+    local totals = 0
+    for done, total in out:gmatch("\r\27%[K[%d.]+s  (%d+)/(%d+) %(") do
+      assert.equal("400", total)
+      totals = totals + 1
+      assert.is_true(tonumber(done) <= 400)
+    end
+    assert.is_true(totals >= 1, out)
+    -- 8 in flight: both threads' requests are counted, not one's.
+    assert.is_truthy(out:find("in flight 8", 1, true), out)
+    assert.is_truthy(out:find("\r\27[Klretry load:", 1, true), out)
+  end)
+end)
+
+describe("retry.load{threads = N} in a script", function()
+  it("runs the script in every thread up to its load, and the rest once",
+    function()
+      local warm_url, warm_key = h.counted("/hello", "threads-warm")
+      local url, key = h.counted("/hello", "threads-script")
+      local script = write_script(([[
+        local retry = require("retry")
+        print("start " .. arg[1])
+        local warm = retry.load{ url = %q, requests = 10, quiet = true }
+        print("warm " .. warm.requests)
+        local r = retry.load{ url = %q, requests = 500, concurrency = 4,
+          threads = 2, quiet = true,
+          request = function(client, i) return client:get(%q) end,
+          check = function(response) return response.status == 200 end }
+        print("load " .. r.requests .. " " .. r.checks .. " " .. r.threads)
+      ]]):format(warm_url, url, url))
+      local code, out, err = lretry(script .. " hello")
+      os.remove(script)
+      assert.equal(0, code, err)
+      assert.equal("start hello\nwarm 10\nload 500 500 2\n", out)
+      retry.run(function()
+        assert.equal(10, h.hits(retry, warm_key))
+        assert.equal(500, h.hits(retry, key))
+      end)
+    end)
+
+  it("numbers the requests across the threads, each number once",
+    function()
+      local prefix = h.key("threads-i")
+      local script = write_script(([[
+        local retry = require("retry")
+        local function request(client, i)
+          return client:get(%q .. "?key=" .. %q .. "-" .. i)
+        end
+        retry.load{ requests = 60, concurrency = 4, threads = 2,
+          quiet = true, request = request }
+        retry.load{ requests = 40, rate = 400, threads = 2, quiet = true,
+          request = function(client, i) return request(client, 100 + i) end }
+      ]]):format(h.url("/hello"), prefix))
+      local code, _, err = lretry(script)
+      os.remove(script)
+      assert.equal(0, code, err)
+      retry.run(function()
+        for i = 1, 60 do
+          assert.equal(1, h.hits(retry, prefix .. "-" .. i), "request " .. i)
+        end
+        for i = 101, 140 do
+          assert.equal(1, h.hits(retry, prefix .. "-" .. i), "request " .. i)
+        end
+        assert.equal(0, h.hits(retry, prefix .. "-61"))
+        assert.equal(0, h.hits(retry, prefix .. "-141"))
+      end)
+    end)
+
+  it("reports a thread's error and exits 1", function()
+    local script = write_script(([[
+      local retry = require("retry")
+      local worker = require("retry.load").worker
+      if worker and worker.index == 2 then error("no luck in thread 2") end
+      retry.load{ url = %q, duration = 5, concurrency = 4, threads = 2 }
+      print("not reached")
+    ]]):format(h.url("/delay/50")))
+    local t0 = retry.now()
+    local code, out, err = lretry(script)
+    os.remove(script)
+    assert.equal(1, code, err)
+    assert.is_true(retry.now() - t0 < 2)
+    assert.equal("", out)
+    assert.is_truthy(err:find("thread 2 of 2 failed: .*no luck in thread 2"),
+      err)
+  end)
+
+  it("refuses more threads than the concurrency", function()
+    local script = write_script(([[
+      local retry = require("retry")
+      retry.load{ url = %q, requests = 10, concurrency = 2, threads = 3 }
+    ]]):format(h.url("/hello")))
+    local code, _, err = lretry(script)
+    os.remove(script)
+    assert.equal(1, code)
+    assert.is_truthy(err:find("threads (3) must be at most the concurrency (2)",
+      1, true), err)
+  end)
+
+  it("needs the lretry program", function()
+    retry.run(function()
+      local ok, e = pcall(retry.load, { url = h.url("/hello"), requests = 4,
+        concurrency = 2, threads = 2, quiet = true })
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(e, "invalid"))
+      assert.is_truthy(e.message:find("threads need the lretry program", 1,
+        true), e.message)
+    end)
+  end)
+
+  it("stops on Ctrl-C and exits 130", function()
+    local script = write_script(([[
+      local retry = require("retry")
+      local r = retry.load{ url = %q, concurrency = 4, duration = 20,
+        threads = 2, quiet = true }
+      print("interrupted " .. tostring(r.interrupted) .. " "
+        .. r.by_error.cancelled)
+    ]]):format(h.url("/delay/300")))
+    local t0 = retry.now()
+    local code, out, err = h.sh("sh -c " .. q(h.lretry .. " " .. script
+      .. " & pid=$!; sleep 1; kill -INT $pid; wait $pid"))
+    os.remove(script)
+    assert.equal(130, code, out .. err)
+    assert.is_true(retry.now() - t0 < 3)
+    assert.equal("interrupted true 4\n", out)
+  end)
+end)
