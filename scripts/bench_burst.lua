@@ -3,7 +3,7 @@
 -- (nginx's /slow route in scripts/bench.sh), then what is left once the
 -- burst is over: after 4 s idle (the loop lets go of idle easy handles and
 -- connections after two 1 s periods without use, and gives the memory back
--- at the next) and a full Lua collection, this reads the
+-- at the next) after a full Lua collection, this reads the
 -- process's RSS (/proc/self/status). scripts/bench.sh takes the peak RSS
 -- of the whole run from /usr/bin/time and compares it with the C ceiling's
 -- for the same burst.
@@ -25,8 +25,10 @@ local r = retry.load{
   check = function(response) return response.status == 200 end,
 }
 local peak = status_kib("VmHWM")
-retry.sleep(4)
+-- The load's tasks are garbage now: collected first, so what the loop
+-- gives back to the system at its next tidy includes their memory.
 collectgarbage("collect")
+retry.sleep(4)
 local after = status_kib("VmRSS")
 print(("bench_burst: %d requests in %.2f s, peak RSS %d KiB, after %d KiB"):format(
   r.requests, r.duration, peak, after))

@@ -358,6 +358,16 @@ local function describe_load(s)
   return "script"
 end
 
+-- A load's helper tasks (interrupt watcher, timekeeper, progress line)
+-- end before it returns: cancelled and, unless the load's own task was
+-- cancelled, awaited (one loop turn). Until they end they hold the load,
+-- its workers and their coroutine stacks: some 2 KB per worker.
+local function end_helpers(helpers, wait)
+  for _, h in ipairs(helpers) do h:cancel() end
+  if not wait then return end
+  for _, h in ipairs(helpers) do pcall(h.await, h) end
+end
+
 local function duration_of(s)
   if s.duration == nil and s.requests == nil then return M.DEFAULT_DURATION end
   return s.duration
@@ -429,7 +439,7 @@ local function run(s, o)
   if not ok then -- this task was cancelled: so are they
     stop(L, "cancel", "the task running the load was cancelled")
   end
-  for _, h in ipairs(helpers) do h:cancel() end
+  end_helpers(helpers, ok)
   if line then progress.clear(line) end
   client.recorders[on_attempt] = nil
   if own_client then client:close() end
@@ -525,7 +535,7 @@ local function threaded_load(s, o)
     end
   end)
   os.exit = exit
-  for _, h in ipairs(helpers) do h:cancel() end
+  end_helpers(helpers, waited)
   if line then progress.clear(line) end
   if not waited then -- this task was cancelled: so are the threads
     group:stop()

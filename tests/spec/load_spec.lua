@@ -137,6 +137,25 @@ describe("retry.load, the edges of a run", function()
     end)
   end)
 
+  it("keeps nothing of its tasks once it returns", function()
+    retry.run(function()
+      -- The workers' coroutines (and their stacks) are garbage as soon as
+      -- the load is over; its helper tasks (the duration adds a
+      -- timekeeper) must not be left holding them.
+      local workers = setmetatable({}, { __mode = "k" })
+      local r = retry.load(quiet{ concurrency = 200, requests = 200,
+        duration = 5, request = function(c, _)
+          workers[coroutine.running()] = true
+          return c:get(h.url("/hello"))
+        end })
+      assert.equal(200, r.requests)
+      assert.is_not_nil(next(workers))
+      collectgarbage("collect")
+      collectgarbage("collect")
+      assert.is_nil(next(workers))
+    end)
+  end)
+
   it("crosses a latency threshold when nothing was measured", function()
     retry.run(function()
       local r = retry.load(quiet{ url = h.url("/hello"), requests = 0,
