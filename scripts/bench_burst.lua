@@ -8,7 +8,8 @@
 -- of the whole run from /usr/bin/time and compares it with the C ceiling's
 -- for the same burst.
 -- Usage: lretry scripts/bench_burst.lua URL [N]
--- Prints: "bench_burst: N requests in S s, peak RSS X KiB, after Y KiB"
+-- Prints: "bench_burst: N requests in S s, peak RSS X KiB, handles after H,
+--          after Y KiB"
 local retry = require("retry")
 
 local url = arg[1] or error("usage: lretry scripts/bench_burst.lua URL [N]")
@@ -30,8 +31,11 @@ local peak = status_kib("VmHWM")
 collectgarbage("collect")
 retry.sleep(4)
 local after = status_kib("VmRSS")
-print(("bench_burst: %d requests in %.2f s, peak RSS %d KiB, after %d KiB"):format(
-  r.requests, r.duration, peak, after))
+-- libuv handles still open: a poll per connection and a timer per easy
+-- handle the loop kept, beside its own few.
+local handles = require("retry.core").counts().handles
+print(("bench_burst: %d requests in %.2f s, peak RSS %d KiB, handles after %d, "
+  .. "after %d KiB"):format(r.requests, r.duration, peak, handles, after))
 if r.checks_failed ~= 0 or r.errors ~= 0 or r.requests ~= n then
   io.stderr:write(r:summary())
   os.exit(1)
