@@ -40,36 +40,44 @@ void rt_task_push_handle(lua_State *L, rt_task_t *t) {
 
 static void on_idle(uv_idle_t *idle);
 
-/* Queue t behind `after` (NULL: at the head). */
-static void ready_link(rt_sched_t *s, rt_task_t *t, rt_task_t *after) {
+static void ready_push(rt_sched_t *s, rt_task_t *t) {
+  t->state = RT_TASK_READY;
+  if (t->in_ready)
+    return;
   t->in_ready = 1;
-  t->ready_next = after != NULL ? after->ready_next : s->ready_head;
-  if (after != NULL)
-    after->ready_next = t;
+  t->ready_next = NULL;
+  if (s->ready_tail != NULL)
+    s->ready_tail->ready_next = t;
   else
     s->ready_head = t;
-  if (t->ready_next == NULL)
-    s->ready_tail = t;
+  s->ready_tail = t;
   s->ready_count++;
   /* An active idle handle makes the loop poll without blocking. */
   if (s->ready_count == 1)
     uv_idle_start(&s->idle, on_idle);
 }
 
-static void ready_push(rt_sched_t *s, rt_task_t *t) {
-  t->state = RT_TASK_READY;
-  if (!t->in_ready)
-    ready_link(s, t, s->ready_tail);
-}
-
-/* Tasks woken by their timers go before the others, in the order their
- * timers fired: a backoff sleep is late by whatever runs before it. */
+/* A task its timer woke goes ahead of those I/O woke, behind the ones
+ * other timers woke since the last drain; drain resumes all of those
+ * first, so a backoff sleep is not late by a long queue, and then at
+ * least one of the others, so no stream of timers can hold them up. */
 static void ready_push_timed(rt_sched_t *s, rt_task_t *t) {
   t->state = RT_TASK_READY;
   if (t->in_ready)
     return;
-  ready_link(s, t, s->timed_tail);
+  t->in_ready = 1;
+  t->ready_next =
+      s->timed_tail != NULL ? s->timed_tail->ready_next : s->ready_head;
+  if (s->timed_tail != NULL)
+    s->timed_tail->ready_next = t;
+  else
+    s->ready_head = t;
+  if (t->ready_next == NULL)
+    s->ready_tail = t;
   s->timed_tail = t;
+  s->ready_count++;
+  if (s->ready_count == 1)
+    uv_idle_start(&s->idle, on_idle);
 }
 
 static rt_task_t *ready_pop(rt_sched_t *s) {
@@ -218,6 +226,11 @@ static void drain(rt_sched_t *s) {
   if (s->L == NULL)
     return;
   until = uv_hrtime() + DRAIN_BUDGET_NS;
+  /* Timers only fire between drains: these are this turn's, all of them. */
+  while (s->timed_tail != NULL) {
+    resume(s, ready_pop(s));
+    n--;
+  }
   while (n-- > 0 && s->ready_head != NULL) {
     resume(s, ready_pop(s));
     if (uv_hrtime() >= until)

@@ -69,7 +69,7 @@ struct rt_sched_s {
   uv_idle_t idle;   /* keeps the poll from blocking while tasks wait */
   rt_task_t *ready_head;
   rt_task_t *ready_tail;
-  rt_task_t *timed_tail; /* the last task its timer woke, while queued */
+  rt_task_t *timed_tail; /* the last task a timer woke since the last drain */
   unsigned ready_count;
   rt_task_t *live; /* every task not yet done */
   unsigned live_count;
@@ -112,8 +112,7 @@ int rt_task_park(lua_State *L, rt_task_t *t, void *op,
  * it, so a cancel before then still releases it. */
 void rt_task_wake(rt_task_t *t, int nargs);
 
-/* The same for a task woken by its timer (no values): it is queued ahead
- * of tasks woken by I/O, behind those other timers woke before it. */
+/* The same for a task its timer woke (no values): see ready_push_timed. */
 void rt_task_wake_timed(rt_task_t *t);
 
 /* Park until rt_task_wake_lua; returns the values passed to it. */

@@ -211,6 +211,33 @@ describe("retry.sleep and retry.now", function()
     end)
   end)
 
+  it("sleeping tasks that wake all the time do not hold up a request", function()
+    retry.run(function()
+      -- More timer wakes than one turn of the loop resumes: the tasks
+      -- I/O wakes still get their turn (they once waited for minutes).
+      local done = false
+      local sleepers = {}
+      for i = 1, 3000 do
+        sleepers[i] = retry.spawn(function()
+          local x = 0
+          while not done do
+            for _ = 1, 300 do x = x + 1 end -- a little work per wake
+            retry.sleep(0.001)
+          end
+        end)
+      end
+      retry.sleep(0.05)
+      local t0 = retry.now()
+      for _ = 1, 5 do
+        assert.equal(200, retry.request("GET", h.url("/hello")).status)
+      end
+      local took = retry.now() - t0
+      done = true
+      retry.gather(sleepers)
+      assert.is_true(took < 3, ("5 requests took %.2f s"):format(took))
+    end)
+  end)
+
   it("lets sleeping tasks interleave by deadline", function()
     local order = {}
     retry.run(function()
