@@ -36,6 +36,7 @@ typedef struct rt_ctx_s {
   int run_ref; /* registry ref: the thread running retry.run (sched.L),
                   so it lives as long as the run; released in l_leave */
   int open;
+  int sealed; /* core.seal: no transfer starts any more */
 } rt_ctx_t;
 
 static const char ctx_key = 'c';
@@ -427,6 +428,13 @@ static int l_start(lua_State *L) {
                             luaL_typename(L, 1));
   lua_settop(L, 1);
   t = rt_task_check(L, &ctx->sched, "a request");
+  if (ctx->sealed) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "cancelled");
+    lua_pushliteral(L, "this worker thread's share of the load is done: it "
+                       "sends no more requests");
+    return 3;
+  }
   bad = read_spec(L, &req);
   if (bad == NULL) {
     rc = rt_op_start_xfer(L, t, &ctx->loop, &req);
@@ -507,6 +515,15 @@ static int l_result(lua_State *L) {
   return rt_op_push_result(L, rt_op_check(L, 1, "core.result"));
 }
 
+/* core.seal(): from now on core.start starts nothing (a `cancelled`
+ * outcome): a worker thread of retry.load{threads = N} seals its state
+ * once its share is handed over, so a script that catches the error ending
+ * it sends nothing more. */
+static int l_seal(lua_State *L) {
+  ctx_of(L)->sealed = 1;
+  return 0;
+}
+
 /* core.went_out(op) -> whether its request went out on a connection (a
  * cancelled attempt the server may have seen); see rt_op_went_out. */
 static int l_went_out(lua_State *L) {
@@ -572,6 +589,7 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"park", l_park},
                                       {"result", l_result},
                                       {"sleep", l_sleep},
+                                      {"seal", l_seal},
                                       {"spawn", l_spawn},
                                       {"start", l_start},
                                       {"take_cancel", l_take_cancel},

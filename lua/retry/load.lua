@@ -44,6 +44,9 @@ M.exit_status = 0
 -- so one Ctrl-C stops a script that runs several.
 M.interrupted = false
 
+--- The most threads a load may have (src/threads.c's limit).
+M.MAX_THREADS = 1024
+
 --- retry.load calls so far in this state: a worker thread runs the share
 -- of the call with the number the main thread gave it.
 M.calls = 0
@@ -599,6 +602,9 @@ local function worker_load(s, w)
     offset = w.index, phase = s.rate and (w.index - 1) / s.rate })
   w.hand_over(r:to_json())
   w.finished = true
+  -- The error below ends the script, unless a pcall catches it: the state
+  -- sends nothing more either way.
+  core.seal()
   error(M.WORKER_DONE, 0)
 end
 
@@ -637,6 +643,10 @@ function M.load(spec)
   local concurrency = s.concurrency
     or (open and M.DEFAULT_IN_FLIGHT or M.DEFAULT_CONCURRENCY)
   local threads = s.threads or 1
+  if threads > M.MAX_THREADS then
+    invalid(("retry.load: threads must be at most %d, got %d"):format(
+      M.MAX_THREADS, threads))
+  end
   if threads > concurrency then
     invalid(("retry.load: threads (%d) must be at most the concurrency "
       .. "(%d): each thread runs at least one request at a time"):format(

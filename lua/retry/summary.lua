@@ -99,6 +99,7 @@ function M.format(r)
     model = ("%s model, %d concurrent"):format(r.model or "closed",
       r.concurrency or 0)
   end
+  if r.threads then model = model .. (", %d threads"):format(r.threads) end
   line("  %s, %s%s", model, M.time(r.duration),
     r.interrupted and ", INTERRUPTED: partial figures" or "")
   if r.capped_by then

@@ -247,6 +247,29 @@ describe("retry.load{threads = N} in a script", function()
       end)
     end)
 
+  it("sends nothing after the load from a worker, even under pcall",
+    function()
+      local url, key = h.counted("/hello", "threads-pcall")
+      local after_url, after_key = h.counted("/hello", "threads-after")
+      local script = write_script(([[
+        local retry = require("retry")
+        local ok, r = pcall(retry.load, { url = %q, requests = 100,
+          concurrency = 4, threads = 2, quiet = true })
+        -- In a worker the load ends the script with an error that this
+        -- pcall catches: what follows must not reach the server there.
+        local sent = pcall(retry.request, "GET", %q)
+        if ok then print("load " .. r.requests .. " after " .. tostring(sent)) end
+      ]]):format(url, after_url))
+      local code, out, err = lretry(script)
+      os.remove(script)
+      assert.equal(0, code, err)
+      assert.equal("load 100 after true\n", out)
+      retry.run(function()
+        assert.equal(100, h.hits(retry, key))
+        assert.equal(1, h.hits(retry, after_key))
+      end)
+    end)
+
   it("numbers the requests across the threads, each number once",
     function()
       local prefix = h.key("threads-i")
