@@ -351,12 +351,14 @@ end
 -- Per-call opts: a strategy object, or a table of options. Returns the
 -- options for the attempt list, the strategy and the call's settings.
 -- The settings of a call without options: shared, as nothing writes them.
-local PLAIN_SETTINGS = { [true] = { raise = true }, [false] = { raise = false } }
+local PLAIN_SETTINGS = { [true] = { raise = true },
+  [false] = { raise = false } }
 
 local function call_options(client, opts, allowed)
   if opts == nil or strategies.is_options(opts) then
     return NO_OPTIONS, opts or client.retry_options,
-      PLAIN_SETTINGS[client.raise_for_status] or { raise = client.raise_for_status }
+      PLAIN_SETTINGS[client.raise_for_status]
+        or { raise = client.raise_for_status }
   end
   if type(opts) ~= "table" then
     invalid("request options must be a table or retry options, got "

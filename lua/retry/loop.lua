@@ -272,7 +272,8 @@ local function execute(client, list, options, call, specs)
   strategies.check_live(options, "retry_options")
   local deadline = call.deadline or client.deadline
   local st = { list = list, specs = specs or specs_for(client, list),
-    history = {}, options = options, raise = call.raise, n = 0, started = core.now(),
+    history = {}, options = options, raise = call.raise, n = 0,
+    started = core.now(),
     hedge = call.hedge or client.hedge, before_retry = call.before_retry,
     deadline_seconds = deadline, decide = retry_reason }
   if deadline then st.deadline = st.started + deadline end
