@@ -214,7 +214,11 @@ static void resume(rt_sched_t *s, rt_task_t *t) {
  * timers once per turn, so a turn spent resuming 64 tasks that each start
  * their next request (several milliseconds) would make every timer due in
  * it as late; the tasks left over keep the idle handle on, so the loop
- * polls without blocking and comes straight back to them. */
+ * polls without blocking and comes straight back to them. Not less: at
+ * 0.1 ms timers are less late (median 0.9 ms against 1.6 ms under a
+ * 64-connection load), but tasks holding a response wait so long to send
+ * again that the transfers in flight dip, the connection cache follows
+ * them down, and such a load opened 84 connections instead of 64. */
 #define DRAIN_BUDGET_NS 300000
 
 static void drain(rt_sched_t *s) {
