@@ -109,18 +109,9 @@ end
 -- ops are the client's while they run, so close() can cancel them.
 local function wait_ops(client, limit, ops)
   local active = client.ops
-  local n = #ops
-  if n == 1 then -- most waits: no unpacking
-    local op = ops[1]
-    active[op] = true
-    local ok, i = pcall(core.wait, limit, op)
-    active[op] = nil
-    if not ok then error(i, 0) end
-    return i
-  end
-  for i = 1, n do active[ops[i]] = true end
+  for i = 1, #ops do active[ops[i]] = true end
   local ok, i = pcall(core.wait, limit, table.unpack(ops))
-  for j = 1, n do active[ops[j]] = nil end
+  for j = 1, #ops do active[ops[j]] = nil end
   if not ok then error(i, 0) end
   return i
 end

@@ -388,17 +388,22 @@ local function check_client(self, method)
   end
 end
 
+-- A call for one method (upper case) and url: the plain case reuses the
+-- client's cached request tables (plain_call).
+local function call_method(client, method, url, opts)
+  local o, options, call = call_options(client, opts, CALL_KEYS)
+  if o == NO_OPTIONS and type(url) == "string" and url ~= "" then
+    local list, specs = plain_call(client, method, url)
+    return run_request(client, list, options, call, specs)
+  end
+  return run_request(client, params_for_url(method, url, o), options, call)
+end
+
 --- `client:request(method, url, opts)`: the Response once retrying is over.
 function RetryClient:request(method, url, opts)
   check_client(self, "request")
   values.check_string(method, "method")
-  local o, options, call = call_options(self, opts, CALL_KEYS)
-  if o == NO_OPTIONS and type(url) == "string" and url ~= "" then
-    local list, specs = plain_call(self, method:upper(), url)
-    return run_request(self, list, options, call, specs)
-  end
-  local list = params_for_url(method:upper(), url, o)
-  return run_request(self, list, options, call)
+  return call_method(self, method:upper(), url, opts)
 end
 
 for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head",
@@ -406,13 +411,7 @@ for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head",
   local method = m:upper()
   RetryClient[m] = function(self, url, opts)
     check_client(self, m)
-    local o, options, call = call_options(self, opts, CALL_KEYS)
-    if o == NO_OPTIONS and type(url) == "string" and url ~= "" then
-      local list, specs = plain_call(self, method, url)
-      return run_request(self, list, options, call, specs)
-    end
-    local list = params_for_url(method, url, o)
-    return run_request(self, list, options, call)
+    return call_method(self, method, url, opts)
   end
 end
 

@@ -77,6 +77,29 @@ end
 
 M.lretry = os.getenv("LRETRY_BIN") or "build/lretry"
 
+--- `s` quoted for the shell.
+function M.quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
+
+--- Run lretry with `args` (shell words); returns exit code, stdout, stderr.
+function M.run_lretry(args) return M.sh(M.lretry .. " " .. args) end
+
+--- A file's whole contents.
+function M.slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- `text` written to a new temporary file; returns its path.
+function M.write_script(text)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+  return path
+end
+
 --- The repository root (busted runs from it).
 M.root = assert(io.popen("pwd")):read("l")
 

@@ -4,18 +4,7 @@
 local retry = require("retry")
 local h = require("helper")
 
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function lretry(args)
-  return h.sh(h.lretry .. " " .. args)
-end
-
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local q, lretry, slurp = h.quote, h.run_lretry, h.slurp
 
 describe("lretry load", function()
   it("sends -n requests at -c and prints the summary", function()

@@ -6,26 +6,8 @@ local retry = require("retry")
 local h = require("helper")
 local cjson = require("cjson")
 
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function lretry(args)
-  return h.sh(h.lretry .. " " .. args)
-end
-
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write_script(text)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
+local q, lretry, slurp = h.quote, h.run_lretry, h.slurp
+local write_script = h.write_script
 
 describe("lretry load --threads", function()
   it("sends exactly -n requests in all, at most -c at once", function()

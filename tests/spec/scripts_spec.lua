@@ -1,7 +1,7 @@
 -- The example scripts run as smoke tests against the bundled server.
 local h = require("helper")
 
-local function lretry(args) return h.sh(h.lretry .. " " .. args) end
+local lretry = h.run_lretry
 
 describe("scripts/", function()
   it("demo.lua retries flaky endpoints until all succeed", function()
