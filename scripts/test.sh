@@ -68,12 +68,15 @@ export LSAN_OPTIONS=suppressions=$root/tests/lsan.supp:print_suppressions=0
 
 run_c "c loop" build/tests/c/test_loop
 run_c "c histogram" build/tests/c/test_histogram
+run_c "c clock" build/tests/c/test_clock
 run_busted "spec" env LRETRY_BIN="$root/build/lretry" \
   lua5.4 /usr/bin/busted
 run_c "c loop (asan)" env ASAN_OPTIONS=detect_leaks=1 \
   build-asan/tests/c/test_loop
 run_c "c histogram (asan)" env ASAN_OPTIONS=detect_leaks=1 \
   build-asan/tests/c/test_histogram
+run_c "c clock (asan)" env ASAN_OPTIONS=detect_leaks=1 \
+  build-asan/tests/c/test_clock
 run_busted "spec (asan)" env LRETRY_BIN="$root/build-asan/lretry" \
   LD_PRELOAD="$asan_lib" ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
   lua5.4 /usr/bin/busted --cpath="build-asan/?.so"

@@ -288,9 +288,12 @@ void rt_loop_remove(rt_loop_t *loop, CURL *easy) {
     loop->in_flight--;
 }
 
+/* A poll of curl's is the first member of its sock_ctx, which is its data;
+ * any other poll on the loop (the scheduler's clock) is not curl's. */
 static void close_leftover_poll(uv_handle_t *handle, void *arg) {
   (void)arg;
-  if (handle->type == UV_POLL && !uv_is_closing(handle))
+  if (handle->type == UV_POLL && handle->data == (void *)handle &&
+      !uv_is_closing(handle))
     uv_close(handle, free_on_close);
 }
 

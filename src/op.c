@@ -12,6 +12,7 @@
 
 #include <lauxlib.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,12 +36,12 @@ struct rt_op_s {
   rt_task_t *owner;    /* NULL once unlinked */
   enum op_type type;
   enum op_state state;
-  int waited;      /* the owner is parked waiting on it */
-  int went_out;    /* its transfer sent a request (kept past release) */
-  rt_xfer_t *xfer; /* owned until released */
-  uv_timer_t *timer;
+  int waited;             /* the owner is parked waiting on it */
+  int went_out;           /* its transfer sent a request (kept past release) */
+  rt_xfer_t *xfer;        /* owned until released */
+  rt_deadline_t deadline; /* a timer's */
+  rt_clock_t *clock;      /* where deadline is armed; NULL when not */
   uv_signal_t *signal;
-  uint64_t deadline_ns;
 };
 
 static void free_on_close(uv_handle_t *handle) {
@@ -54,9 +55,9 @@ static void release(rt_op_t *op) {
     rt_xfer_release(op->xfer);
     op->xfer = NULL;
   }
-  if (op->timer != NULL) {
-    uv_close((uv_handle_t *)op->timer, free_on_close);
-    op->timer = NULL;
+  if (op->clock != NULL) {
+    rt_clock_disarm(op->clock, &op->deadline);
+    op->clock = NULL;
   }
   if (op->signal != NULL) {
     /* Closing the last watcher gives SIGINT back its default action. */
@@ -103,20 +104,12 @@ static void on_xfer_done(rt_xfer_t *xfer, void *arg) {
   finished(op, op->owner, op->waited, OP_DONE);
 }
 
-static void on_timer(uv_timer_t *timer) {
-  rt_op_t *op = timer->data;
-  uint64_t now = uv_hrtime();
-  rt_task_t *owner;
-  int waited;
+static void on_deadline(rt_deadline_t *d) {
+  rt_op_t *op = (rt_op_t *)((char *)d - offsetof(rt_op_t, deadline));
+  rt_task_t *owner = op->owner;
+  int waited = op->waited;
 
-  if (now < op->deadline_ns) {
-    uv_timer_start(timer, on_timer, rt_timeout_ms(timer->loop, op->deadline_ns),
-                   0);
-    return;
-  }
   /* A timer has nothing to hand over: done is its whole result. */
-  owner = op->owner;
-  waited = op->waited;
   release(op);
   finished(op, owner, waited, OP_DONE);
 }
@@ -201,19 +194,13 @@ int rt_op_start_xfer(lua_State *L, rt_task_t *t, rt_loop_t *loop,
 
 void rt_op_start_timer(lua_State *L, rt_task_t *t, double seconds) {
   rt_op_t *op = push_op(L, t, OP_TIMER);
-  uv_loop_t *uv = t->sched->uv;
-  uint64_t now;
 
-  op->timer = malloc(sizeof(*op->timer));
-  if (op->timer == NULL)
+  op->deadline.at_ns = rt_clock_after(uv_hrtime(), seconds);
+  op->deadline.fire = on_deadline;
+  if (rt_clock_arm(&t->sched->clock, &op->deadline) != 0)
     luaL_error(L, "retry: out of memory for a timer");
-  uv_timer_init(uv, op->timer);
-  op->timer->data = op;
+  op->clock = &t->sched->clock;
   adopt(op, t);
-  uv_update_time(uv);
-  now = uv_hrtime();
-  op->deadline_ns = rt_deadline_after(now, seconds);
-  uv_timer_start(op->timer, on_timer, rt_timeout_ms(uv, op->deadline_ns), 0);
 }
 
 int rt_op_start_interrupt(lua_State *L, rt_task_t *t) {

@@ -7,7 +7,7 @@
 #include "task.h"
 
 #include <lauxlib.h>
-#include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,10 +94,6 @@ static rt_task_t *ready_pop(rt_sched_t *s) {
   return t;
 }
 
-static void free_on_close(uv_handle_t *handle) {
-  free(handle);
-}
-
 static void release_op(rt_task_t *t) {
   void *op = t->op;
   rt_task_abandon_fn abandon = t->abandon;
@@ -143,10 +139,7 @@ static void finish(rt_sched_t *s, rt_task_t *t) {
   release_op(t);
   stop_owned(t);
   t->state = RT_TASK_DONE;
-  if (t->timer != NULL) {
-    uv_close((uv_handle_t *)t->timer, free_on_close);
-    t->timer = NULL;
-  }
+  rt_clock_disarm(&s->clock, &t->deadline);
   if (t->live_prev != NULL)
     t->live_prev->live_next = t->live_next;
   else
@@ -221,24 +214,51 @@ static void resume(rt_sched_t *s, rt_task_t *t) {
  * them down, and such a load opened 84 connections instead of 64. */
 #define DRAIN_BUDGET_NS 300000
 
+/* Resume the tasks timers woke since the last drain; returns how many. */
+static unsigned resume_timed(rt_sched_t *s) {
+  unsigned n = 0;
+
+  while (s->timed_tail != NULL) {
+    resume(s, ready_pop(s));
+    n++;
+  }
+  return n;
+}
+
 static void drain(rt_sched_t *s) {
-  /* Only tasks queued before this call: tasks they wake wait for the next
-   * loop iteration, so a chain of wakes cannot starve I/O. */
-  unsigned n = s->ready_count;
-  uint64_t until;
+  uint64_t start, now, until, timed_ns;
+  unsigned n;
 
   if (s->L == NULL)
     return;
-  until = uv_hrtime() + DRAIN_BUDGET_NS;
-  /* Timers only fire between drains: these are this turn's, all of them. */
-  while (s->timed_tail != NULL) {
-    resume(s, ready_pop(s));
-    n--;
-  }
+  /* The deadlines that came since the last drain, whether or not the loop
+   * has polled their timerfd yet: their tasks go first, all of them. */
+  start = uv_hrtime();
+  rt_clock_fire_due(&s->clock, start);
+  n = s->ready_count;
+  n -= resume_timed(s);
+  now = uv_hrtime();
+  timed_ns = now - start;
+  /* Then the others for the budget (at least one), but only those queued
+   * before this call: tasks they wake wait for the next loop iteration, so
+   * a chain of wakes cannot starve I/O. The budget starts after the timed
+   * ones: tasks that sleep less than a drain lasts would otherwise leave
+   * the rest one task a drain. */
+  until = now + DRAIN_BUDGET_NS;
   while (n-- > 0 && s->ready_head != NULL) {
     resume(s, ready_pop(s));
-    if (uv_hrtime() >= until)
+    now = uv_hrtime();
+    if (now >= until)
       break;
+    /* A deadline that comes meanwhile goes ahead too, at once, as long as
+     * timers have had less than half a budget of this drain: enough for
+     * a backoff to end on time under a full load, never a stream of short
+     * sleeps crowding the rest out. */
+    if (timed_ns < DRAIN_BUDGET_NS / 2 && rt_clock_due(&s->clock, now)) {
+      rt_clock_fire_due(&s->clock, now);
+      resume_timed(s);
+      timed_ns += uv_hrtime() - now;
+    }
   }
   if (s->ready_head == NULL)
     uv_idle_stop(&s->idle);
@@ -256,6 +276,7 @@ void rt_sched_init(rt_sched_t *s, uv_loop_t *uv) {
   memset(s, 0, sizeof(*s));
   s->uv = uv;
   s->fatal_ref = LUA_NOREF;
+  rt_clock_init(&s->clock, uv, 1);
   uv_check_init(uv, &s->check);
   uv_idle_init(uv, &s->idle);
   s->check.data = s;
@@ -272,11 +293,8 @@ void rt_sched_close(rt_sched_t *s) {
   for (t = s->live; t != NULL; t = t->live_next) {
     release_op(t);
     stop_owned(t);
-    if (t->timer != NULL) {
-      uv_close((uv_handle_t *)t->timer, free_on_close);
-      t->timer = NULL;
-    }
   }
+  rt_clock_close(&s->clock);
   uv_close((uv_handle_t *)&s->check, NULL);
   uv_close((uv_handle_t *)&s->idle, NULL);
 }
@@ -378,8 +396,7 @@ static int parked_k(lua_State *L, int status, lua_KContext ctx) {
     lua_settop(L, t->base + (t->state == RT_TASK_READY ? t->nargs : 0));
     return lua_yieldk(L, 0, ctx, parked_k);
   }
-  if (t->timer != NULL)
-    uv_timer_stop(t->timer);
+  rt_clock_disarm(&t->sched->clock, &t->deadline);
   if (t->raise) {
     t->raise = 0;
     return lua_error(L);
@@ -387,8 +404,9 @@ static int parked_k(lua_State *L, int status, lua_KContext ctx) {
   return t->k(L, status, ctx);
 }
 
-int rt_task_park(lua_State *L, rt_task_t *t, void *op,
-                 rt_task_abandon_fn abandon, lua_KFunction k) {
+/* requeue: the task goes straight back to the ready queue (a yield). */
+static int park(lua_State *L, rt_task_t *t, void *op,
+                rt_task_abandon_fn abandon, lua_KFunction k, int requeue) {
   if (t->cancel_pending) {
     t->cancel_pending = 0;
     if (op != NULL && abandon != NULL)
@@ -406,7 +424,14 @@ int rt_task_park(lua_State *L, rt_task_t *t, void *op,
   t->via_park = 1;
   t->base = lua_gettop(L);
   t->k = k;
+  if (requeue)
+    rt_task_wake(t, 0);
   return lua_yieldk(L, 0, (lua_KContext)t, parked_k);
+}
+
+int rt_task_park(lua_State *L, rt_task_t *t, void *op,
+                 rt_task_abandon_fn abandon, lua_KFunction k) {
+  return park(L, t, op, abandon, k, 0);
 }
 
 void rt_task_wake(rt_task_t *t, int nargs) {
@@ -445,35 +470,9 @@ int rt_task_wake_lua(lua_State *L, rt_task_t *t, int n) {
   return 1;
 }
 
-/* Beyond this a deadline in nanoseconds would pass UINT64_MAX: such a wait
- * lasts until UINT64_MAX, some 580 years, which is as good as forever and
- * never early. */
-#define MAX_SLEEP_SECONDS 1.8e10
+static void on_park_deadline(rt_deadline_t *d) {
+  rt_task_t *t = (rt_task_t *)((char *)d - offsetof(rt_task_t, deadline));
 
-uint64_t rt_deadline_after(uint64_t now_ns, double seconds) {
-  if (seconds >= MAX_SLEEP_SECONDS)
-    return UINT64_MAX;
-  return now_ns + (uint64_t)ceil(seconds * 1e9);
-}
-
-uint64_t rt_timeout_ms(uv_loop_t *uv, uint64_t deadline_ns) {
-  uint64_t due_ms = deadline_ns / 1000000 + (deadline_ns % 1000000 != 0);
-  uint64_t now_ms = uv_now(uv);
-
-  return due_ms > now_ms ? due_ms - now_ms : 0;
-}
-
-static void on_park_timer(uv_timer_t *timer) {
-  rt_task_t *t = timer->data;
-  uint64_t now = uv_hrtime();
-
-  /* libuv's clock counts whole milliseconds, so the timer can fire up to a
-   * millisecond early: a timed park never ends before its time. */
-  if (now < t->deadline_ns) {
-    uv_timer_start(timer, on_park_timer,
-                   rt_timeout_ms(timer->loop, t->deadline_ns), 0);
-    return;
-  }
   if (t->state == RT_TASK_PARKED)
     rt_task_wake_timed(t);
 }
@@ -481,29 +480,22 @@ static void on_park_timer(uv_timer_t *timer) {
 int rt_task_park_timed(lua_State *L, rt_task_t *t, double seconds, void *op,
                        rt_task_abandon_fn abandon, lua_KFunction k) {
   rt_sched_t *s = t->sched;
-  uint64_t now;
 
   /* A pending cancel raises in rt_task_park: no timer may be left armed
    * for a park that never happens. */
   if (seconds < 0 || t->cancel_pending)
     return rt_task_park(L, t, op, abandon, k);
-  if (t->timer == NULL) {
-    t->timer = malloc(sizeof(*t->timer));
-    if (t->timer == NULL) {
-      if (op != NULL && abandon != NULL)
-        abandon(op);
-      return luaL_error(L, "retry: out of memory for a timer");
-    }
-    uv_timer_init(s->uv, t->timer);
-    t->timer->data = t;
+  /* A wait of no time is a yield: behind every task ready now, where a
+   * timer's task would go ahead of them. */
+  if (seconds == 0)
+    return park(L, t, op, abandon, k, 1);
+  t->deadline.at_ns = rt_clock_after(uv_hrtime(), seconds);
+  t->deadline.fire = on_park_deadline;
+  if (rt_clock_arm(&s->clock, &t->deadline) != 0) {
+    if (op != NULL && abandon != NULL)
+      abandon(op);
+    return luaL_error(L, "retry: out of memory for a timer");
   }
-  /* The loop's cached time may be stale by the length of the callbacks
-   * that ran since it was taken; arming against it would end early. */
-  uv_update_time(s->uv);
-  now = uv_hrtime();
-  t->deadline_ns = rt_deadline_after(now, seconds);
-  uv_timer_start(t->timer, on_park_timer, rt_timeout_ms(s->uv, t->deadline_ns),
-                 0);
   return rt_task_park(L, t, op, abandon, k);
 }
 
@@ -538,8 +530,7 @@ int rt_task_cancel(lua_State *L, rt_task_t *t, int err_idx) {
   if (!lua_checkstack(t->co, 1))
     return luaL_error(L, "core.cancel: out of memory");
   release_op(t);
-  if (t->timer != NULL)
-    uv_timer_stop(t->timer);
+  rt_clock_disarm(&t->sched->clock, &t->deadline);
   lua_settop(t->co, lua_gettop(t->co) - t->nargs);
   lua_pushvalue(L, err_idx);
   lua_xmove(L, t->co, 1);

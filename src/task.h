@@ -12,6 +12,8 @@
 #include <lua.h>
 #include <uv.h>
 
+#include "clock.h"
+
 typedef struct rt_sched_s rt_sched_t;
 typedef struct rt_task_s rt_task_t;
 typedef struct rt_task_link_s rt_task_link_t;
@@ -57,9 +59,8 @@ struct rt_task_s {
   lua_KFunction k;    /* continuation of the current park */
   void *op;           /* what it is parked on; released by abandon */
   rt_task_abandon_fn abandon;
-  rt_task_link_t *owned; /* operations it started that hold handles */
-  uv_timer_t *timer; /* owned: lazily made for timed parks; freed on close */
-  uint64_t deadline_ns;
+  rt_task_link_t *owned;  /* operations it started that hold handles */
+  rt_deadline_t deadline; /* of a timed park, on the scheduler's clock */
 };
 
 struct rt_sched_s {
@@ -67,6 +68,7 @@ struct rt_sched_s {
   lua_State *L;     /* the thread running retry.run; NULL outside it */
   uv_check_t check; /* resumes ready tasks after I/O callbacks */
   uv_idle_t idle;   /* keeps the poll from blocking while tasks wait */
+  rt_clock_t clock; /* the deadlines of timed parks and timers */
   rt_task_t *ready_head;
   rt_task_t *ready_tail;
   rt_task_t *timed_tail; /* the last task a timer woke since the last drain */
@@ -130,16 +132,6 @@ int rt_task_park_timed(lua_State *L, rt_task_t *t, double seconds, void *op,
 
 /* Sleep the running task for seconds (>= 0). Use as a return expression. */
 int rt_task_sleep(lua_State *L, rt_task_t *t, double seconds);
-
-/* uv_hrtime after seconds (>= 0; beyond some 570 years, UINT64_MAX).
- * libuv's timers count whole milliseconds and must never end a wait
- * early: a timer fires at the deadline rounded up to the millisecond. */
-uint64_t rt_deadline_after(uint64_t now_ns, double seconds);
-/* The delay to give uv_timer_start for a timer that must not fire before
- * deadline_ns (uv_hrtime's clock): from the loop's clock (whole
- * milliseconds, rounded down) to the first whole millisecond at or after
- * the deadline, so it fires less than a millisecond late, not up to two. */
-uint64_t rt_timeout_ms(uv_loop_t *uv, uint64_t deadline_ns);
 
 /* Link something the task now owns; it is stopped when the task is
  * cancelled or ends, unless unlinked first. */

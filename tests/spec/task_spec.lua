@@ -252,6 +252,64 @@ describe("retry.sleep and retry.now", function()
     end)
     assert.same({ 0.01, 0.02, 0.03 }, order)
   end)
+
+  it("wakes sleepers in deadline order, however close their deadlines", function()
+    -- 40 deadlines 0.2 ms apart, made in reverse: whole-millisecond timers
+    -- woke several in one turn, in the order they were made.
+    local order = {}
+    retry.run(function()
+      local ts = {}
+      for i = 40, 1, -1 do
+        ts[#ts + 1] = retry.spawn(function()
+          retry.sleep(0.01 + i * 0.0002)
+          order[#order + 1] = i
+        end)
+      end
+      retry.gather(ts)
+    end)
+    local want = {}
+    for i = 1, 40 do want[i] = i end
+    assert.same(want, order)
+  end)
+
+  it("cancelling sleepers leaves the others' deadlines as they were", function()
+    local woke, early = {}, 0
+    retry.run(function()
+      local ts = {}
+      for i = 1, 200 do
+        ts[i] = retry.spawn(function()
+          local asked = (i % 17) * 0.001
+          local t0 = retry.now()
+          retry.sleep(asked)
+          if retry.now() - t0 < asked then early = early + 1 end
+          woke[#woke + 1] = i
+        end)
+      end
+      retry.sleep(0)
+      for i = 2, 200, 2 do ts[i]:cancel() end
+      for i = 1, 200 do pcall(ts[i].await, ts[i]) end
+    end)
+    assert.equal(0, early)
+    table.sort(woke)
+    local odd = {}
+    for i = 1, 200, 2 do odd[#odd + 1] = i end
+    assert.same(odd, woke)
+  end)
+
+  it("sleep(0) lets every task ready now run first", function()
+    -- A timer's task goes ahead of the ready ones; a wait of no time must
+    -- not, or a task could never make way for those it spawned.
+    local log = {}
+    retry.run(function()
+      for round = 1, 3 do
+        retry.spawn(function() log[#log + 1] = "task " .. round end)
+        retry.sleep(0)
+        log[#log + 1] = "main " .. round
+      end
+    end)
+    assert.same({ "task 1", "main 1", "task 2", "main 2", "task 3", "main 3" },
+      log)
+  end)
 end)
 
 describe("tasks", function()
