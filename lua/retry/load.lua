@@ -225,8 +225,6 @@ local function open_request(L, i, due)
   L.live[task.current()] = nil
 end
 
-local EARLY = 0.001
-
 -- Start request i at L.started + (i - 1) / rate, whatever the ones before
 -- it are doing (+ L.phase: worker thread k of n starts the requests k,
 -- k + n... of the whole load's schedule).
@@ -244,10 +242,9 @@ local function open_scheduler(L)
       L.stopped_by = L.stopped_by or "duration"
       break
     end
-    -- Timers tick in whole milliseconds and fire at or after their time:
-    -- waking up to EARLY before `due` keeps the runner's own lateness out
-    -- of the latency.
-    local wait = due - core.now() - EARLY
+    -- A sleep ends at its time or some microseconds after (the clock is
+    -- a timerfd): the request goes out on time, never before.
+    local wait = due - core.now()
     if wait > 0 then
       core.sleep(wait)
       burst = 0

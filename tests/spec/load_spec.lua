@@ -206,6 +206,26 @@ describe("retry.load, open model", function()
     end)
   end)
 
+  it("starts no request before its time", function()
+    retry.run(function()
+      -- Request i is due (i - 1) / rate after the load's clock starts,
+      -- which is after t0.
+      local started = {}
+      local t0 = retry.now()
+      retry.load(quiet{ rate = 100, duration = 0.5,
+        request = function(client, i)
+          started[i] = retry.now()
+          return client:get(h.url("/hello"))
+        end })
+      assert.is_true(#started >= 40, tostring(#started))
+      for i, at in ipairs(started) do
+        local early = t0 + (i - 1) / 100 - at
+        assert.is_true(early <= 0, ("request %d started %.3f ms early")
+          :format(i, early * 1000))
+      end
+    end)
+  end)
+
   it("counts latency from the scheduled start: a stalled server cannot "
     .. "hide its stall", function()
     retry.run(function()
