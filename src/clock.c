@@ -118,6 +118,23 @@ static void set_wakeup(rt_clock_t *c) {
     uv_unref((uv_handle_t *)&c->poll);
 }
 
+/* After a burst of deadlines, give the heap's memory back: halved until
+ * it is at least a quarter full (never below its first size). */
+static void maybe_shrink(rt_clock_t *c) {
+  size_t cap = c->cap;
+  rt_deadline_t **smaller;
+
+  while (cap > 64 && c->len < cap / 4)
+    cap /= 2;
+  if (cap == c->cap)
+    return;
+  smaller = realloc(c->heap, cap * sizeof(*smaller));
+  if (smaller != NULL) {
+    c->heap = smaller;
+    c->cap = cap;
+  }
+}
+
 void rt_clock_fire_due(rt_clock_t *c, uint64_t now_ns) {
   if (!rt_clock_due(c, now_ns))
     return;
@@ -128,6 +145,7 @@ void rt_clock_fire_due(rt_clock_t *c, uint64_t now_ns) {
     remove_at(c, 0);
     d->fire(d);
   }
+  maybe_shrink(c);
   set_wakeup(c);
 }
 
@@ -221,6 +239,7 @@ void rt_clock_disarm(rt_clock_t *c, rt_deadline_t *d) {
   if (d->slot == 0)
     return;
   remove_at(c, d->slot - 1);
+  maybe_shrink(c);
   /* The wake set for d, when it came first, is early for the rest and so
    * harmless (fire_due finds nothing and sets the next): it is only
    * cleared when no deadline is left to keep the loop alive. */

@@ -185,6 +185,30 @@ static void test_close_forgets_armed(uv_loop_t *uv, rt_clock_t *c) {
   rt_clock_init(c, uv, precise);
 }
 
+static void test_gives_memory_back(uv_loop_t *uv, rt_clock_t *c) {
+  enum { count = 5000 };
+  static struct probe p[count];
+  uint64_t now = uv_hrtime();
+  int i;
+
+  for (i = 0; i < count; i++) {
+    probe_at(&p[i], now + 1000000u + (uint64_t)i);
+    CHECK(rt_clock_arm(c, &p[i].d) == 0);
+  }
+  CHECK(c->cap >= count);
+  /* Disarmed: most of them; fired: the rest, all in one go. */
+  for (i = 0; i < count - 10; i++)
+    rt_clock_disarm(c, &p[i].d);
+  CHECK(c->cap <= 64);
+  for (i = 0; i < count; i++) {
+    p[i].d.at_ns = now + 1000000u;
+    CHECK(rt_clock_arm(c, &p[i].d) == 0);
+  }
+  uv_run(uv, UV_RUN_DEFAULT);
+  CHECK(fired_count == count);
+  CHECK(c->len == 0 && c->cap == 64);
+}
+
 struct clock_case {
   const char *name;
   void (*fn)(uv_loop_t *uv, rt_clock_t *c);
@@ -200,6 +224,7 @@ static const struct clock_case cases[] = {
     {"fire_due fires what is due without the loop", test_fire_due_without_poll},
     {"closing with deadlines armed fires none and leaks nothing",
      test_close_forgets_armed},
+    {"gives the memory of a burst of deadlines back", test_gives_memory_back},
 };
 
 static void run_case(const struct clock_case *k, int precise) {
