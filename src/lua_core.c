@@ -66,6 +66,11 @@ static int ctx_gc(lua_State *L) {
 static int l_enter(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
 
+  /* A finalizer that runs after the module's own (stock lua5.4 closing a
+   * state that made it before requiring retry) finds the loop gone. */
+  if (!ctx->open)
+    return rt_error_invalid(L, "retry.run: this Lua state is closing and "
+                               "its loop is gone");
   if (ctx->sched.running)
     return rt_error_invalid(L, "retry.run cannot be nested outside a task: "
                                "a loop is already running");
@@ -543,7 +548,8 @@ static int l_counts(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
   lua_Integer handles = 0;
 
-  uv_walk(&ctx->loop.uv, count_handle, &handles);
+  if (ctx->open) /* a finalizer may ask once the loop is closed */
+    uv_walk(&ctx->loop.uv, count_handle, &handles);
   lua_createtable(L, 0, 2);
   lua_pushinteger(L, handles);
   lua_setfield(L, -2, "handles");

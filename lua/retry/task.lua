@@ -271,10 +271,13 @@ function M.run(fn, ...)
     run.main = main
     ok, finished, fatal = pcall(core.loop)
     if ok and not finished then
-      -- Every live task waits on another and nothing can wake them.
+      -- Every live task waits on another and nothing can wake them; an
+      -- error that stranded them (a task's coroutine closed) says why.
       deadlock = true
       cancel_all(run.live)
-      ok, finished, fatal = pcall(core.loop)
+      local later
+      ok, finished, later = pcall(core.loop)
+      fatal = fatal or later
     end
     if not ok then loop_error = finished end
   else

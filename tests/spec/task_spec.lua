@@ -491,6 +491,46 @@ describe("tasks", function()
     assert.matches("coroutine.close", err.message)
   end)
 
+  it("names a closed coroutine, not a deadlock, when a task awaits it",
+    function()
+    local ok, err = pcall(retry.run, function()
+      local th
+      local t = retry.spawn(function()
+        th = coroutine.running()
+        retry.sleep(0.05)
+      end)
+      retry.sleep(0.01)
+      coroutine.close(th)
+      t:await() -- never ends: its task cannot
+    end)
+    assert.is_false(ok)
+    assert.is_true(retry.is_error(err, "invalid"))
+    assert.matches("coroutine.close", err.message)
+  end)
+
+  it("refuses to run in a finalizer called after its own, without a crash",
+    function()
+    -- Stock lua5.4 closes a state in the reverse order objects got their
+    -- finalizers: one set before require("retry") runs after the module
+    -- has closed its loop.
+    local script = h.write_script([[
+      -- Kept, so that it is finalized as the state closes, not before.
+      KEPT = setmetatable({}, { __gc = function()
+        local ok, err = pcall(require("retry").run, function() end)
+        io.write("in a finalizer: ", tostring(ok), ", ", tostring(err), "\n")
+        io.write("handles: ", require("retry.core").counts().handles, "\n")
+      end })
+      local retry = require("retry")
+      retry.run(function() retry.sleep(0.001) end)
+    ]])
+    local code, out, err = h.sh("LUA_PATH=" .. h.quote(package.path)
+      .. " LUA_CPATH=" .. h.quote(package.cpath) .. " lua5.4 " .. script)
+    os.remove(script)
+    assert.equal(0, code, err)
+    assert.matches("in a finalizer: false, .*closing", out)
+    assert.matches("handles: 0", out)
+  end)
+
   it("takes hundreds of arguments for spawn and wake", function()
     retry.run(function()
       local args = {}
