@@ -303,6 +303,46 @@ static void test_connections_follow_concurrency(rt_loop_t *loop) {
   CHECK(connects == width);
 }
 
+/* One round of `width` GETs of `path` at once; returns the connections
+ * they opened. */
+static long round_of(rt_loop_t *loop, int width, const char *path) {
+  static struct outcome outs[64];
+  long connects = 0;
+  int i;
+
+  memset(outs, 0, sizeof(outs));
+  completed = 0;
+  for (i = 0; i < width; i++)
+    CHECK(start(loop, "GET", path, 5000, &outs[i]) != NULL);
+  CHECK(run_until(loop, &completed, width, 10000));
+  for (i = 0; i < width; i++) {
+    CHECK(outs[i].status == 200);
+    connects += outs[i].connects;
+  }
+  return connects;
+}
+
+/* A steady load's transfers in flight dip below its concurrency whenever
+ * its tasks are busy with what came back: a cache that followed such a dip
+ * down would close connections the load opens again a moment later. A
+ * real drop is followed, with a quarter to spare. */
+static void test_cache_follows_real_drops_only(rt_loop_t *loop) {
+  long connects = round_of(loop, 32, "/hello");
+  uint64_t until = uv_now(&loop->uv) + 3300;
+
+  while (uv_now(&loop->uv) < until)
+    connects += round_of(loop, 26, "/delay/20");
+  printf("#   cache of %ld after a dip to 26 of 32\n", loop->max_connects);
+  CHECK(loop->max_connects >= 32);
+  connects += round_of(loop, 32, "/hello");
+  CHECK(connects == 32);
+  until = uv_now(&loop->uv) + 3300;
+  while (uv_now(&loop->uv) < until)
+    round_of(loop, 8, "/delay/20");
+  printf("#   cache of %ld after a drop to 8\n", loop->max_connects);
+  CHECK(loop->max_connects == 10);
+}
+
 static void count_poll(uv_handle_t *handle, void *arg) {
   if (handle->type == UV_POLL && !uv_is_closing(handle))
     (*(int *)arg)++;
@@ -373,6 +413,8 @@ static const struct test_case cases[] = {
     {"500 concurrent transfers", test_many_concurrent},
     {"close with idle connections", test_close_with_idle_connections},
     {"connections follow the concurrency", test_connections_follow_concurrency},
+    {"the connection cache follows real drops, not dips",
+     test_cache_follows_real_drops_only},
     {"reset closes idle connections", test_reset_closes_idle},
     {"handle pool shrinks after a burst", test_pool_shrinks_after_burst},
 };
