@@ -259,9 +259,12 @@ describe("retry.sleep and retry.now", function()
     local order = {}
     retry.run(function()
       local ts = {}
+      -- Deadlines from one base, so they keep their order however far
+      -- apart (up to 50 ms) the tasks get to arm them.
+      local base = retry.now() + 0.05
       for i = 40, 1, -1 do
         ts[#ts + 1] = retry.spawn(function()
-          retry.sleep(0.01 + i * 0.0002)
+          retry.sleep(math.max(0, base + i * 0.0002 - retry.now()))
           order[#order + 1] = i
         end)
       end
@@ -278,9 +281,9 @@ describe("retry.sleep and retry.now", function()
       local ts = {}
       for i = 1, 200 do
         ts[i] = retry.spawn(function()
-          -- Long enough that the cancels below come first, even under
-          -- AddressSanitizer; close enough to be in the heap together.
-          local asked = 0.2 + (i % 17) * 0.001
+          -- The ones cancelled below sleep far longer than any pause of a
+          -- busy machine, so the cancel comes first; all share the heap.
+          local asked = i % 2 == 0 and 30 + i or 0.02 + (i % 17) * 0.001
           local t0 = retry.now()
           retry.sleep(asked)
           if retry.now() - t0 < asked then early = early + 1 end
