@@ -215,7 +215,7 @@ bench_round() {
   curl_run curl "$conc" "$dir/urls.total" "$total"
   counted load "$lretry" load "$url" -c "$conc" -n "$total" --expect 200 --quiet
   rec load "$(load_rate load "$total")"
-  counted request "$lretry" scripts/bench_request.lua "$url" "$total" "$conc"
+  counted request "$lretry" scripts/bench_client.lua "$url" "$total" "$conc" bare
   rec request "$(rate_of request)"
   counted client "$lretry" scripts/bench_client.lua "$url" "$total" "$conc"
   rec client "$(rate_of client)"
@@ -289,7 +289,7 @@ row "curl -Z --parallel-max $conc" "$(med curl)" req/s \
   "$(ratio "$(med curl)" "$ceil") x ceiling  connections $(med curl.conns)"
 row "lretry load -c$conc -n$total --expect 200" "$load" req/s \
   "$(ratio "$load" "$ceil") x ceiling  peak RSS $(kib_mib "$(med load.rss)")  connections $(med load.conns)"
-row "retry.request loop (bench_request.lua)" "$(med request)" req/s \
+row "retry.request loop (bench_client.lua bare)" "$(med request)" req/s \
   "$(ratio "$(med request)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med request.rss)")  connections $(med request.conns)"
 row "RetryClient loop (bench_client.lua)" "$(med client)" req/s \
   "$(ratio "$(med client)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med client.rss)")  connections $(med client.conns)"

@@ -1,21 +1,31 @@
--- Throughput of the full retry client: CONCURRENCY tasks share one
--- RetryClient and make TOTAL GETs in all. Prints one line with the figures.
--- Usage: lretry scripts/bench_client.lua URL [TOTAL] [CONCURRENCY]
+-- Throughput of the full retry client, or with `bare` of bare
+-- `retry.request` (one attempt, no retry policy): CONCURRENCY tasks make
+-- TOTAL GETs in all, through one shared RetryClient or not. Prints one line
+-- with the figures.
+-- Usage: lretry scripts/bench_client.lua URL [TOTAL] [CONCURRENCY] [bare]
 local retry = require("retry")
 
-local url = arg[1] or error("usage: lretry scripts/bench_client.lua URL [TOTAL] [CONCURRENCY]")
+local usage = "usage: lretry scripts/bench_client.lua URL [TOTAL] [CONCURRENCY] [bare]"
+local url = arg[1] or error(usage)
 local total = math.tointeger(tonumber(arg[2] or 100000))
 local concurrency = math.tointeger(tonumber(arg[3] or 64))
 assert(total and total > 0, "TOTAL must be a positive integer")
 assert(concurrency and concurrency > 0, "CONCURRENCY must be a positive integer")
+assert(arg[4] == nil or arg[4] == "bare", usage)
 
-local client <close> = retry.RetryClient{ retry_options = retry.ExponentialRetry{} }
+local bare = arg[4] == "bare"
+local client <close> = not bare
+  and retry.RetryClient{ retry_options = retry.ExponentialRetry{} } or nil
+local function get()
+  if bare then return retry.request("GET", url) end
+  return client:get(url)
+end
 local started, ok, not_ok = 0, 0, 0
 
 local function worker()
   while started < total do
     started = started + 1
-    local r <close> = client:get(url)
+    local r <close> = get()
     if r.status == 200 then ok = ok + 1 else not_ok = not_ok + 1 end
   end
 end

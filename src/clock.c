@@ -135,9 +135,11 @@ static void maybe_shrink(rt_clock_t *c) {
   }
 }
 
-void rt_clock_fire_due(rt_clock_t *c, uint64_t now_ns) {
-  if (!rt_clock_due(c, now_ns))
-    return;
+/* Fire what is due at now_ns, then point the wake at what is left: the
+ * timerfd's and the uv timer's callbacks come here even when nothing is
+ * due (a wake set for a deadline since disarmed, or libuv's millisecond
+ * clock firing early). */
+static void fire_and_rearm(rt_clock_t *c, uint64_t now_ns) {
   /* fire may arm or disarm others: the heap is read afresh each time. */
   while (rt_clock_due(c, now_ns)) {
     rt_deadline_t *d = c->heap[0];
@@ -149,12 +151,13 @@ void rt_clock_fire_due(rt_clock_t *c, uint64_t now_ns) {
   set_wakeup(c);
 }
 
-static void on_timer(uv_timer_t *timer) {
-  rt_clock_t *c = timer->data;
+void rt_clock_fire_due(rt_clock_t *c, uint64_t now_ns) {
+  if (rt_clock_due(c, now_ns))
+    fire_and_rearm(c, now_ns);
+}
 
-  rt_clock_fire_due(c, uv_hrtime());
-  /* Fired early, as libuv's clock counts whole milliseconds: again. */
-  set_wakeup(c);
+static void on_timer(uv_timer_t *timer) {
+  fire_and_rearm(timer->data, uv_hrtime());
 }
 
 #ifdef __linux__
@@ -167,11 +170,10 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
   /* Reading clears the readiness; there is nothing to read when the
    * deadline it was set for was moved meanwhile. */
   if (read(c->fd, &expirations, sizeof(expirations)) < 0) {
-    /* EAGAIN: fire_due below finds whatever is due all the same. */
+    /* EAGAIN: what is due is found below all the same. */
   }
   c->set_ns = 0; /* it fired: set it again even for the same deadline */
-  rt_clock_fire_due(c, uv_hrtime());
-  set_wakeup(c);
+  fire_and_rearm(c, uv_hrtime());
 }
 #endif
 

@@ -39,8 +39,7 @@ struct rt_op_s {
   int waited;             /* the owner is parked waiting on it */
   int went_out;           /* its transfer sent a request (kept past release) */
   rt_xfer_t *xfer;        /* owned until released */
-  rt_deadline_t deadline; /* a timer's */
-  rt_clock_t *clock;      /* where deadline is armed; NULL when not */
+  rt_deadline_t deadline; /* a timer's; armed only while owned */
   uv_signal_t *signal;
 };
 
@@ -55,16 +54,13 @@ static void release(rt_op_t *op) {
     rt_xfer_release(op->xfer);
     op->xfer = NULL;
   }
-  if (op->clock != NULL) {
-    rt_clock_disarm(op->clock, &op->deadline);
-    op->clock = NULL;
-  }
   if (op->signal != NULL) {
     /* Closing the last watcher gives SIGINT back its default action. */
     uv_close((uv_handle_t *)op->signal, free_on_close);
     op->signal = NULL;
   }
   if (op->owner != NULL) {
+    rt_clock_disarm(&op->owner->sched->clock, &op->deadline);
     rt_task_disown(op->owner, &op->link);
     op->owner = NULL;
   }
@@ -199,7 +195,6 @@ void rt_op_start_timer(lua_State *L, rt_task_t *t, double seconds) {
   op->deadline.fire = on_deadline;
   if (rt_clock_arm(&t->sched->clock, &op->deadline) != 0)
     luaL_error(L, "retry: out of memory for a timer");
-  op->clock = &t->sched->clock;
   adopt(op, t);
 }
 

@@ -9,18 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "clock.h"
-
-static int passed, failed;
-static int case_failed;
-
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      printf("#   %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);      \
-      case_failed = 1;                                                         \
-    }                                                                          \
-  } while (0)
 
 /* A deadline and what happened to it. */
 struct probe {

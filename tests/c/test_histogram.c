@@ -12,21 +12,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "histogram.h"
 
 #define SAMPLES 100000
 #define SEED 20261130u
-
-static int passed, failed;
-static int case_failed;
-
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      printf("#   %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);      \
-      case_failed = 1;                                                         \
-    }                                                                          \
-  } while (0)
 
 /* Big enough (59 KB each) to keep off the stack. */
 static rt_histogram_t ha, hb, hc;

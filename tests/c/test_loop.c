@@ -9,21 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "loop.h"
 #include "transfer.h"
 
 static const char *base_url;
-static int passed, failed;
-static int case_failed;
 static int completed; /* done hooks run in the current case */
-
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      printf("#   %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);      \
-      case_failed = 1;                                                         \
-    }                                                                          \
-  } while (0)
 
 /* What the done hook saw for one transfer. */
 struct outcome {
