@@ -11,7 +11,36 @@
 #include <string.h>
 #include <strings.h>
 
-#define RT_USER_AGENT "lretry/" RT_VERSION
+#define RT_USER_AGENT "User-Agent: lretry/" RT_VERSION
+
+/* What CURLOPT_ACCEPT_ENCODING "" would send: every encoding this libcurl
+ * decodes, in libcurl's order. Sent as a header of the request's list, as
+ * is the User-Agent, because libcurl formats the ones it sends itself byte
+ * by byte twice per request (aprintf, then the request's format): some 14k
+ * instructions a request, an eighth of a plain GET. */
+static char accept_encoding[64];
+static uv_once_t accept_encoding_once = UV_ONCE_INIT;
+
+static void build_accept_encoding(void) {
+  const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
+  const char *names[3];
+  size_t count = 0, i, len;
+
+  if (info->features & CURL_VERSION_LIBZ)
+    names[count++] = "deflate, gzip";
+  if (info->features & CURL_VERSION_BROTLI)
+    names[count++] = "br";
+  if (info->features & CURL_VERSION_ZSTD)
+    names[count++] = "zstd";
+  if (count == 0)
+    names[count++] = "identity";
+  len = (size_t)snprintf(accept_encoding, sizeof(accept_encoding),
+                         "Accept-Encoding:");
+  for (i = 0; i < count; i++)
+    len +=
+        (size_t)snprintf(accept_encoding + len, sizeof(accept_encoding) - len,
+                         "%s %s", i > 0 ? "," : "", names[i]);
+}
 
 /* ------------------------------------------------------------------ */
 /* Checks made before anything is sent                                 */
@@ -374,35 +403,43 @@ static int set_method(CURL *easy, const rt_request_t *req) {
   return rc != CURLE_OK;
 }
 
+static int append_header(struct curl_slist **list, const char *line) {
+  struct curl_slist *grown = curl_slist_append(*list, line);
+
+  if (grown == NULL)
+    return -1;
+  *list = grown;
+  return 0;
+}
+
 static int set_headers(rt_xfer_t *xfer, const rt_request_t *req) {
   struct curl_slist *list = NULL;
-  struct curl_slist *grown;
-  int has_type = 0;
+  int has_type = 0, has_agent = 0, has_encoding = 0;
+  int failed = 0;
   size_t i;
 
   /* curl would otherwise wait up to a second for "100 Continue" before
    * sending a large body, which a retry client gains nothing from. */
-  list = curl_slist_append(NULL, "Expect:");
-  if (list == NULL)
-    return -1;
-  for (i = 0; i < req->header_count; i++) {
+  failed |= append_header(&list, "Expect:");
+  for (i = 0; i < req->header_count && !failed; i++) {
     has_type |= header_is(req->headers[i], "Content-Type");
-    grown = curl_slist_append(list, req->headers[i]);
-    if (grown == NULL) {
-      curl_slist_free_all(list);
-      return -1;
-    }
-    list = grown;
+    has_agent |= header_is(req->headers[i], "User-Agent");
+    has_encoding |= header_is(req->headers[i], "Accept-Encoding");
+    failed |= append_header(&list, req->headers[i]);
   }
   /* A POST without a body would go out labelled as a form
    * (application/x-www-form-urlencoded, libcurl's default): say nothing. */
-  if (req->body == NULL && !has_type && strcmp(req->method, "POST") == 0) {
-    grown = curl_slist_append(list, "Content-Type:");
-    if (grown == NULL) {
-      curl_slist_free_all(list);
-      return -1;
-    }
-    list = grown;
+  if (req->body == NULL && !has_type && strcmp(req->method, "POST") == 0)
+    failed |= append_header(&list, "Content-Type:");
+  if (!has_agent)
+    failed |= append_header(&list, RT_USER_AGENT);
+  if (!has_encoding) {
+    uv_once(&accept_encoding_once, build_accept_encoding);
+    failed |= append_header(&list, accept_encoding);
+  }
+  if (failed) {
+    curl_slist_free_all(list);
+    return -1;
   }
   xfer->headers = list;
   return curl_easy_setopt(xfer->easy, CURLOPT_HTTPHEADER, list) != CURLE_OK;
@@ -426,8 +463,8 @@ static int configure_constant(rt_xfer_t *xfer) {
   /* Redirects are followed by follow_redirect, not by curl: curl keeps a
    * custom method across a 303 and drops the body of a PUT on a 302. */
   rc |= curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+  /* Turns decoding on; the header itself goes in the request's list. */
   rc |= curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
-  rc |= curl_easy_setopt(easy, CURLOPT_USERAGENT, RT_USER_AGENT);
   /* HTTP/1.1, as aiohttp: over HTTP/2 libcurl would also send a request
    * again after a refused stream or an HTTP_1_1_REQUIRED reset, which the
    * re-send rule in on_prereq cannot tell from a dead connection. */

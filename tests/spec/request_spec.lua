@@ -58,6 +58,18 @@ describe("a request", function()
     end)
   end)
 
+  it("sends lretry's User-Agent and Accept-Encoding unless the request sets its own", function()
+    run(function()
+      local e = retry.request("GET", h.url("/echo")):json()
+      assert.equal(retry._VERSION:gsub(" ", "/"), e.headers["user-agent"])
+      assert.truthy(e.headers["accept-encoding"]:find("gzip", 1, true), e.headers["accept-encoding"])
+      e = retry.request("GET", h.url("/echo"),
+        { headers = { ["user-agent"] = "probe/1", ["Accept-Encoding"] = "identity" } }):json()
+      assert.equal("probe/1", e.headers["user-agent"])
+      assert.equal("identity", e.headers["accept-encoding"])
+    end)
+  end)
+
   it("sends JSON with its content type, and Basic auth", function()
     run(function()
       local e = retry.request("POST", h.url("/echo"), { json = { k = "v", n = { 1, 2 } } }):json()
