@@ -62,6 +62,8 @@ static void check_multi_info(rt_loop_t *loop) {
 static void socket_action(rt_loop_t *loop, curl_socket_t fd, int flags) {
   int running;
 
+  /* Any action runs every transfer whose timer is due: new ones are. */
+  loop->added = 0;
   curl_multi_socket_action(loop->multi, fd, flags, &running);
   check_multi_info(loop);
 }
@@ -100,6 +102,10 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
   if (status < 0 && !uv_is_closing((uv_handle_t *)handle) &&
       !uv_is_active((uv_handle_t *)handle) && ctx->events != 0)
     uv_poll_start(handle, ctx->events, on_poll);
+  /* Last: what it runs may close this handle. ctx lives until its close
+   * callback, in a later phase. */
+  if (ctx->loop->between != NULL)
+    ctx->loop->between(ctx->loop->between_data);
 }
 
 static void free_on_close(uv_handle_t *handle) {
@@ -254,6 +260,9 @@ int rt_loop_init(rt_loop_t *loop) {
   loop->xfer_pool = NULL;
   loop->xfer_idle = 0;
   loop->trim = NULL;
+  loop->added = 0;
+  loop->between = NULL;
+  loop->between_data = NULL;
   err = uv_loop_init(&loop->uv);
   if (err != 0)
     return err;
@@ -280,6 +289,7 @@ int rt_loop_add(rt_loop_t *loop, CURL *easy) {
   if (curl_multi_add_handle(loop->multi, easy) != CURLM_OK)
     return -1;
   loop->in_flight++;
+  loop->added++;
   if (loop->in_flight > loop->peak)
     loop->peak = loop->in_flight;
   if (loop->in_flight > loop->high_water)
@@ -287,6 +297,11 @@ int rt_loop_add(rt_loop_t *loop, CURL *easy) {
   if ((long)loop->in_flight > loop->max_connects)
     set_max_connects(loop, (long)loop->in_flight);
   return 0;
+}
+
+void rt_loop_start_added(rt_loop_t *loop) {
+  if (loop->added > 0)
+    socket_action(loop, CURL_SOCKET_TIMEOUT, 0);
 }
 
 void rt_loop_remove(rt_loop_t *loop, CURL *easy) {

@@ -33,6 +33,11 @@ struct rt_loop_job_s {
  * keeping; the pool's owner frees the rest. */
 typedef void (*rt_loop_trim_cb)(rt_loop_t *loop, unsigned keep);
 
+/* Called after each socket event has been handed to curl, outside curl:
+ * one I/O phase may read dozens of responses, and whatever is due meanwhile
+ * (a backoff's end) need not wait for all of them. May run Lua. */
+typedef void (*rt_loop_between_cb)(void *data);
+
 struct rt_loop_s {
   uv_loop_t uv;
   CURLM *multi;          /* owned; cleaned up in rt_loop_reset and _close */
@@ -48,6 +53,9 @@ struct rt_loop_s {
   unsigned xfer_idle;    /* how many there are (transfer.c keeps it) */
   rt_loop_trim_cb trim;  /* set by transfer.c; may be NULL */
   int shrunk;            /* the caches let go of much since the last tidy */
+  unsigned added;        /* easy handles added since curl last ran */
+  rt_loop_between_cb between; /* may be NULL */
+  void *between_data;
 };
 
 /* Initialise the uv loop and the multi handle. Returns 0 or a negative
@@ -57,6 +65,12 @@ int rt_loop_init(rt_loop_t *loop);
 /* Start an easy handle whose CURLOPT_PRIVATE is an rt_loop_job_t. Returns 0,
  * or -1 when curl refuses it (the done hook then never runs). */
 int rt_loop_add(rt_loop_t *loop, CURL *easy);
+
+/* Let curl start the transfers added since it last ran, now rather than
+ * on the next loop turn: whoever added many (a drain resuming tasks) can
+ * then stop between them instead of leaving curl a batch that holds up
+ * the next I/O phase. Never from inside a curl callback. */
+void rt_loop_start_added(rt_loop_t *loop);
 
 /* Stop an easy handle that has not finished; its done hook never runs. */
 void rt_loop_remove(rt_loop_t *loop, CURL *easy);

@@ -609,6 +609,10 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {NULL, NULL}};
 
 /* The per-state context, made on first load and shared by later loads. */
+static void start_added(void *loop) {
+  rt_loop_start_added(loop);
+}
+
 static rt_ctx_t *push_ctx(lua_State *L) {
   rt_ctx_t *ctx;
 
@@ -630,6 +634,10 @@ static rt_ctx_t *push_ctx(lua_State *L) {
     luaL_error(L, "retry.core: could not create the event loop");
   }
   rt_sched_init(&ctx->sched, &ctx->loop.uv);
+  ctx->loop.between = rt_sched_resume_due;
+  ctx->loop.between_data = &ctx->sched;
+  ctx->sched.resumed = start_added;
+  ctx->sched.resumed_data = &ctx->loop;
   ctx->open = 1;
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &ctx_key);

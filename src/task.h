@@ -79,6 +79,12 @@ struct rt_sched_s {
   int running;   /* inside retry.run */
   int in_loop;   /* rt_sched_run is on the stack */
   int fatal_ref; /* registry ref: an error no task wrapper caught */
+  /* Called after each task a drain resumes (lua_core.c: curl starts the
+   * transfers the task added); may be NULL. Must not resume tasks. */
+  void (*resumed)(void *data);
+  void *resumed_data;
+  uint64_t timed_ns; /* spent resuming timer-woken tasks since the last
+                        drain began */
 };
 
 void rt_sched_init(rt_sched_t *s, uv_loop_t *uv);
@@ -86,6 +92,11 @@ void rt_sched_init(rt_sched_t *s, uv_loop_t *uv);
 /* Abandon every live task's operation and close the scheduler's handles.
  * Runs no Lua; the caller then closes the loop. */
 void rt_sched_close(rt_sched_t *s);
+
+/* Resume the tasks whose deadlines have come, if timers have had less
+ * than their share of this loop turn. For loop.c's `between` hook (data
+ * is the scheduler): runs Lua. */
+void rt_sched_resume_due(void *data);
 
 /* Pops a function and nargs arguments from L, pushes a task handle and
  * queues the task to start on the next loop turn. */

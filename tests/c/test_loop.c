@@ -339,6 +339,58 @@ static void count_poll(uv_handle_t *handle, void *arg) {
     (*(int *)arg)++;
 }
 
+/* rt_loop_start_added starts what was added at once: the transfer is
+ * connecting (curl watches its socket) and the kick has nothing left to do
+ * before the loop even runs. With nothing added it leaves curl alone. */
+static void test_start_added_now(rt_loop_t *loop) {
+  struct outcome out = {0};
+  int polls = 0;
+
+  rt_loop_start_added(loop);
+  CHECK(loop->added == 0);
+  CHECK(start(loop, "GET", "/hello", 5000, &out) != NULL);
+  CHECK(loop->added == 1);
+  CHECK(uv_is_active((uv_handle_t *)&loop->curl_kick));
+  rt_loop_start_added(loop);
+  CHECK(loop->added == 0);
+  CHECK(!uv_is_active((uv_handle_t *)&loop->curl_kick));
+  uv_walk(&loop->uv, count_poll, &polls);
+  CHECK(polls == 1);
+  CHECK(run_until(loop, &out.calls, 1, 5000));
+  CHECK(out.status == 200);
+}
+
+struct between_state {
+  rt_loop_t *loop;
+  int calls;
+  struct outcome second;
+};
+
+/* Starts a transfer the first time: the hook runs outside curl, where
+ * adding a handle is allowed (inside, curl refuses recursive calls). */
+static void start_second(void *data) {
+  struct between_state *st = data;
+
+  if (st->calls++ == 0)
+    CHECK(start(st->loop, "GET", "/hello", 5000, &st->second) != NULL);
+}
+
+/* The between hook runs after each socket event, outside curl. */
+static void test_between_runs_outside_curl(rt_loop_t *loop) {
+  struct between_state st = {0};
+  struct outcome first = {0};
+
+  st.loop = loop;
+  loop->between = start_second;
+  loop->between_data = &st;
+  CHECK(start(loop, "GET", "/hello", 5000, &first) != NULL);
+  CHECK(run_until(loop, &completed, 2, 5000));
+  CHECK(first.status == 200);
+  CHECK(st.second.status == 200);
+  CHECK(st.calls >= 2);
+  loop->between = NULL;
+}
+
 /* rt_loop_reset closes kept-alive connections and empties the handle pool;
  * the loop serves new transfers afterwards on new connections. */
 static void test_reset_closes_idle(rt_loop_t *loop) {
@@ -408,6 +460,9 @@ static const struct test_case cases[] = {
      test_cache_follows_real_drops_only},
     {"reset closes idle connections", test_reset_closes_idle},
     {"handle pool shrinks after a burst", test_pool_shrinks_after_burst},
+    {"start_added starts new transfers at once", test_start_added_now},
+    {"the between hook runs after socket events, outside curl",
+     test_between_runs_outside_curl},
 };
 
 int main(void) {
