@@ -49,6 +49,21 @@ function M.hits(retry, key)
   return r:json().hits
 end
 
+--- hits for key once the server has caught up: a request cancelled just
+-- after it went out reaches the server's parser a moment later, on a
+-- connection of its own, than the /hits request asking about it. Reads
+-- until two reads 50 ms apart agree, so a count too high fails as surely
+-- as one too low.
+function M.settled_hits(retry, key)
+  local last = M.hits(retry, key)
+  while true do
+    retry.sleep(0.05)
+    local now = M.hits(retry, key)
+    if now == last then return now end
+    last = now
+  end
+end
+
 --- The server's whole counter record for key, as /hits returns it:
 -- { key = key, hits = N, peak = P, connections = C, aborted = A }. hits
 -- counts requests, peak the most in flight at once, connections the
