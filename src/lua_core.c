@@ -608,11 +608,12 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"went_out", l_went_out},
                                       {NULL, NULL}};
 
-/* The per-state context, made on first load and shared by later loads. */
+/* The scheduler's hook after each task it resumes (task.h). */
 static void start_added(void *loop) {
   rt_loop_start_added(loop);
 }
 
+/* The per-state context, made on first load and shared by later loads. */
 static rt_ctx_t *push_ctx(lua_State *L) {
   rt_ctx_t *ctx;
 

@@ -15,9 +15,10 @@
 
 /* What CURLOPT_ACCEPT_ENCODING "" would send: every encoding this libcurl
  * decodes, in libcurl's order. Sent as a header of the request's list, as
- * is the User-Agent, because libcurl formats the ones it sends itself byte
- * by byte twice per request (aprintf, then the request's format): some 14k
- * instructions a request, an eighth of a plain GET. */
+ * is the User-Agent: libcurl formats the headers it makes itself byte by
+ * byte twice per request (aprintf, then the request's format), and those
+ * of the list once. That is 3.9k instructions less a plain GET (of 114k,
+ * callgrind). Written once per process, before the first request. */
 static char accept_encoding[64];
 static uv_once_t accept_encoding_once = UV_ONCE_INIT;
 
