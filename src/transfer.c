@@ -20,6 +20,12 @@
  * of the list once. That is 3.9k instructions less a plain GET (of 114k,
  * callgrind). Written once per process, before the first request. */
 static char accept_encoding[64];
+
+/* A proxy's CONNECT gets only CURLOPT_PROXYHEADER's headers, not the
+ * request's list: the User-Agent it had from CURLOPT_USERAGENT. libcurl
+ * only reads the list. */
+static char proxy_agent_line[] = RT_USER_AGENT;
+static struct curl_slist proxy_headers = {proxy_agent_line, NULL};
 static uv_once_t accept_encoding_once = UV_ONCE_INIT;
 
 static void build_accept_encoding(void) {
@@ -466,6 +472,7 @@ static int configure_constant(rt_xfer_t *xfer) {
   rc |= curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
   /* Turns decoding on; the header itself goes in the request's list. */
   rc |= curl_easy_setopt(easy, CURLOPT_ACCEPT_ENCODING, "");
+  rc |= curl_easy_setopt(easy, CURLOPT_PROXYHEADER, &proxy_headers);
   /* HTTP/1.1, as aiohttp: over HTTP/2 libcurl would also send a request
    * again after a refused stream or an HTTP_1_1_REQUIRED reset, which the
    * re-send rule in on_prereq cannot tell from a dead connection. */
