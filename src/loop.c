@@ -62,8 +62,6 @@ static void check_multi_info(rt_loop_t *loop) {
 static void socket_action(rt_loop_t *loop, curl_socket_t fd, int flags) {
   int running;
 
-  /* Any action runs every transfer whose timer is due: new ones are. */
-  loop->added = 0;
   curl_multi_socket_action(loop->multi, fd, flags, &running);
   check_multi_info(loop);
 }
@@ -260,7 +258,6 @@ int rt_loop_init(rt_loop_t *loop) {
   loop->xfer_pool = NULL;
   loop->xfer_idle = 0;
   loop->trim = NULL;
-  loop->added = 0;
   loop->between = NULL;
   loop->between_data = NULL;
   err = uv_loop_init(&loop->uv);
@@ -289,7 +286,6 @@ int rt_loop_add(rt_loop_t *loop, CURL *easy) {
   if (curl_multi_add_handle(loop->multi, easy) != CURLM_OK)
     return -1;
   loop->in_flight++;
-  loop->added++;
   if (loop->in_flight > loop->peak)
     loop->peak = loop->in_flight;
   if (loop->in_flight > loop->high_water)
@@ -297,11 +293,6 @@ int rt_loop_add(rt_loop_t *loop, CURL *easy) {
   if ((long)loop->in_flight > loop->max_connects)
     set_max_connects(loop, (long)loop->in_flight);
   return 0;
-}
-
-void rt_loop_start_added(rt_loop_t *loop) {
-  if (loop->added > 0)
-    socket_action(loop, CURL_SOCKET_TIMEOUT, 0);
 }
 
 void rt_loop_remove(rt_loop_t *loop, CURL *easy) {

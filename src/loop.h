@@ -53,7 +53,6 @@ struct rt_loop_s {
   unsigned xfer_idle;    /* how many there are (transfer.c keeps it) */
   rt_loop_trim_cb trim;  /* set by transfer.c; may be NULL */
   int shrunk;            /* the caches let go of much since the last tidy */
-  unsigned added;        /* easy handles added since curl last ran */
   rt_loop_between_cb between; /* may be NULL */
   void *between_data;
 };
@@ -65,12 +64,6 @@ int rt_loop_init(rt_loop_t *loop);
 /* Start an easy handle whose CURLOPT_PRIVATE is an rt_loop_job_t. Returns 0,
  * or -1 when curl refuses it (the done hook then never runs). */
 int rt_loop_add(rt_loop_t *loop, CURL *easy);
-
-/* Let curl start the transfers added since it last ran, now rather than
- * on the next loop turn: whoever added many (a drain resuming tasks) can
- * then stop between them instead of leaving curl a batch that holds up
- * the next I/O phase. Never from inside a curl callback. */
-void rt_loop_start_added(rt_loop_t *loop);
 
 /* Stop an easy handle that has not finished; its done hook never runs. */
 void rt_loop_remove(rt_loop_t *loop, CURL *easy);

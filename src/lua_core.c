@@ -608,11 +608,6 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"went_out", l_went_out},
                                       {NULL, NULL}};
 
-/* The scheduler's hook after each task it resumes (task.h). */
-static void start_added(void *loop) {
-  rt_loop_start_added(loop);
-}
-
 /* The per-state context, made on first load and shared by later loads. */
 static rt_ctx_t *push_ctx(lua_State *L) {
   rt_ctx_t *ctx;
@@ -637,8 +632,6 @@ static rt_ctx_t *push_ctx(lua_State *L) {
   rt_sched_init(&ctx->sched, &ctx->loop.uv);
   ctx->loop.between = rt_sched_resume_due;
   ctx->loop.between_data = &ctx->sched;
-  ctx->sched.resumed = start_added;
-  ctx->sched.resumed_data = &ctx->loop;
   ctx->open = 1;
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &ctx_key);

@@ -203,20 +203,6 @@ static void resume(rt_sched_t *s, rt_task_t *t) {
   finish(s, t);
 }
 
-/* Curl starts the transfers added in a loop turn together, on the next
- * one: up to a millisecond under a full load, and a deadline that comes
- * meanwhile waits for all of them. When one is that close, what a resumed
- * task started begins at once, inside the drain's budget. Otherwise the
- * batch stays: curl starting one transfer after another runs a quarter
- * faster than starts interleaved with Lua (CPU time of lretry load). */
-#define BATCH_NS 1000000
-
-static void resume_one(rt_sched_t *s, rt_task_t *t) {
-  resume(s, t);
-  if (s->resumed != NULL && rt_clock_due(&s->clock, uv_hrtime() + BATCH_NS))
-    s->resumed(s->resumed_data);
-}
-
 /* How long one drain may resume tasks before the loop turns. The I/O of
  * the loop waits for the drain, and so may a deadline that comes during
  * it: a turn spent resuming 64 tasks that each start their next request
@@ -233,7 +219,7 @@ static unsigned resume_timed(rt_sched_t *s) {
   unsigned n = 0;
 
   while (s->timed_tail != NULL) {
-    resume_one(s, ready_pop(s));
+    resume(s, ready_pop(s));
     n++;
   }
   return n;
@@ -261,7 +247,7 @@ static void drain(rt_sched_t *s) {
    * the rest one task a drain. */
   until = now + DRAIN_BUDGET_NS;
   while (n-- > 0 && s->ready_head != NULL) {
-    resume_one(s, ready_pop(s));
+    resume(s, ready_pop(s));
     now = uv_hrtime();
     if (now >= until)
       break;

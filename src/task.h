@@ -76,13 +76,9 @@ struct rt_sched_s {
   rt_task_t *live; /* every task not yet done */
   unsigned live_count;
   rt_task_t *current;
-  int running;   /* inside retry.run */
-  int in_loop;   /* rt_sched_run is on the stack */
-  int fatal_ref; /* registry ref: an error no task wrapper caught */
-  /* Called after each task a drain resumes (lua_core.c: curl starts the
-   * transfers the task added); may be NULL. Must not resume tasks. */
-  void (*resumed)(void *data);
-  void *resumed_data;
+  int running;       /* inside retry.run */
+  int in_loop;       /* rt_sched_run is on the stack */
+  int fatal_ref;     /* registry ref: an error no task wrapper caught */
   uint64_t timed_ns; /* spent resuming timer-woken tasks since the last
                         drain began */
 };

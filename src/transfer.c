@@ -17,8 +17,8 @@
  * decodes, in libcurl's order. Sent as a header of the request's list, as
  * is the User-Agent: libcurl formats the headers it makes itself byte by
  * byte twice per request (aprintf, then the request's format), and those
- * of the list once. That is 3.9k instructions less a plain GET (of 114k,
- * callgrind). Written once per process, before the first request. */
+ * of the list once: 3.9k instructions less a bare retry.request GET (of
+ * 114k, callgrind). Written once per process, before the first request. */
 static char accept_encoding[64];
 
 /* A proxy's CONNECT gets only CURLOPT_PROXYHEADER's headers, not the

@@ -339,27 +339,6 @@ static void count_poll(uv_handle_t *handle, void *arg) {
     (*(int *)arg)++;
 }
 
-/* rt_loop_start_added starts what was added at once: the transfer is
- * connecting (curl watches its socket) and the kick has nothing left to do
- * before the loop even runs. With nothing added it leaves curl alone. */
-static void test_start_added_now(rt_loop_t *loop) {
-  struct outcome out = {0};
-  int polls = 0;
-
-  rt_loop_start_added(loop);
-  CHECK(loop->added == 0);
-  CHECK(start(loop, "GET", "/hello", 5000, &out) != NULL);
-  CHECK(loop->added == 1);
-  CHECK(uv_is_active((uv_handle_t *)&loop->curl_kick));
-  rt_loop_start_added(loop);
-  CHECK(loop->added == 0);
-  CHECK(!uv_is_active((uv_handle_t *)&loop->curl_kick));
-  uv_walk(&loop->uv, count_poll, &polls);
-  CHECK(polls == 1);
-  CHECK(run_until(loop, &out.calls, 1, 5000));
-  CHECK(out.status == 200);
-}
-
 struct between_state {
   rt_loop_t *loop;
   int calls;
@@ -460,7 +439,6 @@ static const struct test_case cases[] = {
      test_cache_follows_real_drops_only},
     {"reset closes idle connections", test_reset_closes_idle},
     {"handle pool shrinks after a burst", test_pool_shrinks_after_burst},
-    {"start_added starts new transfers at once", test_start_added_now},
     {"the between hook runs after socket events, outside curl",
      test_between_runs_outside_curl},
 };
