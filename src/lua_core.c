@@ -530,10 +530,14 @@ static int l_seal(lua_State *L) {
 }
 
 /* core.went_out(op) -> whether its request went out on a connection (a
- * cancelled attempt the server may have seen); see rt_op_went_out. */
+ * cancelled attempt the server may have seen), and whether libcurl sent it
+ * a second time; see rt_op_went_out and rt_op_resent. */
 static int l_went_out(lua_State *L) {
-  lua_pushboolean(L, rt_op_went_out(rt_op_check(L, 1, "core.went_out")));
-  return 1;
+  rt_op_t *op = rt_op_check(L, 1, "core.went_out");
+
+  lua_pushboolean(L, rt_op_went_out(op));
+  lua_pushboolean(L, rt_op_resent(op));
+  return 2;
 }
 
 static void count_handle(uv_handle_t *handle, void *arg) {

@@ -38,6 +38,7 @@ struct rt_op_s {
   enum op_state state;
   int waited;             /* the owner is parked waiting on it */
   int went_out;           /* its transfer sent a request (kept past release) */
+  int resent;             /* and libcurl sent it again (kept past release) */
   rt_xfer_t *xfer;        /* owned until released */
   rt_deadline_t deadline; /* a timer's; armed only while owned */
   uv_signal_t *signal;
@@ -51,6 +52,7 @@ static void free_on_close(uv_handle_t *handle) {
 static void release(rt_op_t *op) {
   if (op->xfer != NULL) {
     op->went_out = op->xfer->went_out;
+    op->resent = op->xfer->result.resent;
     rt_xfer_release(op->xfer);
     op->xfer = NULL;
   }
@@ -230,6 +232,10 @@ rt_op_t *rt_op_check(lua_State *L, int idx, const char *what) {
 
 int rt_op_went_out(const rt_op_t *op) {
   return op->xfer != NULL ? op->xfer->went_out : op->went_out;
+}
+
+int rt_op_resent(const rt_op_t *op) {
+  return op->xfer != NULL ? op->xfer->result.resent : op->resent;
 }
 
 int rt_op_cancel(rt_op_t *op) {

@@ -44,6 +44,10 @@ rt_op_t *rt_op_check(lua_State *L, int idx, const char *what);
  * server may have seen it. 0 for timers and signals. */
 int rt_op_went_out(const rt_op_t *op);
 
+/* Whether libcurl sent op's request a second time, on a new connection,
+ * because its kept-alive one had died (see on_prereq in transfer.c). */
+int rt_op_resent(const rt_op_t *op);
+
 /* Stop a running operation; it finishes as cancelled and a wait on it
  * returns. Returns 0 when it had already finished. */
 int rt_op_cancel(rt_op_t *op);

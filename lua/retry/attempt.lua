@@ -124,11 +124,15 @@ local function start(spec)
     url = spec.url })
 end
 
-local function went_out(ops)
+-- Whether any of the copies sent its request, and whether libcurl sent
+-- any of them a second time (a dead kept-alive connection).
+local function sent_state(ops)
+  local went, resent = false, false
   for i = 1, #ops do
-    if core.went_out(ops[i]) then return true end
+    local w, r = core.went_out(ops[i])
+    went, resent = went or w, resent or r
   end
-  return false
+  return went, resent
 end
 
 local function cancel_all(ops)
@@ -186,8 +190,9 @@ end
 
 --[[ Send one attempt: one transfer, or with hedging several copies, the
 first acceptable answer winning and the others cancelled in flight. The
-deadline cuts it. Returns response or nil, err, and how many copies went
-beyond the first. ]]
+deadline cuts it. Returns response or nil, err, how many copies went
+beyond the first, and when the deadline cut it whether any copy had gone
+out. ]]
 local function send(client, st, spec, method, started)
   local first, err = start(spec)
   if not first then return nil, err, 0 end
@@ -195,6 +200,7 @@ local function send(client, st, spec, method, started)
   local counters = client.counters
   counters.attempts = counters.attempts + 1
   local ops = { first }
+  local all = { first } -- every copy started, finished ones too
   local hedge = st.hedge
   if hedge and not IDEMPOTENT[method] then hedge = nil end
   local extra = 0
@@ -211,11 +217,16 @@ local function send(client, st, spec, method, started)
       if st.deadline and core.now() >= st.deadline then
         cancel_all(ops)
         st.deadline_passed = true
-        return nil, deadline_error(st, spec), extra
+        if last_response then last_response:close() end
+        local cut = deadline_error(st, spec)
+        local went, resent = sent_state(all)
+        cut.resent = resent or nil
+        return nil, cut, extra, went
       end
       local copy, copy_err = start(spec)
       if copy then
         ops[#ops + 1] = copy
+        all[#all + 1] = copy
         if started then started[#started + 1] = copy end
         extra = extra + 1
         counters.hedges = counters.hedges + 1
@@ -284,15 +295,18 @@ local function attempt(client, st, p, spec, n)
   local t0 = core.now()
   -- The copies a load check may need to look at if the attempt is cut.
   local started = next(client.recorders) and {} or nil
-  local ok, response, err, extra = pcall(send, client, st, spec,
+  local ok, response, err, extra, went = pcall(send, client, st, spec,
     spec.method, started)
   local elapsed = core.now() - t0
   if limited then give_slots(client, host) end
   if not ok then
     -- Cancelled (or closed) in flight: a load check counts it when its
     -- request went out, as the server may have seen it.
-    if started and went_out(started) then
-      local record = { attempt = n, elapsed = elapsed, error = response }
+    local resent
+    if started then went, resent = sent_state(started) end
+    if went then
+      local record = { attempt = n, elapsed = elapsed, error = response,
+        resent = resent or nil }
       for recorder in pairs(client.recorders) do recorder(record) end
     end
     error(response, 0)
@@ -308,8 +322,9 @@ local function attempt(client, st, p, spec, n)
     record.error = err
     record.resent = err.resent
   end
-  -- Load checks (retry.load) count every attempt of their requests.
-  if next(client.recorders) then
+  -- Load checks (retry.load) count every attempt of their requests, but
+  -- one the deadline cut before it went out, as one cut any other way.
+  if next(client.recorders) and went ~= false then
     for recorder in pairs(client.recorders) do recorder(record, response) end
   end
   if traced then

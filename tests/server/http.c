@@ -280,14 +280,29 @@ static enum MHD_Result route_delay(struct server_state *st,
   return reply_json(conn, MHD_HTTP_OK, &sb, NULL, NULL);
 }
 
-static enum MHD_Result route_close(struct MHD_Connection *conn,
-                                   const struct request_ctx *rq) {
+static enum MHD_Result route_close(struct server_state *st,
+                                   struct MHD_Connection *conn,
+                                   struct request_ctx *rq) {
+  const char *delay_arg = query_arg(conn, "delay");
+  const union MHD_ConnectionInfo *info;
+  unsigned long ms = 0;
   bool bad;
 
   if (should_fail(conn, rq, &bad) || bad) {
     /* MHD_NO without queueing a response makes MHD drop the socket, so
      * the client sees an empty reply (curl exit 52). */
     return MHD_NO;
+  }
+  if (delay_arg != NULL && !parse_ulong(delay_arg, MAX_DELAY_MS, &ms))
+    return bad_request(conn, "delay must be 0..600000 ms");
+  /* ?delay=MS: the hits after the drops answer late, so the copy libcurl
+   * sends again after a drop on a reused connection can be cut. */
+  if (ms > 0) {
+    info = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (sleep_watching_peer(st, info != NULL ? info->connect_fd : -1, ms)) {
+      mark_aborted(st, rq);
+      return MHD_NO;
+    }
   }
   return ok_hits(conn, rq);
 }
@@ -607,7 +622,7 @@ static enum MHD_Result dispatch(struct http_port *hp,
   if ((arg = path_tail(url, "/delay/")) != NULL)
     return route_delay(st, conn, rq, arg);
   if (strcmp(url, "/close") == 0)
-    return route_close(conn, rq);
+    return route_close(st, conn, rq);
   if (strcmp(url, "/flaky") == 0)
     return route_flaky(conn);
   if (strcmp(url, "/echo") == 0)

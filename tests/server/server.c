@@ -36,7 +36,8 @@
  *                      close at once (counted as aborted); with
  *                      ?key&first=1 only the key's first hit waits
  *   /close             ?key&n=1: drop the connection without a reply while
- *                      n <= N (curl exit 52), else 200 {"ok":true,"hits":n}
+ *                      n <= N (curl exit 52), else 200 {"ok":true,"hits":n},
+ *                      after MS ms with &delay=MS (like /delay)
  *   /flaky             ?drop=P&fail=Q (percent, default 0): each request
  *                      at random, independently: dropped without a reply
  *                      (curl 52) with probability P, else 503 with

@@ -318,6 +318,41 @@ describe("retry.load figures", function()
       assert.equal(1500, n)
     end)
   end)
+
+  it("counts an attempt the deadline cut only if it went out", function()
+    retry.run(function()
+      -- Connects to the black hole never complete: nothing goes out.
+      local client = retry.RetryClient{ deadline = 0.1,
+        retry_options = fast(1) }
+      local r = retry.load(quiet{ client = client,
+        url = h.blackhole .. "/hello", concurrency = 3, requests = 3 })
+      assert.equal(3, r.errors)
+      assert.equal(3, r.by_error.timeout)
+      assert.equal(0, r.attempts_sent)
+      assert.same({ [0] = 3 }, r.attempts)
+    end)
+  end)
+
+  it("counts what libcurl sent again of an attempt the deadline cut",
+    function()
+    retry.run(function()
+      -- A kept-alive connection for the request to reuse.
+      local warm <close> = retry.request("GET", h.url("/hello"))
+      assert.equal(200, warm.status)
+      -- The server reads the request on it and drops the connection:
+      -- libcurl sends it again on a new one, which answers after 5 s,
+      -- long after the deadline.
+      local url, key = h.counted("/close?n=1&delay=5000", "cut-resent")
+      local client = retry.RetryClient{ deadline = 0.3,
+        retry_options = fast(1) }
+      local r = retry.load(quiet{ client = client, url = url,
+        concurrency = 1, requests = 1 })
+      assert.equal(1, r.by_error.timeout)
+      assert.equal(1, r.attempts_sent)
+      assert.equal(1, r.resent)
+      assert.equal(2, h.settled_hits(retry, key))
+    end)
+  end)
 end)
 
 describe("retry.load thresholds", function()
