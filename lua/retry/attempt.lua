@@ -200,7 +200,7 @@ local function send(client, st, spec, method, started)
   local counters = client.counters
   counters.attempts = counters.attempts + 1
   local ops = { first }
-  local all = { first } -- every copy started, finished ones too
+  local all -- every copy started, finished ones too, once there are two
   local hedge = st.hedge
   if hedge and not IDEMPOTENT[method] then hedge = nil end
   local extra = 0
@@ -219,13 +219,14 @@ local function send(client, st, spec, method, started)
         st.deadline_passed = true
         if last_response then last_response:close() end
         local cut = deadline_error(st, spec)
-        local went, resent = sent_state(all)
+        local went, resent = sent_state(all or ops)
         cut.resent = resent or nil
         return nil, cut, extra, went
       end
       local copy, copy_err = start(spec)
       if copy then
         ops[#ops + 1] = copy
+        all = all or { first }
         all[#all + 1] = copy
         if started then started[#started + 1] = copy end
         extra = extra + 1
