@@ -225,6 +225,18 @@ static unsigned resume_timed(rt_sched_t *s) {
   return n;
 }
 
+/* Fire the deadlines due at now and resume their tasks, as long as timers
+ * have had less than half a drain's budget since the last drain began:
+ * enough for a backoff to end on time under a full load, never a stream
+ * of short sleeps crowding the rest (tasks I/O woke, the I/O) out. */
+static void resume_due(rt_sched_t *s, uint64_t now) {
+  if (s->timed_ns >= DRAIN_BUDGET_NS / 2 || !rt_clock_due(&s->clock, now))
+    return;
+  rt_clock_fire_due(&s->clock, now);
+  resume_timed(s);
+  s->timed_ns += uv_hrtime() - now;
+}
+
 static void drain(rt_sched_t *s) {
   uint64_t start, now, until;
   unsigned n, timed;
@@ -251,15 +263,8 @@ static void drain(rt_sched_t *s) {
     now = uv_hrtime();
     if (now >= until)
       break;
-    /* A deadline that comes meanwhile goes ahead too, at once, as long as
-     * timers have had less than half a budget of this drain: enough for
-     * a backoff to end on time under a full load, never a stream of short
-     * sleeps crowding the rest out. */
-    if (s->timed_ns < DRAIN_BUDGET_NS / 2 && rt_clock_due(&s->clock, now)) {
-      rt_clock_fire_due(&s->clock, now);
-      resume_timed(s);
-      s->timed_ns += uv_hrtime() - now;
-    }
+    /* A deadline that comes meanwhile goes ahead too, at once. */
+    resume_due(s, now);
   }
   if (s->ready_head == NULL)
     uv_idle_stop(&s->idle);
@@ -267,20 +272,12 @@ static void drain(rt_sched_t *s) {
 
 /* Between the socket events of an I/O phase, which at 64 connections can
  * last a millisecond and more: a deadline due meanwhile wakes its task at
- * once, within the half budget a drain gives timers, counted since the
- * last drain began, so a stream of short sleeps cannot hold up the I/O. */
+ * once, within the share of the drain that began last. */
 void rt_sched_resume_due(void *data) {
   rt_sched_t *s = data;
-  uint64_t now;
 
-  if (s->L == NULL || s->current != NULL || s->timed_ns >= DRAIN_BUDGET_NS / 2)
-    return;
-  now = uv_hrtime();
-  if (!rt_clock_due(&s->clock, now))
-    return;
-  rt_clock_fire_due(&s->clock, now);
-  resume_timed(s);
-  s->timed_ns += uv_hrtime() - now;
+  if (s->L != NULL && s->current == NULL)
+    resume_due(s, uv_hrtime());
 }
 
 static void on_check(uv_check_t *check) {

@@ -20,12 +20,6 @@
  * of the list once: 3.9k instructions less a bare retry.request GET (of
  * 114k, callgrind). Written once per process, before the first request. */
 static char accept_encoding[64];
-
-/* A proxy's CONNECT gets only CURLOPT_PROXYHEADER's headers, not the
- * request's list: the User-Agent it had from CURLOPT_USERAGENT. libcurl
- * only reads the list. */
-static char proxy_agent_line[] = RT_USER_AGENT;
-static struct curl_slist proxy_headers = {proxy_agent_line, NULL};
 static uv_once_t accept_encoding_once = UV_ONCE_INIT;
 
 static void build_accept_encoding(void) {
@@ -48,6 +42,12 @@ static void build_accept_encoding(void) {
         (size_t)snprintf(accept_encoding + len, sizeof(accept_encoding) - len,
                          "%s %s", i > 0 ? "," : "", names[i]);
 }
+
+/* A proxy's CONNECT gets only CURLOPT_PROXYHEADER's headers, not the
+ * request's list: the User-Agent it had from CURLOPT_USERAGENT. libcurl
+ * only reads the list. */
+static char proxy_agent_line[] = RT_USER_AGENT;
+static struct curl_slist proxy_headers = {proxy_agent_line, NULL};
 
 /* ------------------------------------------------------------------ */
 /* Checks made before anything is sent                                 */
