@@ -12,12 +12,14 @@
 #   wrk -t1 and -t2; the C ceiling (tests/bench/ceiling.c: libcurl on libuv
 #   through src/loop.c, reused easy handles, no Lua); curl -Z; `lretry load`
 #   (closed model, a Lua check per response); bare `retry.request` and
-#   RetryClient loops; the 503 route with 3 attempts per request
-#   (attempts/s); `lretry load --threads 2` when lretry has it; one request
-#   at a time (ceiling, curl, lretry); memory (100,000 requests, 10,000
-#   requests in backoff, 10,000 in flight against nginx's echo_sleep route,
-#   what is left after that burst); timer lateness under load; CPU of a
-#   10 requests/s load; connections opened (nginx stub_status).
+#   RetryClient loops; the floor under both (bench_client.lua floor: the
+#   core's calls in a Lua task, one resume per request, no retry layer);
+#   the 503 route with 3 attempts per request (attempts/s); `lretry load
+#   --threads 2` when lretry has it; one request at a time (ceiling, curl,
+#   lretry); memory (100,000 requests, 10,000 requests in backoff, 10,000
+#   in flight against nginx's echo_sleep route, what is left after that
+#   burst); timer lateness under load; CPU of a 10 requests/s load;
+#   connections opened (nginx stub_status).
 # It ends with one line per target: `target NAME: met|NOT met (value vs
 # target)`.
 set -euo pipefail
@@ -217,6 +219,8 @@ bench_round() {
   rec load "$(load_rate load "$total")"
   counted request "$lretry" scripts/bench_client.lua "$url" "$total" "$conc" bare
   rec request "$(rate_of request)"
+  counted floor "$lretry" scripts/bench_client.lua "$url" "$total" "$conc" floor
+  rec floor "$(rate_of floor)"
   counted client "$lretry" scripts/bench_client.lua "$url" "$total" "$conc"
   rec client "$(rate_of client)"
   # A third of the requests, three attempts each: as many attempts as
@@ -291,6 +295,8 @@ row "lretry load -c$conc -n$total --expect 200" "$load" req/s \
   "$(ratio "$load" "$ceil") x ceiling  peak RSS $(kib_mib "$(med load.rss)")  connections $(med load.conns)"
 row "retry.request loop (bench_client.lua bare)" "$(med request)" req/s \
   "$(ratio "$(med request)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med request.rss)")  connections $(med request.conns)"
+row "core calls in a task (bench_client.lua floor)" "$(med floor)" req/s \
+  "$(ratio "$(med floor)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med floor.rss)")  connections $(med floor.conns)"
 row "RetryClient loop (bench_client.lua)" "$(med client)" req/s \
   "$(ratio "$(med client)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med client.rss)")  connections $(med client.conns)"
 row "503 route, 3 attempts (bench_503.lua)" "$(med r503)" attempts/s \

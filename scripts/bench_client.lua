@@ -1,23 +1,42 @@
--- Throughput of the full retry client, or with `bare` of bare
--- `retry.request` (one attempt, no retry policy): CONCURRENCY tasks make
--- TOTAL GETs in all, through one shared RetryClient or not. Prints one line
--- with the figures.
--- Usage: lretry scripts/bench_client.lua URL [TOTAL] [CONCURRENCY] [bare]
+-- Throughput of the full retry client; with `bare`, of bare
+-- `retry.request` (one attempt, no retry policy); with `floor`, of the
+-- core's own calls (start the transfer, wait, take the Response) on one
+-- request table made up front: no retry layer, no request table per call,
+-- no argument checks, the least any request of lretry's design pays (it
+-- reaches into retry.core, which is internal: a measuring tool, not an
+-- example). CONCURRENCY tasks make TOTAL GETs in all. Prints one line with
+-- the figures.
+-- Usage: lretry scripts/bench_client.lua URL [TOTAL] [CONCURRENCY] [bare|floor]
 local retry = require("retry")
+local core = require("retry.core")
+local http = require("retry.http")
 
-local usage = "usage: lretry scripts/bench_client.lua URL [TOTAL] [CONCURRENCY] [bare]"
+local usage = "usage: lretry scripts/bench_client.lua URL [TOTAL] [CONCURRENCY] [bare|floor]"
 local url = arg[1] or error(usage)
 local total = math.tointeger(tonumber(arg[2] or 100000))
 local concurrency = math.tointeger(tonumber(arg[3] or 64))
+local mode = arg[4]
 assert(total and total > 0, "TOTAL must be a positive integer")
 assert(concurrency and concurrency > 0, "CONCURRENCY must be a positive integer")
-assert(arg[4] == nil or arg[4] == "bare", usage)
+assert(mode == nil or mode == "bare" or mode == "floor", usage)
 
-local bare = arg[4] == "bare"
-local client <close> = not bare
+local client <close> = mode == nil
   and retry.RetryClient{ retry_options = retry.ExponentialRetry{} } or nil
+local spec = mode == "floor" and http.make_spec("GET", url, {}) or nil
+
+-- One GET the floor's way: what retry.request does minus its checks.
+local function core_get()
+  local op, kind, message = core.start(spec)
+  if not op then error(kind .. ": " .. message, 0) end
+  core.wait(nil, op)
+  local r, err_kind, err_message = core.result(op)
+  if r == nil then error(err_kind .. ": " .. err_message, 0) end
+  return r
+end
+
 local function get()
-  if bare then return retry.request("GET", url) end
+  if mode == "bare" then return retry.request("GET", url) end
+  if mode == "floor" then return core_get() end
   return client:get(url)
 end
 local started, ok, not_ok = 0, 0, 0
