@@ -1,4 +1,5 @@
-/* embedded.h: the lua/ sources compiled into lretry (see cmake/embed.cmake). */
+/* embedded.h: the lua/ modules compiled into lretry, precompiled by luac
+ * or as source (see cmake/embed.cmake). */
 #ifndef RT_EMBEDDED_H
 #define RT_EMBEDDED_H
 
@@ -7,7 +8,7 @@
 typedef struct rt_embedded_s {
   const char *module;    /* "retry.client" */
   const char *chunkname; /* "@retry/client.lua" */
-  const char *source;
+  const char *chunk;     /* luac's output, or the source */
   size_t len;
 } rt_embedded_t;
 

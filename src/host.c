@@ -22,7 +22,7 @@
 static int load_embedded(lua_State *L) {
   const rt_embedded_t *e = lua_touserdata(L, lua_upvalueindex(1));
 
-  if (luaL_loadbufferx(L, e->source, e->len, e->chunkname, "t") != LUA_OK)
+  if (luaL_loadbufferx(L, e->chunk, e->len, e->chunkname, "bt") != LUA_OK)
     return lua_error(L);
   lua_pushstring(L, e->module);
   lua_call(L, 1, 1);

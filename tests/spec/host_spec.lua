@@ -71,6 +71,9 @@ describe("lretry", function()
     assert.equal(1, code)
     assert.matches("retry.connect error", err)
     assert.matches("stack traceback:", err)
+    -- The embedded modules (precompiled by luac when the build has it)
+    -- keep their debug information: the frames name file and line.
+    assert.matches("retry/init%.lua:%d+: in function 'retry%.request'", err)
   end)
 
   it("reports a syntax error and exits 1", function()
