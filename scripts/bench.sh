@@ -19,7 +19,9 @@
 #   lretry); memory (100,000 requests, 10,000 requests in backoff, 10,000
 #   in flight against nginx's echo_sleep route, what is left after that
 #   burst); timer lateness under load; CPU of a 10 requests/s load;
-#   connections opened (nginx stub_status).
+#   connections opened (nginx stub_status). Then, once, the instructions
+#   one request costs (callgrind) in the ceiling, the floor, the two loops
+#   and `lretry load`: the figures that do not drift.
 # It ends with one line per target: `target NAME: met|NOT met (value vs
 # target)`.
 set -euo pipefail
@@ -44,7 +46,7 @@ timer_s=5
 if [ "$build" = build ]; then
   scripts/setup.sh --bench
 else
-  for tool in nginx wrk curl /usr/bin/time cmake; do
+  for tool in nginx wrk curl /usr/bin/time cmake valgrind; do
     command -v "$tool" >/dev/null || { scripts/setup.sh --bench; break; }
   done
   [ -f "$build/CMakeCache.txt" ] \
@@ -268,6 +270,39 @@ for round in $(seq "$rounds"); do
     "lretry load $(tail -n1 "$dir/fig.load") req/s ($((SECONDS - start)) s)"
 done
 
+# --- instructions per request (callgrind) ----------------------------------
+
+# Rates swing by 0.2 x between runs on these machines; what a request costs
+# in instructions does not (within 3%: curl groups socket events a little
+# differently from run to run). Each contender runs twice under callgrind,
+# with $cg_small and with $cg_small + $cg_total GETs at $conc connections:
+# the difference over $cg_total is the cost of one request, start-up and
+# the opening of connections left out.
+cg_small=100
+cg_total=10000
+# instr_run KEY COUNT CMD...: callgrind's instruction count of CMD, with
+# its word N (the request count) replaced by COUNT. instr KEY CMD...: the
+# instructions of one request, as KEY.instr.
+instr_run() {
+  local key=$1 n=$2; shift 2
+  local args=() a
+  for a in "$@"; do [ "$a" = N ] && args+=("$n") || args+=("$a"); done
+  valgrind --tool=callgrind --callgrind-out-file=/dev/null "${args[@]}" \
+    >/dev/null 2>"$dir/$key.cg" || { cat "$dir/$key.cg" >&2; fail "$key failed under callgrind"; }
+  awk '/ refs:/ {gsub(",", "", $NF); print $NF}' "$dir/$key.cg"
+}
+instr() {
+  local key=$1 small big; shift
+  small=$(instr_run "$key" "$cg_small" "$@")
+  big=$(instr_run "$key" $((cg_small + cg_total)) "$@")
+  rec "$key.instr" "$(awk -v a="$small" -v b="$big" -v n="$cg_total" 'BEGIN {print (b - a) / n}')"
+}
+instr ceiling "$ceiling" "$url" N "$conc"
+instr floor "$lretry" scripts/bench_client.lua "$url" N "$conc" floor
+instr request "$lretry" scripts/bench_client.lua "$url" N "$conc" bare
+instr client "$lretry" scripts/bench_client.lua "$url" N "$conc"
+instr load "$lretry" load "$url" -c "$conc" -n N --expect 200 --quiet
+
 # --- the table ---------------------------------------------------------------
 
 kib_mib() { awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}'; }
@@ -295,7 +330,7 @@ row "lretry load -c$conc -n$total --expect 200" "$load" req/s \
   "$(ratio "$load" "$ceil") x ceiling  peak RSS $(kib_mib "$(med load.rss)")  connections $(med load.conns)"
 row "retry.request loop (bench_client.lua bare)" "$(med request)" req/s \
   "$(ratio "$(med request)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med request.rss)")  connections $(med request.conns)"
-row "core calls in a task (bench_client.lua floor)" "$(med floor)" req/s \
+row "core calls in a task (bench_client floor)" "$(med floor)" req/s \
   "$(ratio "$(med floor)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med floor.rss)")  connections $(med floor.conns)"
 row "RetryClient loop (bench_client.lua)" "$(med client)" req/s \
   "$(ratio "$(med client)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med client.rss)")  connections $(med client.conns)"
@@ -307,6 +342,20 @@ if [ "$threads" = yes ]; then
 else
   printf '  %-44s %9s\n' "lretry load --threads 2" "not available (lretry load has no --threads)"
 fi
+echo "instructions per request (callgrind; one run of $cg_total GETs at $conc connections):"
+# kinstr LABEL KEY [x]: the instructions of KEY, with x the ceiling's over
+# them (the share of the ceiling's speed that CPU cost allows).
+kinstr() {
+  local v note=
+  v=$(med "$2.instr")
+  [ -n "${3:-}" ] && note="      $(ratio "$(med ceiling.instr)" "$v") x ceiling"
+  printf '  %-44s %8.1fk%s\n' "$1" "$(awk -v v="$v" 'BEGIN {print v / 1000}')" "$note"
+}
+kinstr "C ceiling" ceiling
+kinstr "core calls in a task (bench_client floor)" floor x
+kinstr "retry.request loop (bench_client.lua bare)" request x
+kinstr "RetryClient loop (bench_client.lua)" client x
+kinstr "lretry load -c$conc --expect 200" load x
 echo "one request at a time, $c1_total GETs:"
 row "C ceiling, concurrency 1" "$c1_ceiling" req/s ""
 row "curl -Z --parallel-max 1" "$c1_curl" req/s \

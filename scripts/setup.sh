@@ -2,7 +2,7 @@
 # Install what lretry needs from Debian (only what is missing) and build it.
 #   scripts/setup.sh            build/       (normal build)
 #   scripts/setup.sh --asan     build-asan/  as well (ASan + UBSan)
-#   scripts/setup.sh --bench    also nginx (with its echo module), wrk, GNU time and curl for scripts/bench.sh
+#   scripts/setup.sh --bench    also nginx (with its echo module), wrk, GNU time, curl and valgrind for scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,7 @@ asan=no
 for opt in "$@"; do
   case $opt in
     --asan) asan=yes ;;
-    --bench) packages+=(nginx-light libnginx-mod-http-echo wrk time curl) ;;
+    --bench) packages+=(nginx-light libnginx-mod-http-echo wrk time curl valgrind) ;;
     *) echo "setup: unknown option $opt" >&2; exit 2 ;;
   esac
 done
