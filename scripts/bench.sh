@@ -28,6 +28,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 total=${1:-100000}
 conc=${2:-64}
+usage="usage: scripts/bench.sh [TOTAL] [CONCURRENCY]   (defaults: 100000 64)"
+[ $# -le 2 ] || { echo "$usage" >&2; exit 2; }
+for v in "TOTAL:$total" "CONCURRENCY:$conc"; do
+  [[ ${v#*:} =~ ^[1-9][0-9]*$ ]] || {
+    echo "bench: ${v%%:*} must be a positive integer, got '${v#*:}'" >&2
+    echo "$usage" >&2
+    exit 2
+  }
+done
 build=${BUILD:-build}
 rounds=3
 c1_total=10000     # GETs one at a time
