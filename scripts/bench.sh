@@ -10,18 +10,21 @@
 # table shows the median of each; ratios are taken between medians of the
 # same run only (machines like this drift by 15% from run to run):
 #   wrk -t1 and -t2; the C ceiling (tests/bench/ceiling.c: libcurl on libuv
-#   through src/loop.c, reused easy handles, no Lua); curl -Z; `lretry load`
-#   (closed model, a Lua check per response); bare `retry.request` and
-#   RetryClient loops; the floor under both (bench_client.lua floor: the
-#   core's calls in a Lua task, one resume per request, no retry layer);
-#   the 503 route with 3 attempts per request (attempts/s); `lretry load
-#   --threads 2` when lretry has it; one request at a time (ceiling, curl,
-#   lretry); memory (100,000 requests, 10,000 requests in backoff, 10,000
-#   in flight against nginx's echo_sleep route, what is left after that
-#   burst); timer lateness under load; CPU of a 10 requests/s load;
-#   connections opened (nginx stub_status). Then, once, the instructions
-#   one request costs (callgrind) in the ceiling, the floor, the two loops
-#   and `lretry load`: the figures that do not drift.
+#   through src/loop.c, reused easy handles, no Lua); lretry's transfers
+#   with a Lua check called from C and no task per request
+#   (tests/bench/engine.c: what a request path in C could do); curl -Z;
+#   `lretry load` (closed model, a Lua check per response); bare
+#   `retry.request` and RetryClient loops; the floor under both
+#   (bench_client.lua floor: the core's calls in a Lua task, one resume per
+#   request, no retry layer); the 503 route with 3 attempts per request
+#   (attempts/s); `lretry load --threads 2` when lretry has it; one request
+#   at a time (ceiling, curl, lretry); memory (100,000 requests, 10,000
+#   requests in backoff, 10,000 in flight against nginx's echo_sleep route,
+#   what is left after that burst); timer lateness under load; CPU of a 10
+#   requests/s load; connections opened (nginx stub_status). Then, once, the
+#   instructions one request costs (callgrind) in the ceiling, the engine,
+#   the floor, the two loops and `lretry load`: the figures that do not
+#   drift.
 # It ends with one line per target: `target NAME: met|NOT met (value vs
 # target)`.
 set -euo pipefail
@@ -64,6 +67,7 @@ else
 fi
 lretry=$build/lretry
 ceiling=$build/tests/bench/lretry-ceiling
+engine=$build/tests/bench/lretry-engine
 
 # Every connection needs a descriptor: 10,000 in flight in the ceiling,
 # lretry and nginx (lretry raises its own limit; the others inherit this
@@ -225,6 +229,8 @@ bench_round() {
   done
   timed ceiling "$ceiling" "$url" "$total" "$conc"
   rec ceiling "$(rate_of ceiling)"
+  timed engine "$engine" "$url" "$total" "$conc"
+  rec engine "$(rate_of engine)"
   curl_run curl "$conc" "$dir/urls.total" "$total"
   counted load "$lretry" load "$url" -c "$conc" -n "$total" --expect 200 --quiet
   rec load "$(load_rate load "$total")"
@@ -307,6 +313,7 @@ instr() {
   rec "$key.instr" "$(awk -v a="$small" -v b="$big" -v n="$cg_total" 'BEGIN {print (b - a) / n}')"
 }
 instr ceiling "$ceiling" "$url" N "$conc"
+instr engine "$engine" "$url" N "$conc"
 instr floor "$lretry" scripts/bench_client.lua "$url" N "$conc" floor
 instr request "$lretry" scripts/bench_client.lua "$url" N "$conc" bare
 instr client "$lretry" scripts/bench_client.lua "$url" N "$conc"
@@ -333,6 +340,8 @@ echo "medians of $rounds rounds, $total requests at $conc connections (nginx, 1 
 row "wrk -t1 -c$conc -d5s" "$wrk1" req/s ""
 row "wrk -t2 -c$conc -d5s" "$(med wrk2)" req/s "$(ratio "$(med wrk2)" "$wrk1") x wrk -t1"
 row "C ceiling (lretry-ceiling)" "$ceil" req/s "$(ratio "$ceil" "$wrk1") x wrk -t1"
+row "request path in C, Lua check (lretry-engine)" "$(med engine)" req/s \
+  "$(ratio "$(med engine)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med engine.rss)")"
 row "curl -Z --parallel-max $conc" "$(med curl)" req/s \
   "$(ratio "$(med curl)" "$ceil") x ceiling  connections $(med curl.conns)"
 row "lretry load -c$conc -n$total --expect 200" "$load" req/s \
@@ -361,6 +370,7 @@ kinstr() {
   printf '  %-44s %8.1fk%s\n' "$1" "$(awk -v v="$v" 'BEGIN {print v / 1000}')" "$note"
 }
 kinstr "C ceiling" ceiling
+kinstr "request path in C, Lua check (lretry-engine)" engine x
 kinstr "core calls in a task (bench_client floor)" floor x
 kinstr "retry.request loop (bench_client.lua bare)" request x
 kinstr "RetryClient loop (bench_client.lua)" client x
