@@ -287,8 +287,8 @@ done
 
 # --- instructions per request (callgrind) ----------------------------------
 
-# Rates swing by 0.2 x between runs on these machines; what a request costs
-# in instructions does not (within 3%: curl groups socket events a little
+# Rates swing by 30% between runs of the same code on these machines; what
+# a request costs in instructions does not (within 3%: curl groups socket events a little
 # differently from run to run). Each contender runs twice under callgrind,
 # with $cg_small and with $cg_small + $cg_total GETs at $conc connections:
 # the difference over $cg_total is the cost of one request, start-up and
@@ -360,9 +360,10 @@ if [ "$threads" = yes ]; then
 else
   printf '  %-44s %9s\n' "lretry load --threads 2" "not available (lretry load has no --threads)"
 fi
-echo "instructions per request (callgrind; one run of $cg_total GETs at $conc connections):"
+echo "instructions per request (callgrind; $cg_total GETs at $conc connections, start-up left out):"
 # kinstr LABEL KEY [x]: the instructions of KEY, with x the ceiling's over
-# them (the share of the ceiling's speed that CPU cost allows).
+# them. Rates also depend on how the work is batched (README, Performance):
+# lretry's batched turns run faster than their instruction count says.
 kinstr() {
   local v note=
   v=$(med "$2.instr")
