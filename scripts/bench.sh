@@ -287,12 +287,12 @@ done
 
 # --- instructions per request (callgrind) ----------------------------------
 
-# Rates swing by 30% between runs of the same code on these machines; what
-# a request costs in instructions does not (within 3%: curl groups socket events a little
-# differently from run to run). Each contender runs twice under callgrind,
-# with $cg_small and with $cg_small + $cg_total GETs at $conc connections:
-# the difference over $cg_total is the cost of one request, start-up and
-# the opening of connections left out.
+# Rates swing by 30% between runs of the same code on these machines; what a
+# request costs in instructions does not (within 3%: curl groups socket
+# events a little differently from run to run). Each contender runs twice
+# under callgrind, with $cg_small and with $cg_small + $cg_total GETs at
+# $conc connections: the difference over $cg_total is the cost of one
+# request, start-up and the opening of connections left out.
 cg_small=100
 cg_total=10000
 # instr_run KEY COUNT CMD...: callgrind's instruction count of CMD, with
