@@ -1,14 +1,13 @@
 -- Throughput of the full retry client; with `bare`, of bare
 -- `retry.request` (one attempt, no retry policy); with `floor`, of the
--- core's own calls (start the transfer, wait, take the Response) on one
--- request table made up front: no retry layer, no request table per call,
--- no argument checks, the least any request of lretry's design pays (it
--- reaches into retry.core, which is internal: a measuring tool, not an
--- example). CONCURRENCY tasks make TOTAL GETs in all. Prints one line with
--- the figures.
+-- core's own calls through http.send (start the transfer, wait, take the
+-- Response) on one request table made up front: no retry layer, no
+-- request table per call, no argument checks, the least any request of
+-- lretry's design pays (it reaches into retry.http, which is internal: a
+-- measuring tool, not an example). CONCURRENCY tasks make TOTAL GETs in
+-- all. Prints one line with the figures.
 -- Usage: lretry scripts/bench_client.lua URL [TOTAL] [CONCURRENCY] [bare|floor]
 local retry = require("retry")
-local core = require("retry.core")
 local http = require("retry.http")
 
 local usage = "usage: lretry scripts/bench_client.lua URL [TOTAL] [CONCURRENCY] [bare|floor]"
@@ -24,19 +23,17 @@ local client <close> = mode == nil
   and retry.RetryClient{ retry_options = retry.ExponentialRetry{} } or nil
 local spec = mode == "floor" and http.make_spec("GET", url, {}) or nil
 
--- One GET the floor's way: what retry.request does minus its checks.
-local function core_get()
-  local op, kind, message = core.start(spec)
-  if not op then error(kind .. ": " .. message, 0) end
-  core.wait(nil, op)
-  local r, err_kind, err_message = core.result(op)
-  if r == nil then error(err_kind .. ": " .. err_message, 0) end
+-- One GET the floor's way: http.send, what retry.request does minus its
+-- checks and request table.
+local function send_spec()
+  local r, err = http.send(spec)
+  if r == nil then error(err, 0) end
   return r
 end
 
 local function get()
   if mode == "bare" then return retry.request("GET", url) end
-  if mode == "floor" then return core_get() end
+  if mode == "floor" then return send_spec() end
   return client:get(url)
 end
 local started, ok, not_ok = 0, 0, 0

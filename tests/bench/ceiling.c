@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "args.h"
 #include "loop.h"
 
 struct worker {
@@ -59,19 +60,8 @@ static void on_done(rt_loop_job_t *job, CURLcode result) {
     start(w);
 }
 
-static long arg_count(const char *text, const char *what) {
-  char *end;
-  long n = strtol(text, &end, 10);
-
-  if (*end != '\0' || n <= 0) {
-    fprintf(stderr, "lretry-ceiling: %s must be a positive integer, got %s\n",
-            what, text);
-    exit(2);
-  }
-  return n;
-}
-
 int main(int argc, char **argv) {
+  bench_args_t args;
   struct run run = {0};
   struct worker *workers = NULL;
   long conc, i, made = 0;
@@ -79,14 +69,9 @@ int main(int argc, char **argv) {
   double seconds;
   int status = 1;
 
-  if (argc < 2 || argc > 4) {
-    fprintf(stderr, "usage: lretry-ceiling URL [TOTAL] [CONCURRENCY]\n");
-    return 2;
-  }
-  run.total = argc > 2 ? arg_count(argv[2], "TOTAL") : 100000;
-  conc = argc > 3 ? arg_count(argv[3], "CONCURRENCY") : 64;
-  if (conc > run.total)
-    conc = run.total;
+  bench_args(argc, argv, "lretry-ceiling", &args);
+  run.total = args.total;
+  conc = args.conc;
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
     fprintf(stderr, "lretry-ceiling: cannot set up libcurl\n");
     return 1;
@@ -111,7 +96,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "lretry-ceiling: cannot make an easy handle\n");
       goto out;
     }
-    curl_easy_setopt(w->easy, CURLOPT_URL, argv[1]);
+    curl_easy_setopt(w->easy, CURLOPT_URL, args.url);
     curl_easy_setopt(w->easy, CURLOPT_PRIVATE, &w->job);
     curl_easy_setopt(w->easy, CURLOPT_WRITEFUNCTION, discard);
   }

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "histogram.h"
 #include "loop.h"
 #include "response.h"
@@ -133,18 +134,6 @@ static void on_turn(uv_check_t *turn) {
     start(run->ended[i]);
 }
 
-static long arg_count(const char *text, const char *what) {
-  char *end;
-  long n = strtol(text, &end, 10);
-
-  if (*end != '\0' || n <= 0) {
-    fprintf(stderr, "lretry-engine: %s must be a positive integer, got %s\n",
-            what, text);
-    exit(2);
-  }
-  return n;
-}
-
 /* The Lua state and its check, as a load's `check` would be written. */
 static int open_lua(struct run *run) {
   lua_State *L = luaL_newstate();
@@ -165,6 +154,8 @@ static int open_lua(struct run *run) {
 }
 
 int main(int argc, char **argv) {
+  bench_args_t args;
+  const char *bad_url;
   struct run run = {0};
   struct worker *workers = NULL;
   long conc, i;
@@ -172,27 +163,22 @@ int main(int argc, char **argv) {
   double seconds;
   int status = 1;
 
-  if (argc < 2 || argc > 4) {
-    fprintf(stderr, "usage: lretry-engine URL [TOTAL] [CONCURRENCY]\n");
-    return 2;
-  }
-  run.total = argc > 2 ? arg_count(argv[2], "TOTAL") : 100000;
-  conc = argc > 3 ? arg_count(argv[3], "CONCURRENCY") : 64;
-  if (conc > run.total)
-    conc = run.total;
+  bench_args(argc, argv, "lretry-engine", &args);
+  run.total = args.total;
+  conc = args.conc;
   /* A RetryClient's defaults: GET, 30 s per attempt, 10 s to connect, no
    * redirects followed beyond aiohttp's 10, no body limit. */
   run.req.method = "GET";
-  run.req.url = argv[1];
+  run.req.url = args.url;
   run.req.timeout_ms = 30000;
   run.req.connect_timeout_ms = 10000;
   run.req.max_redirects = 10;
   run.req.max_body_size = -1;
   run.req.verify_tls = 1;
   rt_hist_init(&run.latency);
-  if (rt_request_check_url(argv[1], strlen(argv[1])) != NULL) {
-    fprintf(stderr, "lretry-engine: %s: %s\n", argv[1],
-            rt_request_check_url(argv[1], strlen(argv[1])));
+  bad_url = rt_request_check_url(args.url, strlen(args.url));
+  if (bad_url != NULL) {
+    fprintf(stderr, "lretry-engine: %s: %s\n", args.url, bad_url);
     return 2;
   }
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
