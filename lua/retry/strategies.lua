@@ -2,10 +2,12 @@
 -- what to retry and how long to wait. Pure Lua, no state, no I/O.
 --
 -- A class is a table of fields with their checks. The one constructor checks
--- each field once and stores it as a plain table field, so get_timeout reads
--- fields unchecked. Fields stay live (a script may set `opts.attempts = 2`),
--- so the retry loop calls check_live before each request: the same checks,
--- run again only when a field changed since they last passed.
+-- each field once, so get_timeout reads fields unchecked. Fields stay live (a
+-- script may set `opts.attempts = 2`, or `opts.statuses[1] = 429`), so the
+-- retry loop calls check_live before each request: the same checks, run
+-- again only when a field changed since they last passed. An object keeps
+-- its fields behind an empty proxy that sees every write (its lists too), so
+-- "nothing changed" is one comparison of a version number per request.
 local errors = require("retry.errors")
 local values = require("retry.values")
 
@@ -50,7 +52,7 @@ end }
 
 -- A list of entries passing `ok_entry`, stored with `convert` applied.
 local function list_type(must, ok_entry, convert, nonempty)
-  return { must = must, required = nonempty, ok = function(v)
+  return { must = must, required = nonempty, list = true, ok = function(v)
     local n = list_length(v)
     if not n or (nonempty and n == 0) then return false end
     for i = 1, n do
@@ -87,19 +89,63 @@ local SHARED = {
   { "before_retry", CALLBACK },
 }
 
+--[[ Objects built here are empty proxies: reads go through __index to the
+object's store, and every write goes through __newindex, which bumps the
+store's version. Its lists are proxies of the same kind whose writes bump
+the version of the object that holds them. pairs, ipairs, # and
+table.concat see through both; rawget, rawlen and next do not. ]]
+local VERSION = {} -- the key of a store's version (pairs skips it)
+local STORE = setmetatable({}, { __mode = "k" }) -- proxy -> its store
+local OWNER = setmetatable({}, { __mode = "k" }) -- list proxy -> the store
+-- of the object it was made for
+local CLASS = setmetatable({}, { __mode = "k" }) -- object -> class record
+
+local function store_next(store, k)
+  local nk, nv = next(store, k)
+  if nk == VERSION then return next(store, nk) end
+  return nk, nv
+end
+
+local function proxy_pairs(proxy) return store_next, STORE[proxy], nil end
+
+local function object_write(proxy, k, v)
+  local store = STORE[proxy]
+  store[k] = v
+  store[VERSION] = store[VERSION] + 1
+end
+
+local function list_write(proxy, k, v)
+  STORE[proxy][k] = v
+  local owner = OWNER[proxy]
+  owner[VERSION] = owner[VERSION] + 1
+end
+
+local function list_len(proxy) return #STORE[proxy] end
+
+-- A list proxy over `items` (a table of its own), owned by `owner`.
+local function list_proxy(items, owner)
+  local proxy = setmetatable({}, { __index = items, __newindex = list_write,
+    __len = list_len, __pairs = proxy_pairs })
+  STORE[proxy], OWNER[proxy] = items, owner
+  return proxy
+end
+
+-- The plain table behind a list proxy, or v itself: the checks of list
+-- fields look at every key, which a proxy hides from next and rawget.
+local function raw_list(v)
+  return OWNER[v] and STORE[v] or v
+end
+
 -- Raise an `invalid` error, owned by `owner` (a class name, or the `what` of
 -- check_live), unless field `f` may hold `v`.
 local function check(owner, f, v)
-  local ok, i = f[2].ok(v)
+  local ok, i = f[2].ok(raw_list(v))
   if ok then return end
   local at = i and " at index " .. i or ""
   if i then v = v[i] end
   invalid(fmt("%s: field '%s' must be %s, got %s%s", owner, f[1], f[2].must,
     describe(v), at))
 end
-
--- Metatable -> class record, for every class built here.
-local CLASSES = {}
 
 -- Field class.order[1] must not exceed field class.order[2].
 local function check_order(class, self, owner)
@@ -170,8 +216,10 @@ function M.retries_error_kind(opts, kind)
 end
 
 -- Options objects as they were when check_live last passed them: opts ->
--- { [i] = value of field i, get_timeout = ..., lists = { i, copy, ... }
--- for the fields holding a table }. Weak: a snapshot goes with its object.
+-- { [i] = value of field i, get_timeout = ..., version = the store's
+-- version (objects built here), lists = { i, copy, ... } for the fields
+-- holding a table whose writes that version does not count }. Weak: a
+-- snapshot goes with its object.
 local PASSED = setmetatable({}, { __mode = "k" })
 
 -- The names of a field list, made once per list: the comparison below runs
@@ -198,13 +246,7 @@ local function same_list(v, copy)
   return next(v, n > 0 and n or nil) == nil
 end
 
--- Whether no field of opts changed since `snap` was taken: the checks of
--- the fields only need to run again when one did.
-local function unchanged(opts, names, snap)
-  if opts.get_timeout ~= snap.get_timeout then return false end
-  for i = 1, #names do
-    if opts[names[i]] ~= snap[i] then return false end
-  end
+local function lists_unchanged(snap)
   local lists = snap.lists
   for k = 1, #lists, 2 do
     if not same_list(snap[lists[k]], lists[k + 1]) then return false end
@@ -212,13 +254,32 @@ local function unchanged(opts, names, snap)
   return true
 end
 
-local function snapshot(opts, names)
+-- Whether no field of opts changed since `snap` was taken: the checks of
+-- the fields only need to run again when one did. `store` is the store of
+-- an object built here (its version counts every write), else nil.
+local function unchanged(opts, names, snap, store)
+  if store and store[VERSION] ~= snap.version then return false end
+  -- A duck-typed table, or an object given a field of its own by rawset
+  -- (which its version cannot see): every field is compared.
+  if store == nil or next(opts) ~= nil then
+    if opts.get_timeout ~= snap.get_timeout then return false end
+    for i = 1, #names do
+      if opts[names[i]] ~= snap[i] then return false end
+    end
+  end
+  return lists_unchanged(snap)
+end
+
+local function snapshot(opts, names, store)
   local lists = {}
-  local snap = { lists = lists, get_timeout = opts.get_timeout }
+  local snap = { lists = lists, get_timeout = opts.get_timeout,
+    version = store and store[VERSION] }
   for i = 1, #names do
     local v = opts[names[i]]
     snap[i] = v
-    if type(v) == "table" then
+    -- A list of this object's is seen by its version; any other table (a
+    -- script's own, or another object's list) is compared entry by entry.
+    if type(v) == "table" and (store == nil or OWNER[v] ~= store) then
       local copy = { n = #v }
       for j = 1, copy.n do copy[j] = v[j] end
       lists[#lists + 1], lists[#lists + 2] = i, copy
@@ -234,11 +295,12 @@ end
 -- The checks run again only when a field changed (replaced, or a list
 -- edited in place) since they last passed: most requests compare values.
 function M.check_live(opts, what)
-  local class = CLASSES[getmetatable(opts)]
+  local class = CLASS[opts]
+  local store = class and STORE[opts]
   local fields = class and class.fields or SHARED
   local names = names_of(fields)
   local snap = PASSED[opts]
-  if snap and unchanged(opts, names, snap) then return end
+  if snap and unchanged(opts, names, snap, store) then return end
   for _, f in ipairs(fields) do
     local v = opts[f[1]]
     if v ~= nil or (class and (f[3] ~= nil or f[2].required)) then
@@ -250,14 +312,14 @@ function M.check_live(opts, what)
       describe(opts.get_timeout)))
   end
   if class and class.order then check_order(class, opts, what) end
-  PASSED[opts] = snapshot(opts, names)
+  PASSED[opts] = snapshot(opts, names, store)
 end
 
 --- Whether `x` can serve as retry options: an object built here, or any
 -- table with a callable `get_timeout` and an integral number `attempts`.
 function M.is_options(x)
   if type(x) ~= "table" then return false end
-  if CLASSES[getmetatable(x)] then return true end
+  if CLASS[x] then return true end
   return is_callable(x.get_timeout) and as_integer(x.attempts) ~= nil
 end
 
@@ -275,14 +337,14 @@ local function define(name, own, wait, extra)
       fields[#fields + 1], known[f[1]] = f, true
     end
   end
-  class.name, class.fields, CLASSES[meta] = name, fields, class
+  class.name, class.fields = name, fields
 
-  meta.__index = {
+  local methods = {
     retries_status = M.retries_status,
     retries_method = M.retries_method,
     retries_error_kind = M.retries_error_kind,
     get_timeout = function(self, attempt, response, ctx)
-      if getmetatable(self) ~= meta then
+      if CLASS[self] ~= class then
         invalid(fmt("%s:get_timeout: self must be a %s, got %s (call it as "
           .. "opts:get_timeout(n))", name, meta.__name, describe(self)))
       end
@@ -294,12 +356,14 @@ local function define(name, own, wait, extra)
       return wait(self, n, response, ctx)
     end,
   }
+  local methods_meta = { __index = methods }
 
   -- attempts, then the own numbers, lists and strings set.
   function meta.__tostring(self)
-    local parts = { "attempts=" .. tostring(rawget(self, "attempts")) }
+    local store = STORE[self]
+    local parts = { "attempts=" .. tostring(store.attempts) }
     for _, f in ipairs(own) do
-      local v = rawget(self, f[1])
+      local v = store[f[1]]
       if type(v) == "table" then
         local ok, items = pcall(table.concat, v, ", ")
         v = ok and "{" .. items .. "}" or nil
@@ -324,16 +388,21 @@ local function define(name, own, wait, extra)
           type(k) == "string" and "'" .. k .. "'" or describe(k)))
       end
     end
-    local self = {}
+    local store = setmetatable({ [VERSION] = 0 }, methods_meta)
     for _, f in ipairs(fields) do
       local v, t = args[f[1]], f[2]
       if v == nil then v = f[3] end
       if v ~= nil or t.required then check(name, f, v) end
       if v ~= nil and t.store then v = t.store(v) end
-      self[f[1]] = v
+      if v ~= nil and t.list then v = list_proxy(v, store) end
+      store[f[1]] = v
     end
-    if class.order then check_order(class, self, name) end
-    return setmetatable(self, meta)
+    if class.order then check_order(class, store, name) end
+    local self = setmetatable({}, { __index = store,
+      __newindex = object_write, __pairs = proxy_pairs, __name = meta.__name,
+      __tostring = meta.__tostring })
+    STORE[self], CLASS[self] = store, class
+    return self
   end
 end
 
@@ -343,7 +412,7 @@ local function random(self)
   local r = self.random_func()
   if type(r) ~= "number" or r ~= r then
     invalid(fmt("%s: field 'random_func' must return a number in [0, 1), "
-      .. "got %s", CLASSES[getmetatable(self)].name, describe(r)))
+      .. "got %s", CLASS[self].name, describe(r)))
   end
   return r
 end
@@ -408,7 +477,7 @@ M.ListRetry = define("ListRetry", { { "timeouts", TIMEOUTS } },
       end
       named.timeouts = positional
     end
-    local n = list_length(named.timeouts) or 0
+    local n = list_length(raw_list(named.timeouts)) or 0
     if named.attempts == nil and n > 0 then named.attempts = n end
     return named
   end })

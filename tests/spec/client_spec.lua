@@ -92,6 +92,31 @@ describe("RetryClient", function()
     end)
   end)
 
+  it("sees a change made in place to its strategy on the next request", function()
+    -- The strategy's fields and lists are live: the server counts what
+    -- each request after each change sends.
+    run(function()
+      local options = fast{ attempts = 3 }
+      local client <close> = retry.RetryClient{ retry_options = options }
+      local function hits_of_one_get()
+        local url, key = counted("/status/404")
+        assert.equal(404, client:get(url).status)
+        return h.hits(retry, key)
+      end
+      assert.equal(1, hits_of_one_get())
+      options.statuses[#options.statuses + 1] = 404
+      assert.equal(3, hits_of_one_get())
+      options.attempts = 2
+      assert.equal(2, hits_of_one_get())
+      table.remove(options.statuses)
+      assert.equal(1, hits_of_one_get())
+      options.statuses = { 404 }
+      assert.equal(2, hits_of_one_get())
+      options.methods[1] = "PUT" -- GET is the first of the nine
+      assert.equal(1, hits_of_one_get())
+    end)
+  end)
+
   it("succeeds on the 3rd attempt of a sometimes-error endpoint", function()
     run(function()
       local client = retry.RetryClient{ retry_options = fast{ attempts = 5 } }

@@ -770,6 +770,30 @@ describe("live fields", function()
     assert.is_false(o:retries_error_kind("timeout"))
   end)
 
+  it("read, iterate and print like plain tables, each with its own lists",
+    function()
+    local a = strategies.ExponentialRetry{ statuses = { 429, 404 } }
+    local b = strategies.ExponentialRetry()
+    local fields = {}
+    for k, v in pairs(a) do fields[k] = v end
+    assert.equal(3, fields.attempts)
+    assert.equal(a.statuses, fields.statuses)
+    assert.equal("none", fields.jitter)
+    assert.equal(2, #a.statuses)
+    assert.same({ 429, 404 }, { table.unpack(a.statuses) })
+    assert.equal("429,404", table.concat(a.statuses, ","))
+    local seen = {}
+    for i, s in ipairs(a.statuses) do seen[i] = s end
+    assert.same({ 429, 404 }, seen)
+    local keys = {}
+    for k in pairs(a.methods) do keys[#keys + 1] = k end
+    assert.equal(9, #keys)
+    assert.matches("timeouts={1, 2.5}",
+      tostring(strategies.ListRetry{ 1, 2.5 }), 1, true)
+    a.methods[1] = "X"
+    assert.equal("GET", b.methods[1])
+  end)
+
   -- get_timeout trusts the fields it reads, checked at construction; a
   -- later assignment is named by check_live, which the retry loop runs
   -- before each request.
@@ -862,6 +886,23 @@ describe("check_live", function()
         "'retry_after_statuses'" },
       { function(o) o.get_timeout = 5 end, "get_timeout" },
       { function(o) o.start_timeout = -1 end, "'start_timeout'" },
+      -- Past the object's own write barrier.
+      { function(o) rawset(o, "attempts", 0) end, "'attempts'" },
+      -- A list of another object's, edited through that object.
+      { function(o)
+        local other = strategies.ExponentialRetry()
+        o.statuses = other.statuses
+        live(o)
+        other.statuses[1] = 700
+      end, "'statuses'" },
+      -- A script's own list, edited after it was set.
+      { function(o)
+        local mine = { 429 }
+        o.statuses = mine
+        live(o)
+        mine[#mine + 1] = "x"
+      end, "'statuses'" },
+      { function(o) table.insert(o.methods, 1, false) end, "'methods'" },
     }
     for _, c in ipairs(changes) do
       local o = strategies.ExponentialRetry{ statuses = { 429 } }
