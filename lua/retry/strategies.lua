@@ -10,6 +10,7 @@
 -- "nothing changed" is one comparison of a version number per request.
 local errors = require("retry.errors")
 local values = require("retry.values")
+local watched = require("retry.watched")
 
 local M = {}
 
@@ -89,52 +90,10 @@ local SHARED = {
   { "before_retry", CALLBACK },
 }
 
---[[ Objects built here are empty proxies: reads go through __index to the
-object's store, and every write goes through __newindex, which bumps the
-store's version. Its lists are proxies of the same kind whose writes bump
-the version of the object that holds them. pairs, ipairs, # and
-table.concat see through both; rawget, rawlen and next do not. ]]
-local VERSION = {} -- the key of a store's version (pairs skips it)
-local STORE = setmetatable({}, { __mode = "k" }) -- proxy -> its store
-local OWNER = setmetatable({}, { __mode = "k" }) -- list proxy -> the store
--- of the object it was made for
-local CLASS = setmetatable({}, { __mode = "k" }) -- object -> class record
-
-local function store_next(store, k)
-  local nk, nv = next(store, k)
-  if nk == VERSION then return next(store, nk) end
-  return nk, nv
-end
-
-local function proxy_pairs(proxy) return store_next, STORE[proxy], nil end
-
-local function object_write(proxy, k, v)
-  local store = STORE[proxy]
-  store[k] = v
-  store[VERSION] = store[VERSION] + 1
-end
-
-local function list_write(proxy, k, v)
-  STORE[proxy][k] = v
-  local owner = OWNER[proxy]
-  owner[VERSION] = owner[VERSION] + 1
-end
-
-local function list_len(proxy) return #STORE[proxy] end
-
--- A list proxy over `items` (a table of its own), owned by `owner`.
-local function list_proxy(items, owner)
-  local proxy = setmetatable({}, { __index = items, __newindex = list_write,
-    __len = list_len, __pairs = proxy_pairs })
-  STORE[proxy], OWNER[proxy] = items, owner
-  return proxy
-end
-
--- The plain table behind a list proxy, or v itself: the checks of list
--- fields look at every key, which a proxy hides from next and rawget.
-local function raw_list(v)
-  return OWNER[v] and STORE[v] or v
-end
+-- Objects built here are watched tables (retry.watched): the class of each.
+local CLASS = setmetatable({}, { __mode = "k" })
+local VERSION, STORE, OWNER = watched.VERSION, watched.stores, watched.owner
+local raw_list = watched.raw_list
 
 -- Raise an `invalid` error, owned by `owner` (a class name, or the `what` of
 -- check_live), unless field `f` may hold `v`.
@@ -279,7 +238,7 @@ local function snapshot(opts, names, store)
     snap[i] = v
     -- A list of this object's is seen by its version; any other table (a
     -- script's own, or another object's list) is compared entry by entry.
-    if type(v) == "table" and (store == nil or OWNER[v] ~= store) then
+    if type(v) == "table" and (store == nil or OWNER(v) ~= store) then
       local copy = { n = #v }
       for j = 1, copy.n do copy[j] = v[j] end
       lists[#lists + 1], lists[#lists + 2] = i, copy
@@ -388,20 +347,19 @@ local function define(name, own, wait, extra)
           type(k) == "string" and "'" .. k .. "'" or describe(k)))
       end
     end
-    local store = setmetatable({ [VERSION] = 0 }, methods_meta)
+    local store = setmetatable({}, methods_meta)
     for _, f in ipairs(fields) do
       local v, t = args[f[1]], f[2]
       if v == nil then v = f[3] end
       if v ~= nil or t.required then check(name, f, v) end
       if v ~= nil and t.store then v = t.store(v) end
-      if v ~= nil and t.list then v = list_proxy(v, store) end
+      if v ~= nil and t.list then v = watched.list(v, store) end
       store[f[1]] = v
     end
     if class.order then check_order(class, store, name) end
-    local self = setmetatable({}, { __index = store,
-      __newindex = object_write, __pairs = proxy_pairs, __name = meta.__name,
+    local self = watched.object(store, { __name = meta.__name,
       __tostring = meta.__tostring })
-    STORE[self], CLASS[self] = store, class
+    CLASS[self] = class
     return self
   end
 end

@@ -618,6 +618,47 @@ describe("RetryClient", function()
     end)
   end)
 
+  it("after a request passed its checks, still names every later bad field", function()
+    -- The client's fields are checked again only after a write to it: a
+    -- request in between must not make a later change go unseen.
+    run(function()
+      local url, key = counted("/hello")
+      local changes = {
+        { function(c) c.limit = "x" end, "limit" },
+        { function(c) c.headers = 5 end, "headers" },
+        { function(c) c.trace_configs = "x" end, "trace_configs" },
+        { function(c) c.timeout = -1 end, "timeout" },
+        { function(c) c.deadline = 0 end, "deadline" },
+        { function(c) c.hedge.max = 0 end, "hedge" }, -- in place
+        { function(c) c.budget = {} end, "budget" },
+      }
+      for _, change in ipairs(changes) do
+        local client <close> = retry.RetryClient{
+          hedge = { delay = 1, max = 2 } }
+        assert.equal(200, client:get(url).status)
+        assert.equal(200, client:get(url).status) -- checks passed: cached
+        change[1](client)
+        expect.invalid(change[2], client.get, client, url)
+      end
+      assert.equal(2 * #changes, h.hits(retry, key))
+    end)
+  end)
+
+  it("reads, iterates and prints as a plain table", function()
+    local client <close> = retry.RetryClient{ limit = 7 }
+    local fields = {}
+    for k, v in pairs(client) do fields[k] = v end
+    assert.equal(7, fields.limit)
+    assert.equal(client.retry_options, fields.retry_options)
+    assert.is_false(fields.closed)
+    client.base_url = "http://example.test/"
+    assert.equal("http://example.test/", client.base_url)
+    assert.equal("retry.RetryClient", tostring(client))
+    client:close()
+    assert.equal("retry.RetryClient (closed)", tostring(client))
+    expect.invalid("expected a RetryClient", client.get, {}, "http://x/")
+  end)
+
   it("stops retrying once the client is closed during the request", function()
     run(function()
       local url, key = counted("/status/503")
