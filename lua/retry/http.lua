@@ -205,11 +205,26 @@ end
 
 local NO_OPTIONS = {}
 
+-- The method and url of the last call without options, and its request
+-- table: a probe or a load repeats one such call thousands of times a
+-- second, and the table is only read (by the core and by error messages),
+-- so the calls that repeat it share it.
+local plain_method, plain_url, plain_spec
+
 --- Check and build the core's request table for `retry.request`.
 function M.build(method, url, opts)
+  if opts == nil then
+    if plain_spec and method == plain_method and url == plain_url then
+      return plain_spec
+    end
+    values.check_string(method, "method")
+    values.check_string(url, "url")
+    local spec = M.make_spec(method:upper(), url, NO_OPTIONS)
+    plain_method, plain_url, plain_spec = method, url, spec
+    return spec
+  end
   values.check_string(method, "method")
   values.check_string(url, "url")
-  if opts == nil then opts = NO_OPTIONS end
   M.check_options(opts, M.OPTIONS, "request options")
   return M.make_spec(method:upper(), url, opts)
 end

@@ -23,6 +23,30 @@ describe("a request", function()
     end)
   end)
 
+  it("repeated without options, sends each call as it was made", function()
+    -- Calls without options that repeat the last one share its request
+    -- table: the method, the url and bad arguments must still count.
+    run(function()
+      local key = h.key("repeat")
+      local url = h.url("/echo?key=" .. key)
+      for _ = 1, 3 do
+        assert.equal("GET", retry.request("GET", url):json().method)
+      end
+      assert.equal("POST", retry.request("post", url):json().method)
+      assert.equal("POST", retry.request("POST", url):json().method)
+      local other = retry.request("GET", h.url("/echo?other=1")):json()
+      assert.equal("1", other.query.other)
+      assert.equal(5, h.hits(retry, key))
+      expect.invalid("method", retry.request, nil, url)
+      expect.invalid("url", retry.request, "GET", nil)
+      expect.invalid("method", retry.request, nil, nil)
+      assert.equal("GET", retry.request("GET", url):json().method)
+      expect.invalid("url", retry.request, "GET", "ftp://x/")
+      expect.invalid("url", retry.request, "GET", "ftp://x/") -- again
+      assert.equal(6, h.hits(retry, key))
+    end)
+  end)
+
   it("reports error statuses as data, not errors", function()
     run(function()
       local r = retry.request("GET", h.url("/status/404"))
