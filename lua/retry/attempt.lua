@@ -106,15 +106,16 @@ local function deadline_error(st, spec)
 end
 
 -- Wait for the first of ops, at most `limit` seconds (nil: no limit); the
--- ops are the client's while they run, so close() can cancel them.
+-- ops are the client's while they run, so close() can cancel them (a wait
+-- that raises leaves them in the client's weak set).
 local function wait_ops(client, limit, ops)
   local active = client.ops
   for i = 1, #ops do active[ops[i]] = true end
-  local ok, i = pcall(core.wait, limit, table.unpack(ops))
+  local i = core.wait(limit, table.unpack(ops))
   for j = 1, #ops do active[ops[j]] = nil end
-  if not ok then error(i, 0) end
   return i
 end
+
 
 -- A started copy of the attempt, or nil and the error that kept it home.
 local function start(spec)
@@ -193,7 +194,8 @@ first acceptable answer winning and the others cancelled in flight. The
 deadline cuts it. Returns response or nil, err, how many copies went
 beyond the first, and when the deadline cut it whether any copy had gone
 out. ]]
-local function send(client, st, spec, method, started)
+local function send(client, spec, started, st)
+  local method = spec.method
   local first, err = start(spec)
   if not first then return nil, err, 0 end
   if started then started[1] = first end
@@ -270,21 +272,59 @@ local function send(client, st, spec, method, started)
   end
 end
 
+-- send for an attempt with neither hedging nor a deadline: one transfer.
+-- Kept apart so that the common attempt runs no more code, and holds no
+-- more of its task's stack while it waits, than it needs (wait_ops for
+-- one operation, inline).
+local function send_one(client, spec, started)
+  local op, err = start(spec)
+  if not op then return nil, err, 0 end
+  if started then started[1] = op end
+  client.counters.attempts = client.counters.attempts + 1
+  client.ops[op] = true
+  core.wait(nil, op)
+  client.ops[op] = nil
+  local response, e = http.result(op, spec)
+  if response == nil and e.kind == "cancelled" and client.closed then
+    error(closed_error(spec), 0)
+  end
+  return response, e, 0
+end
+
+-- An attempt's record to the load checks' recorders, and its end to the
+-- trace hooks (`trace` is { ctx, params }): apart from attempt, whose
+-- frame lies under every wait of its transfer and should stay small (a
+-- metamethod runs at the top of its caller's frame).
+local function report(client, record, response)
+  for recorder in pairs(client.recorders) do recorder(record, response) end
+end
+
+local function trace_end(client, trace, response, err)
+  local ctx, params = trace[1], trace[2]
+  if response then
+    params.response = response
+    call_hooks(client, "on_request_end", ctx, params)
+  else
+    params.exception = err
+    call_hooks(client, "on_request_exception", ctx, params)
+  end
+end
+
 -- One attempt: trace, wait for a slot, send. Returns response or nil, err,
 -- plus the attempt's record. Waiting for a slot counts toward neither the
 -- attempt's timeout nor its elapsed.
 local function attempt(client, st, p, spec, n)
   -- Hook arguments are built only for a client that has hooks: a load
-  -- check pays nothing for tracing it does not use.
-  local traced = #client.trace_configs > 0
-  local ctx, params
-  if traced then
+  -- check pays nothing for tracing it does not use. One local for them:
+  -- the attempt's frame is under every wait of its transfer.
+  local trace -- { ctx, params } when traced
+  if #client.trace_configs > 0 then
     local trace_ctx = {}
     for k, v in pairs(p.trace_request_ctx or {}) do trace_ctx[k] = v end
     trace_ctx.current_attempt = n
-    ctx = { trace_request_ctx = trace_ctx }
-    params = { method = spec.method, url = spec.url, headers = spec.headers }
-    call_hooks(client, "on_request_start", ctx, params)
+    trace = { { trace_request_ctx = trace_ctx },
+      { method = spec.method, url = spec.url, headers = spec.headers } }
+    call_hooks(client, "on_request_start", trace[1], trace[2])
   end
   local limited = client.slots ~= nil or client.limit_per_host > 0
   local host, queued
@@ -296,8 +336,9 @@ local function attempt(client, st, p, spec, n)
   local t0 = core.now()
   -- The copies a load check may need to look at if the attempt is cut.
   local started = next(client.recorders) and {} or nil
-  local ok, response, err, extra, went = pcall(send, client, st, spec,
-    spec.method, started)
+  local ok, response, err, extra, went = pcall(
+    (st.deadline or st.hedge and IDEMPOTENT[spec.method]) and send
+      or send_one, client, spec, started, st)
   local elapsed = core.now() - t0
   if limited then give_slots(client, host) end
   if not ok then
@@ -306,9 +347,8 @@ local function attempt(client, st, p, spec, n)
     local resent
     if started then went, resent = sent_state(started) end
     if went then
-      local record = { attempt = n, elapsed = elapsed, error = response,
-        resent = resent or nil }
-      for recorder in pairs(client.recorders) do recorder(record) end
+      report(client, { attempt = n, elapsed = elapsed, error = response,
+        resent = resent or nil })
     end
     error(response, 0)
   end
@@ -325,18 +365,10 @@ local function attempt(client, st, p, spec, n)
   end
   -- Load checks (retry.load) count every attempt of their requests, but
   -- one the deadline cut before it went out, as one cut any other way.
-  if next(client.recorders) and went ~= false then
-    for recorder in pairs(client.recorders) do recorder(record, response) end
+  if went ~= false and next(client.recorders) then
+    report(client, record, response)
   end
-  if traced then
-    if response then
-      params.response = response
-      call_hooks(client, "on_request_end", ctx, params)
-    else
-      params.exception = err
-      call_hooks(client, "on_request_exception", ctx, params)
-    end
-  end
+  if trace then trace_end(client, trace, response, err) end
   return response, err, record
 end
 

@@ -251,7 +251,10 @@ function M.RetryClient(o)
     counters = { requests = 0, attempts = 0, retries = 0,
       retries_by_reason = {}, budget_refusals = 0, hedges = 0 },
     closed = false,
-    ops = {}, -- transfers and backoff timers of its requests, while they run
+    -- The transfers and backoff timers of its requests while they run,
+    -- for close() to cancel. Weak: an operation whose wait raised (its
+    -- task cancelled) is not taken out, and goes with its task.
+    ops = setmetatable({}, { __mode = "k" }),
     recorders = {}, -- functions retry.load calls with each attempt's record
     slots = limit > 0 and slots.new(limit) or nil,
     host_slots = {}, -- origin -> Slots, while any are held or awaited

@@ -200,6 +200,19 @@ local function count_retry(client, reason)
   c.retries_by_reason[reason] = (c.retries_by_reason[reason] or 0) + 1
 end
 
+-- The seconds a response's Retry-After asks to wait (0: none, or not
+-- for this status). A function of its own: the Response's fields are read
+-- through a metamethod, which runs at the top of its caller's frame, and
+-- plan_retry's frame is large and deep in the task's stack.
+local function retry_after_of(options, response)
+  local ra = response.retry_after
+  if ra > 0 and in_list(options.retry_after_statuses or RETRY_AFTER_STATUSES,
+      response.status) then
+    return ra
+  end
+  return 0
+end
+
 --[[ Act on a retryable outcome: every reason not to retry, in order, then
 the wait. Returns the seconds to wait, or nil to stop with this outcome. ]]
 local function plan_retry(client, st, n, response, err, record)
@@ -211,9 +224,8 @@ local function plan_retry(client, st, n, response, err, record)
   local reason = record.reason
   -- Retry-After: wait at least as long as the server asks.
   if response and options.respect_retry_after ~= false then
-    local ra = response.retry_after
-    if ra > 0 and in_list(options.retry_after_statuses
-        or RETRY_AFTER_STATUSES, response.status) then
+    local ra = retry_after_of(options, response)
+    if ra > 0 then
       local cap = options.max_retry_after or 120
       if ra > cap then
         log(client, "debug", "Retry-After asks %g s, over max_retry_after "
@@ -258,29 +270,11 @@ local function abandon(response, breaker)
   if breaker then breaker:release_trial() end
 end
 
--- The retry loop over a list of RequestParams (entry n for attempt n, the
--- last one after the list runs out): attempt, decide, act. Fields of
--- `options` are read at every step, so changes to a shared strategy take
--- effect on the next request. `specs`, the request tables of the list, are
--- made here unless the caller has them.
-local function execute(client, list, options, call, specs)
-  -- client.retry_options is live, so it may have been set to anything.
-  if not strategies.is_options(options) then
-    invalid("retry_options must be retry options (e.g. "
-      .. "retry.ExponentialRetry{}), got " .. describe(options))
-  end
-  strategies.check_live(options, "retry_options")
-  local deadline = call.deadline or client.deadline
-  local st = { list = list, specs = specs or specs_for(client, list),
-    history = {}, options = options, raise = call.raise, n = 0,
-    started = core.now(),
-    hedge = call.hedge or client.hedge, before_retry = call.before_retry,
-    deadline_seconds = deadline, decide = retry_reason }
-  if deadline then st.deadline = st.started + deadline end
-  local counters, budget, breaker = client.counters, client.budget,
-    client.breaker
-  counters.requests = counters.requests + 1
-  if budget then budget:deposit() end
+-- The retry loop of a request set up by execute (below): attempt, decide,
+-- act. A request waits on top of this frame, so it holds as few locals as
+-- it can: the frame's size decides how far its task's stack grows.
+local function run_loop(client, st)
+  local breaker = client.breaker
   local notify = breaker and breaker_notifier(client)
   local trial = false -- this request is the breaker's half-open trial
   local previous -- the last response, kept while the next attempt runs
@@ -289,7 +283,7 @@ local function execute(client, list, options, call, specs)
   while true do
     local n = st.n + 1
     st.n = n
-    local p = list[n] or list[#list]
+    local p = st.list[n] or st.list[#st.list]
     local spec = st.next_spec or st.specs[n] or st.specs[#st.specs]
     local method = st.next_method or p.method
     st.next_spec, st.next_method = nil, nil
@@ -313,7 +307,7 @@ local function execute(client, list, options, call, specs)
       trial = is_trial or false
     end
     if client.logger then
-      log(client, "debug", "Attempt %d out of %d", n, attempts_of(options))
+      log(client, "debug", "Attempt %d out of %d", n, attempts_of(st.options))
     end
     if fresh then
       -- libcurl 7.88 takes a reset idle connection for alive, so after a
@@ -336,20 +330,21 @@ local function execute(client, list, options, call, specs)
     end
     if previous then previous:close() end
     previous, previous_err = nil, nil
-    local attempts = attempts_of(options)
-    local left = n < attempts and not st.deadline_passed
-    local rok, reason = pcall(retry_reason, options, method, response, err,
+    local left = n < attempts_of(st.options) and not st.deadline_passed
+    -- `ok` is used again, not declared again: every local here sits under
+    -- the calls below (the strategy's get_timeout, before_retry, the wait).
+    local reason
+    ok, reason = pcall(retry_reason, st.options, method, response, err,
       st.raise, left or breaker ~= nil)
-    if not rok then
+    if not ok then
       abandon(response, trial and breaker)
       error(reason, 0)
     end
     record.reason = reason
     local wait
     if reason and left then
-      local pok
-      pok, wait = pcall(plan_retry, client, st, n, response, err, record)
-      if not pok then
+      ok, wait = pcall(plan_retry, client, st, n, response, err, record)
+      if not ok then
         abandon(response, trial and breaker)
         error(wait, 0)
       end
@@ -374,6 +369,31 @@ local function execute(client, list, options, call, specs)
       error(berr, 0)
     end
   end
+end
+
+-- The retry loop over a list of RequestParams (entry n for attempt n, the
+-- last one after the list runs out): attempt, decide, act. Fields of
+-- `options` are read at every step, so changes to a shared strategy take
+-- effect on the next request. `specs`, the request tables of the list, are
+-- made here unless the caller has them.
+local function execute(client, list, options, call, specs)
+  -- client.retry_options is live, so it may have been set to anything.
+  if not strategies.is_options(options) then
+    invalid("retry_options must be retry options (e.g. "
+      .. "retry.ExponentialRetry{}), got " .. describe(options))
+  end
+  strategies.check_live(options, "retry_options")
+  local deadline = call.deadline or client.deadline
+  local st = { list = list, specs = specs or specs_for(client, list),
+    history = {}, options = options, raise = call.raise, n = 0,
+    started = core.now(),
+    hedge = call.hedge or client.hedge, before_retry = call.before_retry,
+    deadline_seconds = deadline, decide = retry_reason }
+  if deadline then st.deadline = st.started + deadline end
+  local counters, budget = client.counters, client.budget
+  counters.requests = counters.requests + 1
+  if budget then budget:deposit() end
+  return run_loop(client, st) -- a tail call: this frame is gone meanwhile
 end
 
 M.execute = execute
