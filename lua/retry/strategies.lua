@@ -2,15 +2,12 @@
 -- what to retry and how long to wait. Pure Lua, no state, no I/O.
 --
 -- A class is a table of fields with their checks. The one constructor checks
--- each field once, so get_timeout reads fields unchecked. Fields stay live (a
--- script may set `opts.attempts = 2`, or `opts.statuses[1] = 429`), so the
--- retry loop calls check_live before each request: the same checks, run
--- again only when a field changed since they last passed. An object keeps
--- its fields behind an empty proxy that sees every write (its lists too), so
--- "nothing changed" is one comparison of a version number per request.
+-- each field once and stores it as a plain table field, so get_timeout reads
+-- fields unchecked. Fields stay live (a script may set `opts.attempts = 2`),
+-- so the retry loop calls check_live before each request: the same checks,
+-- run again only when a field changed since they last passed.
 local errors = require("retry.errors")
 local values = require("retry.values")
-local watched = require("retry.watched")
 
 local M = {}
 
@@ -53,7 +50,7 @@ end }
 
 -- A list of entries passing `ok_entry`, stored with `convert` applied.
 local function list_type(must, ok_entry, convert, nonempty)
-  return { must = must, required = nonempty, list = true, ok = function(v)
+  return { must = must, required = nonempty, ok = function(v)
     local n = list_length(v)
     if not n or (nonempty and n == 0) then return false end
     for i = 1, n do
@@ -90,21 +87,19 @@ local SHARED = {
   { "before_retry", CALLBACK },
 }
 
--- Objects built here are watched tables (retry.watched): the class of each.
-local CLASS = setmetatable({}, { __mode = "k" })
-local VERSION, STORE, OWNER = watched.VERSION, watched.stores, watched.owner
-local raw_list = watched.raw_list
-
 -- Raise an `invalid` error, owned by `owner` (a class name, or the `what` of
 -- check_live), unless field `f` may hold `v`.
 local function check(owner, f, v)
-  local ok, i = f[2].ok(raw_list(v))
+  local ok, i = f[2].ok(v)
   if ok then return end
   local at = i and " at index " .. i or ""
   if i then v = v[i] end
   invalid(fmt("%s: field '%s' must be %s, got %s%s", owner, f[1], f[2].must,
     describe(v), at))
 end
+
+-- Metatable -> class record, for every class built here.
+local CLASSES = {}
 
 -- Field class.order[1] must not exceed field class.order[2].
 local function check_order(class, self, owner)
@@ -175,10 +170,8 @@ function M.retries_error_kind(opts, kind)
 end
 
 -- Options objects as they were when check_live last passed them: opts ->
--- { [i] = value of field i, get_timeout = ..., version = the store's
--- version (objects built here), lists = { i, copy, ... } for the fields
--- holding a table whose writes that version does not count }. Weak: a
--- snapshot goes with its object.
+-- { [i] = value of field i, get_timeout = ..., lists = { i, copy, ... }
+-- for the fields holding a table }. Weak: a snapshot goes with its object.
 local PASSED = setmetatable({}, { __mode = "k" })
 
 -- The names of a field list, made once per list: the comparison below runs
@@ -205,7 +198,13 @@ local function same_list(v, copy)
   return next(v, n > 0 and n or nil) == nil
 end
 
-local function lists_unchanged(snap)
+-- Whether no field of opts changed since `snap` was taken: the checks of
+-- the fields only need to run again when one did.
+local function unchanged(opts, names, snap)
+  if opts.get_timeout ~= snap.get_timeout then return false end
+  for i = 1, #names do
+    if opts[names[i]] ~= snap[i] then return false end
+  end
   local lists = snap.lists
   for k = 1, #lists, 2 do
     if not same_list(snap[lists[k]], lists[k + 1]) then return false end
@@ -213,32 +212,13 @@ local function lists_unchanged(snap)
   return true
 end
 
--- Whether no field of opts changed since `snap` was taken: the checks of
--- the fields only need to run again when one did. `store` is the store of
--- an object built here (its version counts every write), else nil.
-local function unchanged(opts, names, snap, store)
-  if store and store[VERSION] ~= snap.version then return false end
-  -- A duck-typed table, or an object given a field of its own by rawset
-  -- (which its version cannot see): every field is compared.
-  if store == nil or next(opts) ~= nil then
-    if opts.get_timeout ~= snap.get_timeout then return false end
-    for i = 1, #names do
-      if opts[names[i]] ~= snap[i] then return false end
-    end
-  end
-  return lists_unchanged(snap)
-end
-
-local function snapshot(opts, names, store)
+local function snapshot(opts, names)
   local lists = {}
-  local snap = { lists = lists, get_timeout = opts.get_timeout,
-    version = store and store[VERSION] }
+  local snap = { lists = lists, get_timeout = opts.get_timeout }
   for i = 1, #names do
     local v = opts[names[i]]
     snap[i] = v
-    -- A list of this object's is seen by its version; any other table (a
-    -- script's own, or another object's list) is compared entry by entry.
-    if type(v) == "table" and (store == nil or OWNER(v) ~= store) then
+    if type(v) == "table" then
       local copy = { n = #v }
       for j = 1, copy.n do copy[j] = v[j] end
       lists[#lists + 1], lists[#lists + 2] = i, copy
@@ -254,12 +234,11 @@ end
 -- The checks run again only when a field changed (replaced, or a list
 -- edited in place) since they last passed: most requests compare values.
 function M.check_live(opts, what)
-  local class = CLASS[opts]
-  local store = class and STORE[opts]
+  local class = CLASSES[getmetatable(opts)]
   local fields = class and class.fields or SHARED
   local names = names_of(fields)
   local snap = PASSED[opts]
-  if snap and unchanged(opts, names, snap, store) then return end
+  if snap and unchanged(opts, names, snap) then return end
   for _, f in ipairs(fields) do
     local v = opts[f[1]]
     if v ~= nil or (class and (f[3] ~= nil or f[2].required)) then
@@ -271,14 +250,14 @@ function M.check_live(opts, what)
       describe(opts.get_timeout)))
   end
   if class and class.order then check_order(class, opts, what) end
-  PASSED[opts] = snapshot(opts, names, store)
+  PASSED[opts] = snapshot(opts, names)
 end
 
 --- Whether `x` can serve as retry options: an object built here, or any
 -- table with a callable `get_timeout` and an integral number `attempts`.
 function M.is_options(x)
   if type(x) ~= "table" then return false end
-  if CLASS[x] then return true end
+  if CLASSES[getmetatable(x)] then return true end
   return is_callable(x.get_timeout) and as_integer(x.attempts) ~= nil
 end
 
@@ -296,14 +275,14 @@ local function define(name, own, wait, extra)
       fields[#fields + 1], known[f[1]] = f, true
     end
   end
-  class.name, class.fields = name, fields
+  class.name, class.fields, CLASSES[meta] = name, fields, class
 
-  local methods = {
+  meta.__index = {
     retries_status = M.retries_status,
     retries_method = M.retries_method,
     retries_error_kind = M.retries_error_kind,
     get_timeout = function(self, attempt, response, ctx)
-      if CLASS[self] ~= class then
+      if getmetatable(self) ~= meta then
         invalid(fmt("%s:get_timeout: self must be a %s, got %s (call it as "
           .. "opts:get_timeout(n))", name, meta.__name, describe(self)))
       end
@@ -315,14 +294,12 @@ local function define(name, own, wait, extra)
       return wait(self, n, response, ctx)
     end,
   }
-  local methods_meta = { __index = methods }
 
   -- attempts, then the own numbers, lists and strings set.
   function meta.__tostring(self)
-    local store = STORE[self]
-    local parts = { "attempts=" .. tostring(store.attempts) }
+    local parts = { "attempts=" .. tostring(rawget(self, "attempts")) }
     for _, f in ipairs(own) do
-      local v = store[f[1]]
+      local v = rawget(self, f[1])
       if type(v) == "table" then
         local ok, items = pcall(table.concat, v, ", ")
         v = ok and "{" .. items .. "}" or nil
@@ -347,20 +324,16 @@ local function define(name, own, wait, extra)
           type(k) == "string" and "'" .. k .. "'" or describe(k)))
       end
     end
-    local store = setmetatable({}, methods_meta)
+    local self = {}
     for _, f in ipairs(fields) do
       local v, t = args[f[1]], f[2]
       if v == nil then v = f[3] end
       if v ~= nil or t.required then check(name, f, v) end
       if v ~= nil and t.store then v = t.store(v) end
-      if v ~= nil and t.list then v = watched.list(v, store) end
-      store[f[1]] = v
+      self[f[1]] = v
     end
-    if class.order then check_order(class, store, name) end
-    local self = watched.object(store, { __name = meta.__name,
-      __tostring = meta.__tostring })
-    CLASS[self] = class
-    return self
+    if class.order then check_order(class, self, name) end
+    return setmetatable(self, meta)
   end
 end
 
@@ -370,7 +343,7 @@ local function random(self)
   local r = self.random_func()
   if type(r) ~= "number" or r ~= r then
     invalid(fmt("%s: field 'random_func' must return a number in [0, 1), "
-      .. "got %s", CLASS[self].name, describe(r)))
+      .. "got %s", CLASSES[getmetatable(self)].name, describe(r)))
   end
   return r
 end
@@ -435,7 +408,7 @@ M.ListRetry = define("ListRetry", { { "timeouts", TIMEOUTS } },
       end
       named.timeouts = positional
     end
-    local n = list_length(raw_list(named.timeouts)) or 0
+    local n = list_length(named.timeouts) or 0
     if named.attempts == nil and n > 0 then named.attempts = n end
     return named
   end })

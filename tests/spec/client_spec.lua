@@ -114,6 +114,12 @@ describe("RetryClient", function()
       assert.equal(2, hits_of_one_get())
       options.methods[1] = "PUT" -- GET is the first of the nine
       assert.equal(1, hits_of_one_get())
+      -- One that stops being a strategy is named before anything is sent.
+      setmetatable(options, nil)
+      local url, key = counted("/status/404")
+      expect.invalid("retry_options must be retry options", client.get,
+        client, url)
+      assert.equal(0, h.hits(retry, key))
     end)
   end)
 

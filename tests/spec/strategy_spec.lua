@@ -794,6 +794,23 @@ describe("live fields", function()
     assert.equal("GET", b.methods[1])
   end)
 
+  it("are plain tables: raw access, JSON and copies with their metatable",
+    function()
+    local o = strategies.ExponentialRetry{ attempts = 5, statuses = { 404 } }
+    assert.equal(5, rawget(o, "attempts"))
+    assert.equal("[404]", require("cjson").encode(o.statuses))
+    local copy = {}
+    for k, v in pairs(o) do copy[k] = v end
+    setmetatable(copy, getmetatable(o))
+    copy.attempts = 2
+    assert.equal(5, o.attempts)
+    assert.matches("attempts=2", tostring(copy), 1, true)
+    near(0.2, copy:get_timeout(2))
+    strategies.check_live(copy, "retry_options")
+    assert.is_true(strategies.is_options(copy))
+    assert.equal(getmetatable(o), getmetatable(strategies.ExponentialRetry()))
+  end)
+
   -- get_timeout trusts the fields it reads, checked at construction; a
   -- later assignment is named by check_live, which the retry loop runs
   -- before each request.
@@ -903,6 +920,15 @@ describe("check_live", function()
         mine[#mine + 1] = "x"
       end, "'statuses'" },
       { function(o) table.insert(o.methods, 1, false) end, "'methods'" },
+      { function(o) rawset(o.statuses, 1, "x") end, "'statuses'" },
+      -- A list another object holds, not empty, edited there.
+      { function(o)
+        local other = strategies.ExponentialRetry{ statuses = { 404 } }
+        o.statuses = other.statuses
+        live(o)
+        live(o)
+        other.statuses[2] = 700
+      end, "'statuses'" },
     }
     for _, c in ipairs(changes) do
       local o = strategies.ExponentialRetry{ statuses = { 429 } }
