@@ -335,8 +335,10 @@ local function run_request(client, list, options, call, specs)
   end
   -- Only a write to the client makes its fields worth checking again, but
   -- a hedge table may be edited in place: with one, every request checks.
+  -- So does a client given a field by rawset, which its version misses.
   local store = STORE[client]
-  if store[CHECKED] ~= store[VERSION] or store.hedge ~= nil then
+  if store[CHECKED] ~= store[VERSION] or store.hedge ~= nil
+      or next(client) ~= nil then
     check_settings(client)
     store[CHECKED] = store[VERSION]
   end
@@ -353,13 +355,14 @@ local function plain_call(client, method, url)
   local store = STORE[client]
   local c = store.plain
   if c and c.url == url and c.method == method
-      and c.version == store[VERSION] then
+      and c.version == store[VERSION] and next(client) == nil then
     return c.list, c.specs
   end
   local list = params_for_url(method, url, NO_OPTIONS)
+  -- Made from fields rawset shadows, it is not made to be used again.
   c = { method = method, url = url, list = list,
     specs = { attempt_mod.spec_for(client, list[1]) },
-    version = store[VERSION] }
+    version = next(client) == nil and store[VERSION] }
   store.plain = c
   return list, c.specs
 end

@@ -3,8 +3,9 @@
 -- request. Such an object is an empty proxy whose metatable reads from a
 -- store and sends every write through __newindex, which bumps the store's
 -- version; the checks then run again only when the version moved, one
--- comparison a request instead of every field. pairs sees through a
--- proxy; rawget and next see an empty table.
+-- comparison a request instead of every field, or when rawset gave the
+-- proxy a field of its own (next finds it). pairs sees through a proxy;
+-- rawget and next see an empty table.
 local M = {}
 
 local VERSION = {} -- the key of a store's version
@@ -25,10 +26,15 @@ local function store_next(store, k)
   return nk, nv
 end
 
-local function proxy_pairs(proxy) return store_next, STORE[proxy], nil end
+-- A table given an object's metatable by a script (a copy) has no store:
+-- it is a plain table, written and listed as one.
+local function proxy_pairs(proxy)
+  return store_next, STORE[proxy] or proxy, nil
+end
 
 local function object_write(proxy, k, v)
   local store = STORE[proxy]
+  if store == nil then return rawset(proxy, k, v) end
   store[k] = v
   store[VERSION] = store[VERSION] + 1
 end

@@ -303,6 +303,12 @@ describe("RetryClient", function()
       local e = client:get("/echo"):json()
       assert.is_nil(e.headers["x-a"])
       assert.equal("3", e.headers["x-b"])
+      rawset(client, "headers", { ["X-C"] = "4" }) -- past __newindex
+      e = client:get("/echo"):json()
+      assert.is_nil(e.headers["x-b"])
+      assert.equal("4", e.headers["x-c"])
+      rawset(client, "headers", nil)
+      assert.equal("3", client:get("/echo"):json().headers["x-b"])
       assert.equal("POST", client:post("/echo"):json().method)
       client.base_url = h.url("/hello")
       local r = client:get("/echo")
@@ -637,6 +643,7 @@ describe("RetryClient", function()
         { function(c) c.deadline = 0 end, "deadline" },
         { function(c) c.hedge.max = 0 end, "hedge" }, -- in place
         { function(c) c.budget = {} end, "budget" },
+        { function(c) rawset(c, "headers", 5) end, "headers" },
       }
       for _, change in ipairs(changes) do
         local client <close> = retry.RetryClient{
@@ -663,6 +670,11 @@ describe("RetryClient", function()
     client:close()
     assert.equal("retry.RetryClient (closed)", tostring(client))
     expect.invalid("expected a RetryClient", client.get, {}, "http://x/")
+    -- A table given a client's metatable is not a client, and no crash.
+    local copy = setmetatable({}, getmetatable(client))
+    copy.limit = 3
+    assert.equal(3, rawget(copy, "limit"))
+    expect.invalid("expected a RetryClient", copy.get, copy, "http://x/")
   end)
 
   it("stops retrying once the client is closed during the request", function()
