@@ -11,7 +11,6 @@ local loop = require("retry.loop")
 local slots = require("retry.slots")
 local strategies = require("retry.strategies")
 local values = require("retry.values")
-local watched = require("retry.watched")
 
 local M = {}
 
@@ -107,20 +106,8 @@ local function params_for_url(method, url, o)
   return list
 end
 
--- The methods of every client. A client itself is a watched table
--- (retry.watched) over a store of its fields, so check_settings runs again
--- only after a write to it.
 local RetryClient = { __name = "retry.RetryClient" }
 RetryClient.__index = RetryClient
-local STORE_META = { __index = RetryClient }
-
-local VERSION, STORE = watched.VERSION, watched.stores
-local CHECKED = watched.private() -- the version check_settings last passed
-
---- Whether v is a RetryClient.
-function M.is_client(v)
-  return getmetatable(STORE[v]) == STORE_META
-end
 
 local CLIENT_KEYS = { retry_options = true, raise_for_status = true,
   logger = true, base_url = true, headers = true, timeout = true,
@@ -228,7 +215,7 @@ function M.RetryClient(o)
   end
   local limit = math.tointeger(o.limit or M.DEFAULT_LIMIT)
   local per_host = math.tointeger(o.limit_per_host or 0)
-  local store = setmetatable({
+  return setmetatable({
     retry_options = o.retry_options or strategies.ExponentialRetry(),
     raise_for_status = o.raise_for_status or false,
     logger = o.logger,
@@ -258,9 +245,7 @@ function M.RetryClient(o)
     recorders = {}, -- functions retry.load calls with each attempt's record
     slots = limit > 0 and slots.new(limit) or nil,
     host_slots = {}, -- origin -> Slots, while any are held or awaited
-  }, STORE_META)
-  return watched.object(store, { __close = RetryClient.close,
-    __tostring = RetryClient.__tostring, __name = RetryClient.__name })
+  }, RetryClient)
 end
 
 -- The client's fields are read by every request, so a script may change
@@ -329,42 +314,46 @@ local function check_settings(client)
   end
 end
 
-local function run_request(client, list, options, call, specs)
+-- A request may go ahead: the client is open and its fields are fit.
+local function check_ready(client)
   if client.closed then
     invalid("the RetryClient is closed")
   end
-  -- Only a write to the client makes its fields worth checking again, but
-  -- a hedge table may be edited in place: with one, every request checks.
-  -- So does a client given a field by rawset, which its version misses.
-  local store = STORE[client]
-  if store[CHECKED] ~= store[VERSION] or store.hedge ~= nil
-      or next(client) ~= nil then
-    check_settings(client)
-    store[CHECKED] = store[VERSION]
-  end
+  check_settings(client)
+end
+
+local function run_request(client, list, options, call, specs)
+  check_ready(client)
   return loop.execute(client, list, options, call, specs)
 end
 
 --[[ The attempt list and request tables of a call without options, kept
 for the client's last plain method and URL: a load makes one such call
 thousands of times a second. Requests share them, as nothing writes to
-either; they are made again after any write to the client's fields (the
-headers table is the request table's own, so an edit in place is sent as
-it is). Kept in the store: making them is not a write. ]]
+either; they are made again when a client field they were made from
+changed (the headers table is the request table's own, so an edit in place
+is sent as it is). ]]
 local function plain_call(client, method, url)
-  local store = STORE[client]
-  local c = store.plain
+  local c = client.plain
   if c and c.url == url and c.method == method
-      and c.version == store[VERSION] and next(client) == nil then
+      and c.headers == client.headers and c.base_url == client.base_url
+      and c.timeout == client.timeout
+      and c.connect_timeout == client.connect_timeout
+      and c.max_redirects == client.max_redirects
+      and c.max_body_size == client.max_body_size
+      and c.ca_file == client.ca_file and c.verify_tls == client.verify_tls
+  then
     return c.list, c.specs
   end
   local list = params_for_url(method, url, NO_OPTIONS)
-  -- Made from fields rawset shadows, it is not made to be used again.
-  c = { method = method, url = url, list = list,
+  client.plain = { method = method, url = url, list = list,
     specs = { attempt_mod.spec_for(client, list[1]) },
-    version = next(client) == nil and store[VERSION] }
-  store.plain = c
-  return list, c.specs
+    headers = client.headers, base_url = client.base_url,
+    timeout = client.timeout, connect_timeout = client.connect_timeout,
+    max_redirects = client.max_redirects,
+    max_body_size = client.max_body_size, ca_file = client.ca_file,
+    verify_tls = client.verify_tls }
+  return list, client.plain.specs
 end
 
 -- Per-call opts: a strategy object, or a table of options. Returns the
@@ -401,7 +390,7 @@ local function call_options(client, opts, allowed)
 end
 
 local function check_client(self, method)
-  if getmetatable(STORE[self]) ~= STORE_META then
+  if getmetatable(self) ~= RetryClient then
     invalid("client:" .. method .. ": expected a RetryClient as self, got "
       .. describe(self) .. " (call it as client:" .. method .. "(...))")
   end
@@ -412,8 +401,10 @@ end
 local function call_method(client, method, url, opts)
   local o, options, call = call_options(client, opts, CALL_KEYS)
   if o == NO_OPTIONS and type(url) == "string" and url ~= "" then
+    -- Checked before plain_call builds the request from the fields.
+    check_ready(client)
     local list, specs = plain_call(client, method, url)
-    return run_request(client, list, options, call, specs)
+    return loop.execute(client, list, options, call, specs)
   end
   return run_request(client, params_for_url(method, url, o), options, call)
 end
@@ -481,4 +472,5 @@ function RetryClient:__tostring()
   return "retry.RetryClient" .. (self.closed and " (closed)" or "")
 end
 
+M.RetryClient_class = RetryClient
 return M

@@ -106,7 +106,7 @@ local function check_spec(spec)
       describe(s.rate)))
   end
   if s.client ~= nil
-      and not client_mod.is_client(s.client) then
+      and getmetatable(s.client) ~= client_mod.RetryClient_class then
     invalid("retry.load: client must be a retry.RetryClient, got "
       .. describe(s.client))
   end
