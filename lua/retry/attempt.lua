@@ -116,7 +116,6 @@ local function wait_ops(client, limit, ops)
   return i
 end
 
-
 -- A started copy of the attempt, or nil and the error that kept it home.
 local function start(spec)
   local op, kind, message = core.start(spec)

@@ -307,7 +307,8 @@ local function run_loop(client, st)
       trial = is_trial or false
     end
     if client.logger then
-      log(client, "debug", "Attempt %d out of %d", n, attempts_of(st.options))
+      log(client, "debug", "Attempt %d out of %d", n,
+        attempts_of(st.options))
     end
     if fresh then
       -- libcurl 7.88 takes a reset idle connection for alive, so after a
