@@ -21,14 +21,17 @@ local log, closed_error = attempt_mod.log, attempt_mod.closed_error
 local wait_ops, attempt = attempt_mod.wait_ops, attempt_mod.attempt
 
 -- The attempts limit, read live: a change made during a request counts.
--- The attempts limit, read live: a change made during a request counts.
+-- An integral float (2.0) counts as the integer, as the constructors and
+-- check_live take it: refusing it here would come after an attempt went
+-- out.
 local function attempts_of(options)
   local attempts = options.attempts
-  if math.type(attempts) ~= "integer" or attempts < 1 then
+  local n = type(attempts) == "number" and math.tointeger(attempts)
+  if not n or n < 1 then
     invalid("retry_options: field 'attempts' must be an integer >= 1, got "
       .. describe(attempts))
   end
-  return attempts
+  return n
 end
 
 local function check_wait(wait, what)

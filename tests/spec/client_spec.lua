@@ -108,6 +108,9 @@ describe("RetryClient", function()
       assert.equal(3, hits_of_one_get())
       options.attempts = 2
       assert.equal(2, hits_of_one_get())
+      options.attempts = 3.0 -- an integral float, as the constructor takes
+      assert.equal(3, hits_of_one_get())
+      options.attempts = 2
       table.remove(options.statuses)
       assert.equal(1, hits_of_one_get())
       options.statuses = { 404 }
