@@ -124,6 +124,17 @@ local function start(spec)
     url = spec.url })
 end
 
+-- An attempt's first transfer, started and counted (and noted in `started`
+-- for a load check), or nil and the error that kept it home.
+local function start_first(client, spec, started)
+  local op, err = start(spec)
+  if not op then return nil, err end
+  if started then started[1] = op end
+  local counters = client.counters
+  counters.attempts = counters.attempts + 1
+  return op
+end
+
 -- Whether any of the copies sent its request, and whether libcurl sent
 -- any of them a second time (a dead kept-alive connection).
 local function sent_state(ops)
@@ -195,11 +206,9 @@ beyond the first, and when the deadline cut it whether any copy had gone
 out. ]]
 local function send(client, spec, started, st)
   local method = spec.method
-  local first, err = start(spec)
+  local first, err = start_first(client, spec, started)
   if not first then return nil, err, 0 end
-  if started then started[1] = first end
   local counters = client.counters
-  counters.attempts = counters.attempts + 1
   local ops = { first }
   local all -- every copy started, finished ones too, once there are two
   local hedge = st.hedge
@@ -276,10 +285,8 @@ end
 -- more of its task's stack while it waits, than it needs (wait_ops for
 -- one operation, inline).
 local function send_one(client, spec, started)
-  local op, err = start(spec)
+  local op, err = start_first(client, spec, started)
   if not op then return nil, err, 0 end
-  if started then started[1] = op end
-  client.counters.attempts = client.counters.attempts + 1
   client.ops[op] = true
   core.wait(nil, op)
   client.ops[op] = nil

@@ -633,8 +633,8 @@ describe("RetryClient", function()
   end)
 
   it("after a request passed its checks, still names every later bad field", function()
-    -- The client's fields are checked again only after a write to it: a
-    -- request in between must not make a later change go unseen.
+    -- A request that passed the checks must not let a later change go
+    -- unseen: each one is named by the next request.
     run(function()
       local url, key = counted("/hello")
       local changes = {

@@ -903,7 +903,7 @@ describe("check_live", function()
         "'retry_after_statuses'" },
       { function(o) o.get_timeout = 5 end, "get_timeout" },
       { function(o) o.start_timeout = -1 end, "'start_timeout'" },
-      -- Past the object's own write barrier.
+      -- Past any metamethod.
       { function(o) rawset(o, "attempts", 0) end, "'attempts'" },
       -- A list of another object's, edited through that object.
       { function(o)
