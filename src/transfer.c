@@ -22,6 +22,16 @@
 static char accept_encoding[64];
 static uv_once_t accept_encoding_once = UV_ONCE_INIT;
 
+/* The header list of a request without headers of its own (most of a
+ * load): shared by every handle, as libcurl only reads it, instead of
+ * six allocations made and freed per attempt. Linked once, with
+ * accept_encoding. */
+static char expect_line[] = "Expect:";
+static char agent_line[] = RT_USER_AGENT;
+static struct curl_slist default_encoding = {accept_encoding, NULL};
+static struct curl_slist default_agent = {agent_line, &default_encoding};
+static struct curl_slist default_headers = {expect_line, &default_agent};
+
 static void build_accept_encoding(void) {
   const curl_version_info_data *info = curl_version_info(CURLVERSION_NOW);
   const char *names[3];
@@ -419,12 +429,25 @@ static int append_header(struct curl_slist **list, const char *line) {
   return 0;
 }
 
+static void free_headers(rt_xfer_t *xfer) {
+  if (xfer->headers != &default_headers)
+    curl_slist_free_all(xfer->headers);
+  xfer->headers = NULL;
+}
+
 static int set_headers(rt_xfer_t *xfer, const rt_request_t *req) {
   struct curl_slist *list = NULL;
   int has_type = 0, has_agent = 0, has_encoding = 0;
   int failed = 0;
   size_t i;
 
+  uv_once(&accept_encoding_once, build_accept_encoding);
+  if (req->header_count == 0 &&
+      !(req->body == NULL && strcmp(req->method, "POST") == 0)) {
+    xfer->headers = &default_headers;
+    return curl_easy_setopt(xfer->easy, CURLOPT_HTTPHEADER, &default_headers) !=
+           CURLE_OK;
+  }
   /* curl would otherwise wait up to a second for "100 Continue" before
    * sending a large body, which a retry client gains nothing from. */
   failed |= append_header(&list, "Expect:");
@@ -440,10 +463,8 @@ static int set_headers(rt_xfer_t *xfer, const rt_request_t *req) {
     failed |= append_header(&list, "Content-Type:");
   if (!has_agent)
     failed |= append_header(&list, RT_USER_AGENT);
-  if (!has_encoding) {
-    uv_once(&accept_encoding_once, build_accept_encoding);
+  if (!has_encoding)
     failed |= append_header(&list, accept_encoding);
-  }
   if (failed) {
     curl_slist_free_all(list);
     return -1;
@@ -587,8 +608,7 @@ static rt_xfer_t *xfer_get(rt_loop_t *loop) {
 static void xfer_put(rt_xfer_t *xfer) {
   rt_loop_t *loop = xfer->loop;
 
-  curl_slist_free_all(xfer->headers);
-  xfer->headers = NULL;
+  free_headers(xfer);
   rt_buf_free(&xfer->body);
   /* A steady load never has more idle handles than connections; after a
    * burst the loop's tidy timer trims the pool to what the load needs. */
@@ -677,7 +697,7 @@ static int drop_headers(rt_xfer_t *xfer, int credentials, int body) {
     curl_slist_free_all(list);
     return -1;
   }
-  curl_slist_free_all(xfer->headers);
+  free_headers(xfer);
   xfer->headers = list;
   return 0;
 }

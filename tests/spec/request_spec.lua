@@ -91,6 +91,13 @@ describe("a request", function()
         { headers = { ["user-agent"] = "probe/1", ["Accept-Encoding"] = "identity" } }):json()
       assert.equal("probe/1", e.headers["user-agent"])
       assert.equal("identity", e.headers["accept-encoding"])
+      -- The handle the custom headers went out on goes back to the
+      -- defaults, which every plain request shares.
+      for _ = 1, 2 do
+        e = retry.request("GET", h.url("/echo")):json()
+        assert.equal(retry._VERSION:gsub(" ", "/"), e.headers["user-agent"])
+        assert.truthy(e.headers["accept-encoding"]:find("gzip", 1, true))
+      end
     end)
   end)
 
