@@ -187,41 +187,44 @@ local function names_of(fields)
   return names
 end
 
--- Whether `v` still holds exactly the entries 1..n of `copy` and nothing
--- else (a key past n would be found by next).
-local function same_list(v, copy)
-  local n = #v
-  if n ~= copy.n then return false end
-  for j = 1, n do
-    if v[j] ~= copy[j] then return false end
-  end
-  return next(v, n > 0 and n or nil) == nil
-end
-
 -- Whether no field of opts changed since `snap` was taken: the checks of
--- the fields only need to run again when one did.
+-- the fields only need to run again when one did. snap[i] is the value of
+-- field i; for a table, snap.sizes[i] is how many entries it held and
+-- snap.copies[i] a copy of them (a list edited in place is a change; a key
+-- past the entries would be found by next). One loop, no calls but next:
+-- it runs before every request.
 local function unchanged(opts, names, snap)
   if opts.get_timeout ~= snap.get_timeout then return false end
+  local sizes, copies = snap.sizes, snap.copies
   for i = 1, #names do
-    if opts[names[i]] ~= snap[i] then return false end
-  end
-  local lists = snap.lists
-  for k = 1, #lists, 2 do
-    if not same_list(snap[lists[k]], lists[k + 1]) then return false end
+    local v = opts[names[i]]
+    if v ~= snap[i] then return false end
+    local n = sizes[i]
+    if n then
+      if #v ~= n then return false end
+      local copy = copies[i]
+      for j = 1, n do
+        if v[j] ~= copy[j] then return false end
+      end
+      if next(v, n > 0 and n or nil) ~= nil then return false end
+    end
   end
   return true
 end
 
 local function snapshot(opts, names)
-  local lists = {}
-  local snap = { lists = lists, get_timeout = opts.get_timeout }
+  local sizes, copies = {}, {}
+  local snap = { sizes = sizes, copies = copies,
+    get_timeout = opts.get_timeout }
   for i = 1, #names do
     local v = opts[names[i]]
     snap[i] = v
     if type(v) == "table" then
-      local copy = { n = #v }
-      for j = 1, copy.n do copy[j] = v[j] end
-      lists[#lists + 1], lists[#lists + 2] = i, copy
+      local n, copy = #v, {}
+      for j = 1, n do copy[j] = v[j] end
+      sizes[i], copies[i] = n, copy
+    else
+      sizes[i] = false
     end
   end
   return snap
