@@ -276,30 +276,38 @@ end
 -- The retry loop of a request set up by execute (below): attempt, decide,
 -- act. A request waits on top of this frame, so it holds as few locals as
 -- it can: the frame's size decides how far its task's stack grows.
+-- The next attempt's number (st.n), RequestParams (st.params) and method
+-- (st.method), kept in st rather than in locals of run_loop: every local
+-- there sits under the attempt's wait. Returns its request table.
+local function next_attempt(st)
+  local n = st.n + 1
+  st.n = n
+  local p = st.list[n] or st.list[#st.list]
+  local spec = st.next_spec or st.specs[n] or st.specs[#st.specs]
+  st.params, st.method = p, st.next_method or p.method
+  st.next_spec, st.next_method = nil, nil
+  return spec
+end
+
 local function run_loop(client, st)
   local breaker = client.breaker
-  local notify = breaker and breaker_notifier(client)
+  if breaker then st.notify = breaker_notifier(client) end
   local trial = false -- this request is the breaker's half-open trial
   local previous -- the last response, kept while the next attempt runs
   local previous_err -- or the last error
   local fresh = false -- the next attempt goes out on a new connection
   while true do
-    local n = st.n + 1
-    st.n = n
-    local p = st.list[n] or st.list[#st.list]
-    local spec = st.next_spec or st.specs[n] or st.specs[#st.specs]
-    local method = st.next_method or p.method
-    st.next_spec, st.next_method = nil, nil
-    if n > 1 and client.closed then
+    local spec = next_attempt(st)
+    if st.n > 1 and client.closed then
       abandon(previous, trial and breaker)
       error(closed_error(spec), 0)
     end
     -- The breaker may refuse the attempt (a trial request goes on with
     -- its retries). A refused retry returns the last outcome.
     if breaker and not trial then
-      local allowed, is_trial = breaker:allow(notify)
+      local allowed, is_trial = breaker:allow(st.notify)
       if not allowed then
-        st.n = n - 1
+        st.n = st.n - 1
         if previous or previous_err then
           return conclude(st, previous, previous_err)
         end
@@ -310,7 +318,7 @@ local function run_loop(client, st)
       trial = is_trial or false
     end
     if client.logger then
-      log(client, "debug", "Attempt %d out of %d", n,
+      log(client, "debug", "Attempt %d out of %d", st.n,
         attempts_of(st.options))
     end
     if fresh then
@@ -321,11 +329,13 @@ local function run_loop(client, st)
       for k, v in pairs(spec) do copy[k] = v end
       spec = copy
     end
-    local ok, response, err, record = pcall(attempt, client, st, p, spec, n)
+    local ok, response, err, record = pcall(attempt, client, st, st.params,
+      spec, st.n)
     if not ok then
       abandon(previous, trial and breaker)
       error(response, 0)
     end
+    local n = st.n
     st.history[n] = record
     if st.deadline_passed and previous then
       -- The deadline cut this attempt: the last response is the outcome.
@@ -338,7 +348,7 @@ local function run_loop(client, st)
     -- `ok` is used again, not declared again: every local here sits under
     -- the calls below (the strategy's get_timeout, before_retry, the wait).
     local reason
-    ok, reason = pcall(retry_reason, st.options, method, response, err,
+    ok, reason = pcall(retry_reason, st.options, st.method, response, err,
       st.raise, left or breaker ~= nil)
     if not ok then
       abandon(response, trial and breaker)
@@ -355,7 +365,7 @@ local function run_loop(client, st)
     end
     if wait == nil then
       record.reason = nil
-      if breaker then breaker:record(reason ~= nil, notify, trial) end
+      if breaker then breaker:record(reason ~= nil, st.notify, trial) end
       return conclude(st, response, err)
     end
     fresh = err ~= nil and err.kind == "network"
