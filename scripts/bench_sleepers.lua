@@ -21,17 +21,13 @@ local function status_kib(field)
   return tonumber(f:read("a"):match(field .. ":%s*(%d+) kB"))
 end
 
--- before_retry runs just before the backoff wait: it counts the requests
--- that entered it and notes when the first and the last did. All were
+-- The client counts a retry just before its backoff wait: the requests
+-- that entered it are its stats' `retries`, read at each poll below, not
+-- counted by a before_retry hook, whose frame on top of the retry loop's
+-- would grow every waiting request's stack (what this measures). All were
 -- waiting at once when the last came in less than WAIT after the first.
-local waiting, first, last = 0, nil, nil
 local client <close> = retry.RetryClient{
-  retry_options = retry.ListRetry{ timeouts = { wait }, attempts = 2,
-    before_retry = function()
-      waiting = waiting + 1
-      if waiting == 1 then first = retry.now() end
-      if waiting == n then last = retry.now() end
-    end },
+  retry_options = retry.ListRetry{ timeouts = { wait }, attempts = 2 },
 }
 
 local statuses, ended = 0, 0
@@ -45,9 +41,17 @@ for i = 1, n do
 end
 -- Wait until every request is in backoff (or the first waits end, or a
 -- request ended without one), and read the RSS then: within 10 ms of the
--- last one entering it.
+-- last one entering it. The first entered after the poll before the one
+-- that saw it.
+local waiting, first, last = 0, nil, nil
+local polled = retry.now()
 while waiting < n and ended == 0 and (first == nil or retry.now() - first < wait) do
   retry.sleep(0.01)
+  local now = retry.now()
+  waiting = client:stats().retries
+  if first == nil and waiting > 0 then first = polled end
+  if waiting == n then last = now end
+  polled = now
 end
 local rss, peak = status_kib("VmRSS"), status_kib("VmHWM")
 local at_once = last ~= nil and retry.now() - first < wait
