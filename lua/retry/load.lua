@@ -155,7 +155,10 @@ number, its start and the load: a RetryClient request in flight then fits
 its task's stack in 80 slots, where one more frame of the load made Lua
 double it to 160 (1.3 KB a request in flight). ]]
 local function begin(L)
-  L.counts[task.current()] = 0
+  local me = task.current()
+  L.counts[me] = 0
+  -- Tasks spawned from now on are this request's (see on_attempt).
+  L.since[me] = task.spawned()
 end
 
 local function record(L, start, ok, r)
@@ -414,20 +417,25 @@ local function run(s, o)
     client = client, request = s.request or default_request(s.url),
     check = s.check, total = o.requests or math.huge, duration = duration,
     grace = s.grace, rate = o.rate, started_count = 0,
-    counts = setmetatable({}, { __mode = "k" }), workers = {},
+    counts = setmetatable({}, { __mode = "k" }),
+    since = setmetatable({}, { __mode = "k" }), workers = {},
     live = {}, stopping = false, interrupted = false,
     cap = open and slots.new(concurrency) or nil,
     claim = o.claim, stride = o.stride or 1, offset = o.offset or 1,
     phase = o.phase or 0,
   }
   -- Attempts count for this load only when made by one of its requests,
-  -- or by a task one of them spawned.
+  -- or by a task one of them spawned. A closed worker makes one request
+  -- after another: a task spawned by an earlier one, still running, counts
+  -- in the totals only, not in the request the worker is making now.
   local function on_attempt(record, response)
-    local t = task.current()
-    while t and L.counts[t] == nil do t = t.parent end
+    local t, child = task.current(), nil
+    while t and L.counts[t] == nil do t, child = t.parent, t end
     if t == nil then return end
     local n = L.counts[t]
-    if n then L.counts[t] = n + 1 end
+    if n and (child == nil or child.serial > L.since[t]) then
+      L.counts[t] = n + 1
+    end
     -- An attempt the load cut itself has no latency worth recording.
     local cut = L.cancelled_why and not response
       and errors.is_error(record.error, "cancelled")

@@ -20,6 +20,9 @@ local by_thread = setmetatable({}, { __mode = "k" })
 -- A scope is what one retry.run waits for: { live = {[Task]=true},
 -- failed = {Task...}, waiter = handle of the task waiting for it or nil }.
 local current_run = nil
+-- How many tasks were spawned so far: each task's `serial` is its place in
+-- that count, which tells a load which of its requests spawned it.
+local spawned = 0
 
 local function new_scope()
   return { live = {}, failed = {} }
@@ -93,14 +96,20 @@ function M.spawn(fn, ...)
   end
   local parent = by_thread[coroutine.running()]
   local scope = parent and (parent.inner or parent.scope) or run.root
+  spawned = spawned + 1
   local task = setmetatable({ done = false, waiters = {}, run = run,
-    scope = scope, parent = parent }, Task)
+    scope = scope, parent = parent, serial = spawned }, Task)
   local handle, thread = core.spawn(task_body, task, fn, ...)
   task.handle = handle
   by_thread[thread] = task
   run.live[task] = true
   scope.live[task] = true
   return task
+end
+
+--- How many tasks were spawned so far (the last one's serial).
+function M.spawned()
+  return spawned
 end
 
 --- The Task the calling code runs in, or nil outside a task.

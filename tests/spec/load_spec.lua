@@ -105,6 +105,32 @@ describe("retry.load, requests that send nothing", function()
       assert.equal(40, h.hits(retry, key))
     end)
   end)
+
+  it("count a task an earlier request left running in the totals only",
+    function()
+      retry.run(function()
+        -- Each request leaves a task behind whose attempt goes out while
+        -- its worker makes its next request.
+        local url, key = h.counted("/delay/30", "own")
+        local left_url, left_key = h.counted("/hello", "left-running")
+        local r = retry.load(quiet{ requests = 20, concurrency = 2,
+          request = function(client)
+            -- (the load closes its client when it ends: the last ones'
+            -- attempts fail)
+            retry.spawn(pcall, function()
+              retry.sleep(0.04)
+              client:get(left_url):close()
+            end)
+            return client:get(url)
+          end })
+        assert.same({ [1] = 20 }, r.attempts)
+        assert.equal(20, h.hits(retry, key))
+        local left = r.attempts_sent - 20
+        assert.is_true(left > 0, "no attempt of a task left running counted")
+        assert.is_true(left <= h.hits(retry, left_key),
+          left .. " counted, " .. h.hits(retry, left_key) .. " at the server")
+      end)
+    end)
 end)
 
 describe("retry.load, the edges of a run", function()
