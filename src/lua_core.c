@@ -295,6 +295,9 @@ static const char **header_lines(lua_State *L, int spec, size_t *count,
     n++;
     lua_pop(L, 1);
   }
+  /* A client's headers are {} unless set: no lines to keep alive. */
+  if (n == 0)
+    return NULL;
   lines = lua_newuserdatauv(L, (n ? n : 1) * sizeof(*lines), 1);
   lua_createtable(L, (int)n, 0); /* keeps the line strings alive */
   lua_pushnil(L);
@@ -386,6 +389,81 @@ static const char *read_spec(lua_State *L, rt_request_t *req) {
   return bad;
 }
 
+/* Request tables lretry sends again and again (a plain call's, cached by
+ * http.lua and client.lua) are read once. core.keep(spec) marks one in a
+ * weak-keyed registry table; the first core.start that reads it whole
+ * stores what it read there (a kept_request_t), and later starts take that
+ * copy instead of a dozen field reads and checks. Only the headers are read
+ * at every start: a client's request table holds the client's own headers
+ * table, which a script may edit in place. A kept table must not change
+ * otherwise (lretry never writes to a request table). */
+static const char kept_key = 'k';
+
+/* The strings req points into are the userdata's user values. */
+enum { KEPT_METHOD = 1, KEPT_URL, KEPT_BODY, KEPT_CA_FILE, KEPT_VALUES = 4 };
+
+typedef struct kept_request_s {
+  rt_request_t req; /* headers NULL: read at each start */
+} kept_request_t;
+
+static void keep_value(lua_State *L, int kept, const char *field, int slot) {
+  lua_getfield(L, 1, field);
+  lua_setiuservalue(L, kept, slot);
+}
+
+/* Store req, just read from the table at index 1, as its kept copy in the
+ * kept table at index `kept_table`. */
+static void store_kept(lua_State *L, int kept_table, const rt_request_t *req) {
+  kept_request_t *k = lua_newuserdatauv(L, sizeof(*k), KEPT_VALUES);
+  int kept = lua_gettop(L);
+
+  k->req = *req;
+  k->req.headers = NULL;
+  k->req.header_count = 0;
+  keep_value(L, kept, "method", KEPT_METHOD);
+  keep_value(L, kept, "url", KEPT_URL);
+  keep_value(L, kept, "body", KEPT_BODY);
+  keep_value(L, kept, "ca_file", KEPT_CA_FILE);
+  lua_pushvalue(L, 1);
+  lua_insert(L, -2);
+  lua_rawset(L, kept_table);
+}
+
+/* core.keep(spec): spec will be sent many times and never changed. */
+static int l_keep(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &kept_key);
+  lua_pushvalue(L, 1);
+  if (lua_rawget(L, 2) == LUA_TNIL) {
+    lua_pushvalue(L, 1);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, 2);
+  }
+  return 0;
+}
+
+/* Read the spec at index 1 into req, from its kept copy when it has one
+ * (and making that copy when it is marked for one). Returns as read_spec
+ * does. */
+static const char *read_request(lua_State *L, rt_request_t *req) {
+  int kept_table, marked;
+  const char *bad = NULL;
+
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &kept_key);
+  kept_table = lua_gettop(L);
+  lua_pushvalue(L, 1);
+  marked = lua_rawget(L, kept_table);
+  if (marked == LUA_TUSERDATA) {
+    *req = ((kept_request_t *)lua_touserdata(L, -1))->req;
+    req->headers = header_lines(L, 1, &req->header_count, &bad);
+    return bad;
+  }
+  bad = read_spec(L, req);
+  if (bad == NULL && marked == LUA_TBOOLEAN)
+    store_kept(L, kept_table, req);
+  return bad;
+}
+
 /* core.check(spec) -> nil, or what makes the request unfit to send. The
  * same checks core.start makes, for code that wants them early. */
 static int l_check(lua_State *L) {
@@ -440,7 +518,7 @@ static int l_start(lua_State *L) {
                        "sends no more requests");
     return 3;
   }
-  bad = read_spec(L, &req);
+  bad = read_request(L, &req);
   if (bad == NULL) {
     rc = rt_op_start_xfer(L, t, &ctx->loop, &req);
     if (rc == 0)
@@ -593,6 +671,7 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"ended", l_ended},
                                       {"enter", l_enter},
                                       {"is_response", l_is_response},
+                                      {"keep", l_keep},
                                       {"leave", l_leave},
                                       {"loop", l_loop},
                                       {"now", l_now},
@@ -658,6 +737,15 @@ int luaopen_retry_core(lua_State *L) {
   luaL_newlibtable(L, core_funcs);
   push_ctx(L);
   luaL_setfuncs(L, core_funcs, 1);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &kept_key) == LUA_TNIL) {
+    lua_newtable(L); /* the kept request tables (see kept_key) */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &kept_key);
+  }
+  lua_pop(L, 1);
   rt_histogram_open(L);
   rt_op_open(L);
   rt_response_open(L);

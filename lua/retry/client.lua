@@ -346,8 +346,11 @@ local function plain_call(client, method, url)
     return c.list, c.specs
   end
   local list = params_for_url(method, url, NO_OPTIONS)
+  local spec = attempt_mod.spec_for(client, list[1])
+  -- The core reads it once, then only its headers (client.headers itself).
+  core.keep(spec)
   client.plain = { method = method, url = url, list = list,
-    specs = { attempt_mod.spec_for(client, list[1]) },
+    specs = { spec },
     headers = client.headers, base_url = client.base_url,
     timeout = client.timeout, connect_timeout = client.connect_timeout,
     max_redirects = client.max_redirects,

@@ -220,6 +220,7 @@ function M.build(method, url, opts)
     values.check_string(method, "method")
     values.check_string(url, "url")
     local spec = M.make_spec(method:upper(), url, NO_OPTIONS)
+    core.keep(spec)
     plain_method, plain_url, plain_spec = method, url, spec
     return spec
   end

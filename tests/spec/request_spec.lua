@@ -101,6 +101,28 @@ describe("a request", function()
     end)
   end)
 
+  it("sends plain calls to several urls in turn each to its own url", function()
+    run(function()
+      -- The core keeps what it read of a plain call's request table: each
+      -- url's table must stay its own, through collections too.
+      local a, ka = h.counted("/hello", "kept-a")
+      local b, kb = h.counted("/hello", "kept-b")
+      local client <close> = retry.RetryClient{}
+      local other <close> = retry.RetryClient{ timeout = 5 }
+      for i = 1, 6 do
+        retry.request("GET", a):close()
+        retry.request("GET", b):close()
+        client:get(a):close()
+        other:get(b):close()
+        if i % 2 == 0 then collectgarbage("collect") end
+      end
+      assert.equal(12, h.hits(retry, ka))
+      assert.equal(12, h.hits(retry, kb))
+      assert.equal("HEAD", retry.request("HEAD", a).method)
+      assert.equal(13, h.hits(retry, ka))
+    end)
+  end)
+
   it("sends JSON with its content type, and Basic auth", function()
     run(function()
       local e = retry.request("POST", h.url("/echo"), { json = { k = "v", n = { 1, 2 } } }):json()
