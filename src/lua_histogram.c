@@ -15,8 +15,11 @@
 
 #include "error.h"
 #include "histogram.h"
+#include "udata.h"
 
 #define HIST_MT "retry.Histogram"
+/* Its address keys the Histogram metatable (udata.h). */
+static const char hist_key = 'h';
 
 /* 2^64 as a double: the first ns value a uint64 cannot hold. */
 #define TWO_64 18446744073709551616.0
@@ -27,7 +30,7 @@
 /* The histogram at idx, or an `invalid` error naming the method, as in
  * `h.count()` for `h:count()`. */
 static rt_histogram_t *check_hist(lua_State *L, int idx, const char *method) {
-  rt_histogram_t *h = luaL_testudata(L, idx, HIST_MT);
+  rt_histogram_t *h = rt_udata_test(L, idx, &hist_key);
 
   if (h == NULL)
     rt_error_invalid(L,
@@ -81,7 +84,7 @@ static rt_histogram_t *push_hist(lua_State *L) {
   rt_histogram_t *h = lua_newuserdatauv(L, sizeof(*h), 0);
 
   rt_hist_init(h);
-  luaL_setmetatable(L, HIST_MT);
+  rt_udata_setmetatable(L, &hist_key);
   return h;
 }
 
@@ -152,7 +155,7 @@ static int hist_mean(lua_State *L) {
 /* h:merge(other) -> h, holding both sets of values */
 static int hist_merge(lua_State *L) {
   rt_histogram_t *h = check_hist(L, 1, "merge");
-  rt_histogram_t *other = luaL_testudata(L, 2, HIST_MT);
+  rt_histogram_t *other = rt_udata_test(L, 2, &hist_key);
 
   if (other == NULL)
     return rt_error_invalid(
@@ -421,6 +424,7 @@ void rt_histogram_open(lua_State *L) {
     lua_pushcfunction(L, hist_tostring);
     lua_setfield(L, -2, "__tostring");
   }
+  rt_udata_keep_metatable(L, &hist_key);
   lua_pop(L, 1);
   luaL_setfuncs(L, hist_funcs, 0);
 }

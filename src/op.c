@@ -18,8 +18,11 @@
 
 #include "error.h"
 #include "response.h"
+#include "udata.h"
 
 #define OP_MT "retry.Operation"
+/* Its address keys the Operation metatable (udata.h). */
+static const char op_key = 'o';
 
 enum op_type { OP_XFER, OP_TIMER, OP_SIGNAL };
 
@@ -153,6 +156,7 @@ void rt_op_open(lua_State *L) {
     lua_pushliteral(L, OP_MT);
     lua_setfield(L, -2, "__name");
   }
+  rt_udata_keep_metatable(L, &op_key);
   lua_pop(L, 1);
 }
 
@@ -163,7 +167,7 @@ static rt_op_t *push_op(lua_State *L, rt_task_t *t, enum op_type type) {
   op->type = type;
   op->state = OP_CANCELLED; /* until it holds something */
   op->link.stop = stop_linked;
-  luaL_setmetatable(L, OP_MT);
+  rt_udata_setmetatable(L, &op_key);
   rt_task_push_handle(L, t);
   lua_setiuservalue(L, -2, 1);
   return op;
@@ -222,7 +226,7 @@ int rt_op_start_interrupt(lua_State *L, rt_task_t *t) {
 }
 
 rt_op_t *rt_op_check(lua_State *L, int idx, const char *what) {
-  rt_op_t *op = luaL_testudata(L, idx, OP_MT);
+  rt_op_t *op = rt_udata_test(L, idx, &op_key);
 
   if (op == NULL)
     rt_error_invalid(L, "%s: expected an operation, got %s", what,

@@ -10,14 +10,18 @@
 #include <string.h>
 
 #include "error.h"
+#include "udata.h"
 
 #define RESPONSE_MT "retry.Response"
 #define HEADERS_MT "retry.Headers"
 
+/* Its address keys the Response metatable (udata.h). */
+static const char response_key = 'r';
+
 /* The response at index 1, or an `invalid` error naming the method, as in
  * `r.text(42)` for `r:text()`. */
 static rt_response_t *check_response(lua_State *L, const char *method) {
-  rt_response_t *r = luaL_testudata(L, 1, RESPONSE_MT);
+  rt_response_t *r = rt_udata_test(L, 1, &response_key);
 
   if (r == NULL)
     rt_error_invalid(L,
@@ -266,7 +270,7 @@ rt_response_t *rt_response_push(lua_State *L) {
   rt_response_t *r = lua_newuserdatauv(L, sizeof(*r), 1);
 
   memset(r, 0, sizeof(*r));
-  luaL_setmetatable(L, RESPONSE_MT);
+  rt_udata_setmetatable(L, &response_key);
   /* url, method, and what a request adds (attempts, history, elapsed):
    * room for them all at once, not a rehash as they come. */
   lua_createtable(L, 0, 8);
@@ -275,7 +279,7 @@ rt_response_t *rt_response_push(lua_State *L) {
 }
 
 int rt_response_is(lua_State *L, int idx) {
-  return luaL_testudata(L, idx, RESPONSE_MT) != NULL;
+  return rt_udata_test(L, idx, &response_key) != NULL;
 }
 
 void rt_response_setfield(lua_State *L, const char *name) {
@@ -297,6 +301,7 @@ void rt_response_open(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newmetatable(L, RESPONSE_MT);
+  rt_udata_keep_metatable(L, &response_key);
   lua_pushcfunction(L, resp_gc);
   lua_setfield(L, -2, "__gc");
   lua_pushcfunction(L, resp_close);

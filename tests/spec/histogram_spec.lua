@@ -227,6 +227,7 @@ describe("histogram", function()
       expect.invalid("^histogram:count: expected a Histogram as self, got "
         .. "no value", h.count)
       expect.invalid("got table", h.record, {}, 1)
+      expect.invalid("got userdata", h.record, io.stdout, 1)
       expect.invalid("^histogram:merge: other must be a Histogram, got table",
         h.merge, h, {})
       expect.invalid("got nil", h.merge, h, nil)

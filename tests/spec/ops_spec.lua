@@ -165,6 +165,11 @@ describe("operations", function()
       local xfer = core.start(get(h.url("/delay/100")))
       expect.invalid("has not finished", core.result, xfer)
       expect.invalid("expected an operation", core.wait, nil, {})
+      -- Userdata of other kinds, lretry's own or not, are not operations.
+      expect.invalid("expected an operation, got userdata", core.wait, nil,
+        core.histogram())
+      expect.invalid("expected an operation, got userdata", core.result,
+        io.stdout)
       expect.invalid("nothing to wait for", core.wait, nil)
       expect.invalid("seconds", core.wait, -1, xfer)
       expect.invalid("finite number", core.timer, math.huge)

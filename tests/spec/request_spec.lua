@@ -20,6 +20,17 @@ describe("a request", function()
       assert.matches("^text/plain", r.headers["Content-Type"])
       assert.equal(r.headers["content-type"], r.headers["CONTENT-TYPE"])
       assert.equal("6", r.headers["content-length"])
+      -- Its methods and metamethods take only a Response as self.
+      local mt = getmetatable(r)
+      for _, other in ipairs({ io.stdout, require("retry.core").histogram(),
+          {} }) do
+        local ok, err = pcall(r.text, other)
+        assert.is_false(ok)
+        assert.matches("expected a Response as self", tostring(err))
+        ok, err = pcall(mt.__index, other, "status")
+        assert.is_false(ok)
+        assert.matches("expected a Response as self", tostring(err))
+      end
     end)
   end)
 
