@@ -298,7 +298,7 @@ static const char **header_lines(lua_State *L, int spec, size_t *count,
   /* A client's headers are {} unless set: no lines to keep alive. */
   if (n == 0)
     return NULL;
-  lines = lua_newuserdatauv(L, (n ? n : 1) * sizeof(*lines), 1);
+  lines = lua_newuserdatauv(L, n * sizeof(*lines), 1);
   lua_createtable(L, (int)n, 0); /* keeps the line strings alive */
   lua_pushnil(L);
   while (lua_next(L, t) != 0) {
@@ -392,7 +392,7 @@ static const char *read_spec(lua_State *L, rt_request_t *req) {
 /* Request tables lretry sends again and again (a plain call's, cached by
  * http.lua and client.lua) are read once. core.keep(spec) marks one in a
  * weak-keyed registry table; the first core.start that reads it whole
- * stores what it read there (a kept_request_t), and later starts take that
+ * stores what it read there (an rt_request_t), and later starts take that
  * copy instead of a dozen field reads and checks. Only the headers are read
  * at every start: a client's request table holds the client's own headers
  * table, which a script may edit in place. A kept table must not change
@@ -402,10 +402,6 @@ static const char kept_key = 'k';
 /* The strings req points into are the userdata's user values. */
 enum { KEPT_METHOD = 1, KEPT_URL, KEPT_BODY, KEPT_CA_FILE, KEPT_VALUES = 4 };
 
-typedef struct kept_request_s {
-  rt_request_t req; /* headers NULL: read at each start */
-} kept_request_t;
-
 static void keep_value(lua_State *L, int kept, const char *field, int slot) {
   lua_getfield(L, 1, field);
   lua_setiuservalue(L, kept, slot);
@@ -414,12 +410,12 @@ static void keep_value(lua_State *L, int kept, const char *field, int slot) {
 /* Store req, just read from the table at index 1, as its kept copy in the
  * kept table at index `kept_table`. */
 static void store_kept(lua_State *L, int kept_table, const rt_request_t *req) {
-  kept_request_t *k = lua_newuserdatauv(L, sizeof(*k), KEPT_VALUES);
+  rt_request_t *k = lua_newuserdatauv(L, sizeof(*k), KEPT_VALUES);
   int kept = lua_gettop(L);
 
-  k->req = *req;
-  k->req.headers = NULL;
-  k->req.header_count = 0;
+  *k = *req;
+  k->headers = NULL; /* read at each start */
+  k->header_count = 0;
   keep_value(L, kept, "method", KEPT_METHOD);
   keep_value(L, kept, "url", KEPT_URL);
   keep_value(L, kept, "body", KEPT_BODY);
@@ -432,6 +428,7 @@ static void store_kept(lua_State *L, int kept_table, const rt_request_t *req) {
 /* core.keep(spec): spec will be sent many times and never changed. */
 static int l_keep(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &kept_key);
   lua_pushvalue(L, 1);
   if (lua_rawget(L, 2) == LUA_TNIL) {
@@ -454,7 +451,7 @@ static const char *read_request(lua_State *L, rt_request_t *req) {
   lua_pushvalue(L, 1);
   marked = lua_rawget(L, kept_table);
   if (marked == LUA_TUSERDATA) {
-    *req = ((kept_request_t *)lua_touserdata(L, -1))->req;
+    *req = *(const rt_request_t *)lua_touserdata(L, -1);
     req->headers = header_lines(L, 1, &req->header_count, &bad);
     return bad;
   }
