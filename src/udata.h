@@ -12,10 +12,18 @@
 #include <lua.h>
 
 /* Mark the metatable at the top of the stack as the one of key's type,
- * and keep it in the registry under key. */
+ * and keep it in the registry under key. The mark is key at [1] of the
+ * metatable's own metatable, which a `__metatable` field hides from
+ * getmetatable and setmetatable: Lua code can neither read the mark nor
+ * put it on another metatable (short of the debug library, which can give
+ * any userdata any metatable anyway). */
 static inline void rt_udata_keep_metatable(lua_State *L, const void *key) {
-  lua_pushboolean(L, 1);
-  lua_rawsetp(L, -2, key);
+  lua_createtable(L, 1, 1);
+  lua_pushlightuserdata(L, (void *)key);
+  lua_rawseti(L, -2, 1);
+  lua_pushboolean(L, 0);
+  lua_setfield(L, -2, "__metatable");
+  lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, key);
 }
@@ -26,17 +34,22 @@ static inline void rt_udata_setmetatable(lua_State *L, const void *key) {
   lua_setmetatable(L, -2);
 }
 
-/* The block of the userdata at idx if its metatable is marked with key,
- * else NULL: luaL_testudata, asking the (small) metatable rather than the
- * registry. Lua code cannot make a light userdata, so only C marks one. */
+/* The block of the userdata at idx if its metatable carries key's mark,
+ * else NULL: luaL_testudata, asking two small tables rather than the
+ * registry. */
 static inline void *rt_udata_test(lua_State *L, int idx, const void *key) {
   void *p = lua_touserdata(L, idx);
 
   if (p == NULL || !lua_getmetatable(L, idx))
     return NULL;
-  if (lua_rawgetp(L, -1, key) == LUA_TNIL)
+  if (!lua_getmetatable(L, -1)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (lua_rawgeti(L, -1, 1) != LUA_TLIGHTUSERDATA ||
+      lua_touserdata(L, -1) != key)
     p = NULL;
-  lua_pop(L, 2);
+  lua_pop(L, 3);
   return p;
 }
 

@@ -31,6 +31,20 @@ describe("a request", function()
         assert.is_false(ok)
         assert.matches("expected a Response as self", tostring(err))
       end
+      -- Nor does another userdata become one when a script copies every
+      -- entry of the Response metatable into its own (restored after).
+      local core = require("retry.core")
+      local hmt = getmetatable(core.histogram())
+      local saved = {}
+      for k, v in pairs(hmt) do saved[k] = v end
+      for k, v in pairs(mt) do hmt[k] = v end
+      local ok, err = pcall(r.close, core.histogram())
+      for k in pairs(saved) do hmt[k] = nil end
+      for k in pairs(mt) do hmt[k] = nil end
+      for k, v in pairs(saved) do hmt[k] = v end
+      assert.is_false(ok)
+      assert.matches("expected a Response as self", tostring(err))
+      assert.equal(0, core.histogram():count())
     end)
   end)
 
