@@ -131,6 +131,25 @@ describe("retry.load, requests that send nothing", function()
           left .. " counted, " .. h.hits(retry, left_key) .. " at the server")
       end)
     end)
+
+  it("count the attempts its own client's close cuts in tasks left running",
+    function()
+      retry.run(function()
+        -- The last requests' tasks are still waiting on the server when
+        -- the load ends and closes the client it made.
+        local url, key = h.counted("/hello", "own-close")
+        local slow_url, slow_key = h.counted("/delay/200", "own-close-cut")
+        local r = retry.load(quiet{ requests = 20, concurrency = 2,
+          request = function(client)
+            retry.spawn(pcall, function() client:get(slow_url):close() end)
+            return client:get(url)
+          end })
+        assert.equal(20, r.responses)
+        assert.equal(20, h.hits(retry, key))
+        assert.equal(20, h.settled_hits(retry, slow_key))
+        assert.equal(40, r.attempts_sent)
+      end)
+    end)
 end)
 
 describe("retry.load, the edges of a run", function()
