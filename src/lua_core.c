@@ -312,6 +312,21 @@ static const char **header_lines(lua_State *L, int spec, size_t *count,
       lua_pop(L, 2);
       return NULL;
     }
+    if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+      lua_Number f = lua_tonumber(L, -1);
+      lua_Integer i;
+
+      if (!isfinite(f)) {
+        *bad = "header values must be finite numbers";
+        lua_pop(L, 2);
+        return NULL;
+      }
+      /* A JSON decoder's 3.0 was meant as 3 (not sent as "3.0"). */
+      if (f == floor(f) && lua_numbertointeger(f, &i)) {
+        lua_pushinteger(L, i);
+        lua_replace(L, -2);
+      }
+    }
     k = lua_tolstring(L, -2, &klen);
     v = lua_tolstring(L, -1, &vlen);
     *bad = rt_request_check_header(k, klen, v, vlen);

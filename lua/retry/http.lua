@@ -35,7 +35,18 @@ end
 local function scalar(v, what)
   local t = type(v)
   if t == "string" then return v end
-  if t == "number" or t == "boolean" then return tostring(v) end
+  if t == "number" then
+    if math.type(v) == "float" then
+      if v ~= v or v == math.huge or v == -math.huge then
+        invalid(what .. " must be a finite number, got " .. describe(v))
+      end
+      -- A JSON decoder's 2.0 was meant as 2 (tostring would send "2.0").
+      local i = math.tointeger(v)
+      if i then return tostring(i) end
+    end
+    return tostring(v)
+  end
+  if t == "boolean" then return tostring(v) end
   invalid(what .. " must be a string, number or boolean, got " .. describe(v))
 end
 
@@ -73,6 +84,10 @@ function M.encode_query(params)
   for _, k in ipairs(keys) do
     local v = params[k]
     if type(v) == "table" then
+      if values.list_length(v) == nil then
+        invalid("params value for " .. describe(k) .. " must be a string, "
+          .. "number, boolean or a list of them, got " .. describe(v))
+      end
       for _, item in ipairs(v) do add(k, item) end
     else
       add(k, v)

@@ -172,6 +172,30 @@ describe("a request", function()
     end)
   end)
 
+  it("sends whole floats (as JSON decodes numbers) as integers", function()
+    run(function()
+      local n = require("cjson").decode('{"page": 2, "id": 9007199254740992}')
+      local r <close> = retry.request("GET", h.url("/echo"), {
+        params = { page = n.page, id = n.id, half = 2.5, list = { 1.0, 3 } },
+        headers = { ["X-Page"] = n.page, ["X-Half"] = 0.5 } })
+      assert.truthy(r.url:find("?half=2.5&id=9007199254740992&list=1&list=3"
+        .. "&page=2", 1, true), r.url)
+      local e = r:json()
+      assert.equal("2", e.headers["x-page"])
+      assert.equal("0.5", e.headers["x-half"])
+      -- What no server could read back is refused, naming it.
+      expect.invalid("params value must be a finite number, got %-?nan",
+        retry.request, "GET", h.url("/echo"), { params = { g = 0 / 0 } })
+      expect.invalid("finite", retry.request, "GET", h.url("/echo"),
+        { params = { g = math.huge } })
+      expect.invalid("header values must be finite numbers", retry.request,
+        "GET", h.url("/echo"), { headers = { ["X-Inf"] = -math.huge } })
+      expect.invalid("params value for \"a\" must be a string, number, "
+        .. "boolean or a list of them, got a table", retry.request, "GET",
+        h.url("/echo"), { params = { a = { b = 1 } } })
+    end)
+  end)
+
   it("keeps status read-only and names read() when called wrongly", function()
     run(function()
       local r = retry.request("GET", h.url("/hello"))
