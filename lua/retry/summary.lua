@@ -74,7 +74,10 @@ local function threshold_pair(unit, limit, value)
   return threshold_text(unit, limit, 17), threshold_text(unit, value, 17)
 end
 
-local function latency_row(name, l)
+-- `h` is the histogram `l` was read from: with no values, its zeros are
+-- no latency at all.
+local function latency_row(name, l, h)
+  if h:count() == 0 then return ("  %-9s %9s"):format(name, "no data") end
   return ("  %-9s %9s %9s %9s %9s %9s %9s"):format(name, M.time(l.mean),
     M.time(l.p50), M.time(l.p90), M.time(l.p99), M.time(l.p999),
     M.time(l.max))
@@ -141,8 +144,8 @@ function M.format(r)
   line("")
   line("  %-9s %9s %9s %9s %9s %9s %9s", "latency", "mean", "p50", "p90",
     "p99", "p99.9", "max")
-  line("%s", latency_row("request", r.latency))
-  line("%s", latency_row("attempt", r.attempt_latency))
+  line("%s", latency_row("request", r.latency, r.histogram))
+  line("%s", latency_row("attempt", r.attempt_latency, r.attempt_histogram))
   local names = sorted_keys(r.thresholds)
   if #names > 0 then
     line("")
