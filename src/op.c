@@ -126,8 +126,11 @@ static void on_signal(uv_signal_t *handle, int signum) {
 }
 
 static int op_gc(lua_State *L) {
-  rt_op_t *op = lua_touserdata(L, 1);
+  /* A script can reach this through getmetatable(op).__gc(anything). */
+  rt_op_t *op = rt_udata_test(L, 1, &op_key);
 
+  if (op == NULL)
+    return 0;
   /* Nobody can see it any more: whatever it holds goes. */
   if (op->state == OP_RUNNING)
     op->state = OP_CANCELLED;

@@ -78,6 +78,12 @@ static int headers_index(lua_State *L) {
   char *lower;
   size_t i;
 
+  /* A script can call getmetatable(r.headers).__index(anything, k). */
+  if (!lua_istable(L, 1))
+    return rt_error_invalid(L,
+                            "headers: expected a headers table as self, "
+                            "got %s",
+                            luaL_typename(L, 1));
   if (lua_type(L, 2) != LUA_TSTRING)
     return 0;
   key = lua_tolstring(L, 2, &len);

@@ -465,14 +465,17 @@ local function run(s, o)
   end
   end_helpers(helpers, ok)
   if line then progress.clear(line) end
+  local turned, cancel = true, nil
   if own_client then
     client:close()
     -- Tasks the requests left running report the attempts the close cut
-    -- as they end, on the loop's next turn: still this load's.
-    pcall(core.sleep, 0)
+    -- as they end, on the loop's next turn: still this load's. A cancel
+    -- of this task that comes meanwhile is raised once they have.
+    turned, cancel = pcall(core.sleep, 0)
   end
   client.recorders[on_attempt] = nil
   if not ok then error(err, 0) end
+  if not turned then error(cancel, 0) end
   if open then count_dropped(L) end
   -- A load that ran its whole duration lasted that long, however early
   -- its last request ended: an open model's rate is its own.

@@ -150,6 +150,32 @@ describe("retry.load, requests that send nothing", function()
         assert.equal(40, r.attempts_sent)
       end)
     end)
+
+  it("is cancelled by a cancel that comes as it closes its own client",
+    function()
+      retry.run(function()
+        local returned = false
+        local outer
+        outer = retry.spawn(function()
+          retry.load(quiet{ requests = 4, concurrency = 2,
+            request = function(client)
+              -- Its task sees the close, and cancels the load's task.
+              retry.spawn(function()
+                local ok = pcall(function()
+                  client:get(h.url("/delay/500")):close()
+                end)
+                if not ok and client.closed then outer:cancel() end
+              end)
+              return client:get(h.url("/hello"))
+            end })
+          returned = true
+        end)
+        local ok, err = pcall(outer.await, outer)
+        assert.is_false(ok)
+        assert.equal("cancelled", err.kind)
+        assert.is_false(returned)
+      end)
+    end)
 end)
 
 describe("retry.load, the edges of a run", function()

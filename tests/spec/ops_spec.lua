@@ -165,6 +165,11 @@ describe("operations", function()
       local xfer = core.start(get(h.url("/delay/100")))
       expect.invalid("has not finished", core.result, xfer)
       expect.invalid("expected an operation", core.wait, nil, {})
+      -- Nor does its __gc, which a script can reach, touch anything else.
+      local gc = getmetatable(xfer).__gc
+      for _, other in ipairs({ io.stdout, core.histogram(), false }) do
+        assert.is_true(pcall(gc, other or nil))
+      end
       -- Userdata of other kinds, lretry's own or not, are not operations.
       expect.invalid("expected an operation, got userdata", core.wait, nil,
         core.histogram())
