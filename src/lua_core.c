@@ -12,6 +12,8 @@
 #include <limits.h>
 #include <lua.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -272,6 +274,54 @@ static lua_Integer opt_count(lua_State *L, int spec, const char *name,
   return f >= (lua_Number)huge ? huge : (lua_Integer)f;
 }
 
+/* Push the text a finite float goes out as in a query or a header: a
+ * whole one in full digits (lua-cjson decodes 2 as 2.0, which tostring
+ * writes "2.0", and an id of 17 digits in e notation), another in the
+ * fewest digits that read back as the same number (tostring keeps 14). */
+static void push_float_text(lua_State *L, lua_Number f) {
+  char text[64];
+  lua_Integer i;
+  int digits;
+
+  if (f == floor(f) && lua_numbertointeger(f, &i)) {
+    lua_pushinteger(L, i);
+    lua_tostring(L, -1);
+    return;
+  }
+  if (f == floor(f) && fabs(f) < 18446744073709551616.0) {
+    snprintf(text, sizeof(text), "%.0f", (double)f);
+  } else {
+    for (digits = 14; digits < 17; digits++) {
+      snprintf(text, sizeof(text), "%.*g", digits, (double)f);
+      if (strtod(text, NULL) == f)
+        break;
+    }
+    if (digits == 17)
+      snprintf(text, sizeof(text), "%.17g", (double)f);
+  }
+  lua_pushstring(L, text);
+}
+
+/* core.number_text(n) -> the text number n goes out as in a query or a
+ * header (push_float_text for a float), or nil, "what is wrong" for NaN
+ * and infinities. */
+static int l_number_text(lua_State *L) {
+  lua_Number f = luaL_checknumber(L, 1);
+
+  if (lua_isinteger(L, 1)) {
+    lua_settop(L, 1);
+    lua_tostring(L, 1);
+    return 1;
+  }
+  if (!isfinite(f)) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "must be a finite number");
+    return 2;
+  }
+  push_float_text(L, f);
+  return 1;
+}
+
 /* Turn spec.headers into "Name: value" lines kept alive on the stack.
  * Returns the line array (a userdata on the stack) and sets *count, or sets
  * *bad to what is wrong with a header and returns NULL. */
@@ -314,18 +364,14 @@ static const char **header_lines(lua_State *L, int spec, size_t *count,
     }
     if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
       lua_Number f = lua_tonumber(L, -1);
-      lua_Integer i;
 
       if (!isfinite(f)) {
         *bad = "header values must be finite numbers";
         lua_pop(L, 2);
         return NULL;
       }
-      /* A JSON decoder's 3.0 was meant as 3 (not sent as "3.0"). */
-      if (f == floor(f) && lua_numbertointeger(f, &i)) {
-        lua_pushinteger(L, i);
-        lua_replace(L, -2);
-      }
+      push_float_text(L, f);
+      lua_replace(L, -2);
     }
     k = lua_tolstring(L, -2, &klen);
     v = lua_tolstring(L, -1, &vlen);
@@ -687,6 +733,7 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"leave", l_leave},
                                       {"loop", l_loop},
                                       {"now", l_now},
+                                      {"number_text", l_number_text},
                                       {"park", l_park},
                                       {"result", l_result},
                                       {"sleep", l_sleep},

@@ -36,15 +36,10 @@ local function scalar(v, what)
   local t = type(v)
   if t == "string" then return v end
   if t == "number" then
-    if math.type(v) == "float" then
-      if v ~= v or v == math.huge or v == -math.huge then
-        invalid(what .. " must be a finite number, got " .. describe(v))
-      end
-      -- A JSON decoder's 2.0 was meant as 2 (tostring would send "2.0").
-      local i = math.tointeger(v)
-      if i then return tostring(i) end
-    end
-    return tostring(v)
+    -- 2.0 goes out as 2, as lua-cjson's numbers are meant (lua_core.c).
+    local text, bad = core.number_text(v)
+    if text == nil then invalid(what .. " " .. bad .. ", got " .. describe(v)) end
+    return text
   end
   if t == "boolean" then return tostring(v) end
   invalid(what .. " must be a string, number or boolean, got " .. describe(v))

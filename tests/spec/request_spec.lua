@@ -20,7 +20,10 @@ describe("a request", function()
       assert.matches("^text/plain", r.headers["Content-Type"])
       assert.equal(r.headers["content-type"], r.headers["CONTENT-TYPE"])
       assert.equal("6", r.headers["content-length"])
-      -- Its methods and metamethods take only a Response as self.
+      -- Its methods and metamethods take only a Response as self, and its
+      -- headers' lookup only a headers table.
+      expect.invalid("headers: expected a headers table as self, got number",
+        getmetatable(r.headers).__index, 42, "content-type")
       local mt = getmetatable(r)
       for _, other in ipairs({ io.stdout, require("retry.core").histogram(),
           {} }) do
@@ -176,11 +179,15 @@ describe("a request", function()
     run(function()
       local n = require("cjson").decode('{"page": 2, "id": 9007199254740992}')
       local r <close> = retry.request("GET", h.url("/echo"), {
-        params = { page = n.page, id = n.id, half = 2.5, list = { 1.0, 3 } },
-        headers = { ["X-Page"] = n.page, ["X-Half"] = 0.5 } })
-      assert.truthy(r.url:find("?half=2.5&id=9007199254740992&list=1&list=3"
-        .. "&page=2", 1, true), r.url)
+        params = { page = n.page, id = n.id, half = 2.5, list = { 1.0, 3 },
+          big = 2.0 ^ 63, frac = 1e15 + 0.5 },
+        headers = { ["X-Page"] = n.page, ["X-Half"] = 0.5,
+          ["X-Big"] = 1e19 } })
+      assert.truthy(r.url:find("?big=9223372036854775808&frac=1000000000000000.5"
+        .. "&half=2.5&id=9007199254740992&list=1&list=3&page=2", 1, true),
+        r.url)
       local e = r:json()
+      assert.equal("10000000000000000000", e.headers["x-big"])
       assert.equal("2", e.headers["x-page"])
       assert.equal("0.5", e.headers["x-half"])
       -- What no server could read back is refused, naming it.
