@@ -62,7 +62,7 @@ function M.encode_query(params)
         .. "table of names, not both")
     end
     for _, pair in ipairs(params) do
-      if type(pair) ~= "table" then
+      if type(pair) ~= "table" or values.list_length(pair) ~= 2 then
         invalid("params as a list must hold {name, value} pairs, got "
           .. describe(pair))
       end

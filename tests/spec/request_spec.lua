@@ -172,6 +172,10 @@ describe("a request", function()
       assert.is_nil(e.headers["content-type"])
       expect.invalid("not both", retry.request, "GET", h.url("/echo"),
         { params = { { "a", 1 }, b = 2 } })
+      expect.invalid("must hold {name, value} pairs", retry.request, "GET",
+        h.url("/echo"), { params = { { "a", 1, 2 } } })
+      expect.invalid("must hold {name, value} pairs", retry.request, "GET",
+        h.url("/echo"), { params = { { "a" } } })
     end)
   end)
 
