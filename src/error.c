@@ -23,6 +23,18 @@ void rt_error_push(lua_State *L, const char *kind, const char *message) {
   lua_setmetatable(L, -2);
 }
 
+const char *rt_error_typename(lua_State *L, int idx) {
+  int type;
+
+  idx = lua_absindex(L, idx);
+  type = luaL_getmetafield(L, idx, "__name");
+  if (type == LUA_TSTRING)
+    return lua_tostring(L, -1);
+  if (type != LUA_TNIL)
+    lua_pop(L, 1);
+  return luaL_typename(L, idx);
+}
+
 int rt_error_invalid(lua_State *L, const char *fmt, ...) {
   va_list ap;
   const char *message;

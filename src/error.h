@@ -22,4 +22,9 @@ void rt_error_push(lua_State *L, const char *kind, const char *message);
  * lua_pushfstring. Never returns. */
 int rt_error_invalid(lua_State *L, const char *fmt, ...);
 
+/* What the value at idx is, for a message: its metatable's `__name` (a
+ * retry.Response, a FILE*), else its Lua type, as luaL_typeerror names it.
+ * May push the name; the error raised next drops it. */
+const char *rt_error_typename(lua_State *L, int idx);
+
 #endif

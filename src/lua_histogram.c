@@ -36,7 +36,7 @@ static rt_histogram_t *check_hist(lua_State *L, int idx, const char *method) {
     rt_error_invalid(L,
                      "histogram:%s: expected a Histogram as self, got %s "
                      "(call it as h:%s())",
-                     method, luaL_typename(L, idx), method);
+                     method, rt_error_typename(L, idx), method);
   return h;
 }
 
@@ -160,7 +160,7 @@ static int hist_merge(lua_State *L) {
   if (other == NULL)
     return rt_error_invalid(
         L, "histogram:merge: other must be a Histogram, got %s",
-        luaL_typename(L, 2));
+        rt_error_typename(L, 2));
   if (other->count > (uint64_t)LUA_MAXINTEGER - h->count)
     return rt_error_invalid(L, "histogram:merge: the merged count would "
                                "exceed 2^63 - 1");

@@ -233,7 +233,7 @@ rt_op_t *rt_op_check(lua_State *L, int idx, const char *what) {
 
   if (op == NULL)
     rt_error_invalid(L, "%s: expected an operation, got %s", what,
-                     luaL_typename(L, idx));
+                     rt_error_typename(L, idx));
   return op;
 }
 

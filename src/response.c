@@ -27,7 +27,7 @@ static rt_response_t *check_response(lua_State *L, const char *method) {
     rt_error_invalid(L,
                      "response:%s: expected a Response as self, got %s "
                      "(call it as r:%s())",
-                     method, luaL_typename(L, 1), method);
+                     method, rt_error_typename(L, 1), method);
   return r;
 }
 

@@ -227,7 +227,9 @@ describe("histogram", function()
       expect.invalid("^histogram:count: expected a Histogram as self, got "
         .. "no value", h.count)
       expect.invalid("got table", h.record, {}, 1)
-      expect.invalid("got userdata", h.record, io.stdout, 1)
+      expect.invalid("got FILE%*", h.record, io.stdout, 1)
+      expect.invalid("other must be a Histogram, got FILE%*", h.merge, h,
+        io.stdout)
       expect.invalid("^histogram:merge: other must be a Histogram, got table",
         h.merge, h, {})
       expect.invalid("got nil", h.merge, h, nil)

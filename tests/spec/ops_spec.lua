@@ -171,9 +171,9 @@ describe("operations", function()
         assert.is_true(pcall(gc, other or nil))
       end
       -- Userdata of other kinds, lretry's own or not, are not operations.
-      expect.invalid("expected an operation, got userdata", core.wait, nil,
-        core.histogram())
-      expect.invalid("expected an operation, got userdata", core.result,
+      expect.invalid("expected an operation, got retry.Histogram", core.wait,
+        nil, core.histogram())
+      expect.invalid("expected an operation, got FILE%*", core.result,
         io.stdout)
       expect.invalid("nothing to wait for", core.wait, nil)
       expect.invalid("seconds", core.wait, -1, xfer)

@@ -25,11 +25,16 @@ describe("a request", function()
       expect.invalid("headers: expected a headers table as self, got number",
         getmetatable(r.headers).__index, 42, "content-type")
       local mt = getmetatable(r)
-      for _, other in ipairs({ io.stdout, require("retry.core").histogram(),
-          {} }) do
+      -- (each named by its type's __name, as Lua's own errors do)
+      local others = { { io.stdout, "FILE%*" },
+        { require("retry.core").histogram(), "retry%.Histogram" },
+        { {}, "table" } }
+      for _, o in ipairs(others) do
+        local other = o[1]
         local ok, err = pcall(r.text, other)
         assert.is_false(ok)
-        assert.matches("expected a Response as self", tostring(err))
+        assert.matches("expected a Response as self, got " .. o[2],
+          tostring(err))
         ok, err = pcall(mt.__index, other, "status")
         assert.is_false(ok)
         assert.matches("expected a Response as self", tostring(err))
