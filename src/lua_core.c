@@ -291,13 +291,12 @@ static void push_float_text(lua_State *L, lua_Number f) {
   if (f == floor(f) && fabs(f) < 18446744073709551616.0) {
     snprintf(text, sizeof(text), "%.0f", (double)f);
   } else {
-    for (digits = 14; digits < 17; digits++) {
+    /* 17 significant digits always read back the same double. */
+    for (digits = 14; digits <= 17; digits++) {
       snprintf(text, sizeof(text), "%.*g", digits, (double)f);
       if (strtod(text, NULL) == f)
         break;
     }
-    if (digits == 17)
-      snprintf(text, sizeof(text), "%.17g", (double)f);
   }
   lua_pushstring(L, text);
 }

@@ -83,7 +83,7 @@ static int headers_index(lua_State *L) {
     return rt_error_invalid(L,
                             "headers: expected a headers table as self, "
                             "got %s",
-                            luaL_typename(L, 1));
+                            rt_error_typename(L, 1));
   if (lua_type(L, 2) != LUA_TSTRING)
     return 0;
   key = lua_tolstring(L, 2, &len);

@@ -3,9 +3,10 @@
  * luaL_testudata and luaL_setmetatable find a metatable in the registry by
  * its name, which Lua interns through its API string cache (a hash and a
  * strcmp) at every call: some 150 instructions, and a load request made
- * about 20 such checks. The types on the request path also keep their
- * metatable under the address of a static key, read with lua_rawgetp. The
- * name stays: it is the `__name` error messages and tostring show. */
+ * about 20 such checks. The types on the request path are checked by a
+ * mark their metatable carries (below), and set from the registry by the
+ * address of a static key. The name stays: it is the `__name` error
+ * messages and tostring show. */
 #ifndef RT_UDATA_H
 #define RT_UDATA_H
 
