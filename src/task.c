@@ -149,6 +149,14 @@ static void finish(rt_sched_t *s, rt_task_t *t) {
   s->live_count--;
   lua_settop(t->co, 0);
   push_anchors(L);
+  /* The thread goes with the task: a Task a script keeps to read its
+   * results must not keep its stack. */
+  if (lua_rawgetp(L, -1, t) == LUA_TUSERDATA) {
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, 1);
+  }
+  lua_pop(L, 1);
+  t->co = NULL;
   lua_pushnil(L);
   lua_rawsetp(L, -2, t);
   lua_pop(L, 1);
@@ -198,6 +206,11 @@ static void resume(rt_sched_t *s, rt_task_t *t) {
       lua_xmove(t->co, s->L, 1);
       s->fatal_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
     }
+    lua_resetthread(t->co);
+  } else {
+    /* Ended: its stack goes now rather than when the collector gets to
+     * the thread, so that tasks ending in a burst do not pile up their
+     * stacks as garbage. */
     lua_resetthread(t->co);
   }
   finish(s, t);

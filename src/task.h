@@ -38,7 +38,8 @@ enum rt_task_state {
 };
 
 struct rt_task_s {
-  lua_State *co;     /* borrowed: the handle's user value keeps it */
+  lua_State *co;     /* borrowed: the handle's user value keeps it; NULL once
+                      * the task is done */
   rt_sched_t *sched; /* borrowed */
   rt_task_t *ready_next;
   rt_task_t *live_prev;

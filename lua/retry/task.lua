@@ -71,7 +71,9 @@ local function finish(task, ok, ...)
   scope.live[task] = nil
   local waiters = task.waiters
   task.waiters = nil
-  for i = 1, #waiters do core.wake(waiters[i]) end
+  if waiters then
+    for i = 1, #waiters do core.wake(waiters[i]) end
+  end
   if scope.waiter and next(scope.live) == nil then core.wake(scope.waiter) end
   -- A failed main task ends the run: nobody is left to await the others.
   if task == run.main and not ok then cancel_all(run.live) end
@@ -97,8 +99,9 @@ function M.spawn(fn, ...)
   local parent = by_thread[coroutine.running()]
   local scope = parent and (parent.inner or parent.scope) or run.root
   spawned = spawned + 1
-  local task = setmetatable({ done = false, waiters = {}, run = run,
-    scope = scope, parent = parent, serial = spawned }, Task)
+  -- `waiters`, the handles of the tasks awaiting it, comes with the first.
+  local task = setmetatable({ done = false, run = run, scope = scope,
+    parent = parent, serial = spawned }, Task)
   local handle, thread = core.spawn(task_body, task, fn, ...)
   task.handle = handle
   by_thread[thread] = task
@@ -132,6 +135,10 @@ function Task:await()
     if me == self then invalid("task:await: a task cannot await itself") end
     if me == nil then core.park("task:await") end -- raises: not in a task
     local waiters = self.waiters
+    if waiters == nil then
+      waiters = {}
+      self.waiters = waiters
+    end
     waiters[#waiters + 1] = me.handle
     local ok, e = pcall(core.park, "task:await")
     if not ok then

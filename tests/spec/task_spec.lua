@@ -363,6 +363,22 @@ describe("tasks", function()
     end)
   end)
 
+  it("a finished task a script keeps holds its results, not its coroutine", function()
+    local threads = setmetatable({}, { __mode = "k" })
+    retry.run(function()
+      local t = retry.spawn(function()
+        threads[coroutine.running()] = true
+        retry.sleep(0.001)
+        return "kept"
+      end)
+      assert.equal("kept", t:await())
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(next(threads))
+      assert.equal("kept", t:await())
+    end)
+  end)
+
   it("await re-raises the task's error object", function()
     retry.run(function()
       local t = retry.spawn(function()
