@@ -6,11 +6,13 @@ local core = require("retry.core")
 local errors = require("retry.errors")
 local http = require("retry.http")
 local slots = require("retry.slots")
+local strategies = require("retry.strategies")
 local values = require("retry.values")
 
 local M = {}
 
 local invalid, describe = errors.invalid, values.describe
+local retry_reason = strategies.retry_reason
 
 -- Read-only stand-in for absent option tables: no table per request.
 local NO_OPTIONS = setmetatable({}, { __newindex = function()
@@ -255,8 +257,8 @@ local function send(client, spec, started, st)
       end
       local acceptable = #ops == 0
       if not acceptable then
-        local ok, reason = pcall(st.decide, st.options, method, response, e,
-          st.raise, true)
+        local ok, reason = pcall(retry_reason, st.options, method, response,
+          e, st.raise, true)
         if not ok then
           -- The copies still out must not outlive the request.
           cancel_all(ops)

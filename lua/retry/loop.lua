@@ -18,7 +18,8 @@ local NO_OPTIONS = attempt_mod.NO_OPTIONS
 local join_url, merge_headers = attempt_mod.join_url, attempt_mod.merge_headers
 local spec_for, call_hooks = attempt_mod.spec_for, attempt_mod.call_hooks
 local log, closed_error = attempt_mod.log, attempt_mod.closed_error
-local wait_ops, attempt = attempt_mod.wait_ops, attempt_mod.attempt
+local attempt = attempt_mod.attempt
+local retry_reason = strategies.retry_reason
 
 -- The attempts limit, read live: a change made during a request counts.
 -- An integral float (2.0) counts as the integer, as the constructors and
@@ -47,39 +48,6 @@ local function status_error(response, n)
     status = response.status, response = response, method = response.method,
     url = response.url, attempt = n,
   })
-end
-
---[[ Decide: why an outcome would be retried (contract section 3's order),
-as a function of the options, the method and the outcome alone. Returns the
-reason ("status", "callback", or the error kind), or nil when the outcome
-stands. `ask_callback` false skips evaluate_response_callback (no attempts
-are left and nobody needs the verdict). ]]
-local function retry_reason(options, method, response, err, raise,
-                            ask_callback)
-  if response == nil then
-    -- Bad arguments stay bad: an `invalid` error is never retried.
-    if err.kind ~= "invalid" and strategies.retries_error_kind(options, err.kind)
-    then
-      return err.kind
-    end
-    return nil
-  end
-  if strategies.retries_method(options, method) then
-    if strategies.retries_status(options, response.status) then
-      return "status"
-    end
-    local callback = options.evaluate_response_callback
-    if ask_callback and callback ~= nil and not callback(response) then
-      return "callback"
-    end
-  end
-  -- raise_for_status happens inside the attempt, as in aiohttp, so
-  -- `exceptions = {"status"}` retries it.
-  if raise and response.status >= 400
-      and strategies.retries_error_kind(options, "status") then
-    return "status"
-  end
-  return nil
 end
 
 -- The request table of every entry of the list, checked before the first
@@ -172,17 +140,21 @@ local function run_before_retry(client, st, hook, n, response, err, wait)
     max_body_size = base.max_body_size, ca_file = client.ca_file,
     verify_tls = client.verify_tls,
   })
-  st.next_method = x.method:upper()
   local bad = core.check(st.next_spec)
   if bad then invalid("before_retry: ctx.next: " .. bad) end
   return wait
 end
 
--- Wait before the next attempt on a timer the client can cancel.
+-- Wait before the next attempt on a timer the client can cancel: one
+-- operation, waited on here rather than through wait_ops, so a request in
+-- backoff holds one frame and one table fewer.
 local function backoff(client, spec, seconds)
   if seconds <= 0 then return end
   local timer = core.timer(seconds)
-  wait_ops(client, nil, { timer })
+  local active = client.ops
+  active[timer] = true
+  core.wait(nil, timer)
+  active[timer] = nil
   if core.result(timer) == nil and client.closed then
     error(closed_error(spec), 0)
   end
@@ -276,16 +248,14 @@ end
 -- The retry loop of a request set up by execute (below): attempt, decide,
 -- act. A request waits on top of this frame, so it holds as few locals as
 -- it can: the frame's size decides how far its task's stack grows.
--- The next attempt's number (st.n), RequestParams (st.params) and method
--- (st.method), kept in st rather than in locals of run_loop: every local
--- there sits under the attempt's wait. Returns its request table.
+-- The next attempt's number (st.n), kept in st rather than in a local of
+-- run_loop: every local there sits under the attempt's wait. Returns its
+-- request table, whose method is the attempt's method.
 local function next_attempt(st)
   local n = st.n + 1
   st.n = n
-  local p = st.list[n] or st.list[#st.list]
   local spec = st.next_spec or st.specs[n] or st.specs[#st.specs]
-  st.params, st.method = p, st.next_method or p.method
-  st.next_spec, st.next_method = nil, nil
+  st.next_spec = nil
   return spec
 end
 
@@ -329,8 +299,8 @@ local function run_loop(client, st)
       for k, v in pairs(spec) do copy[k] = v end
       spec = copy
     end
-    local ok, response, err, record = pcall(attempt, client, st, st.params,
-      spec, st.n)
+    local ok, response, err, record = pcall(attempt, client, st,
+      st.list[st.n] or st.list[#st.list], spec, st.n)
     if not ok then
       abandon(previous, trial and breaker)
       error(response, 0)
@@ -348,7 +318,7 @@ local function run_loop(client, st)
     -- `ok` is used again, not declared again: every local here sits under
     -- the calls below (the strategy's get_timeout, before_retry, the wait).
     local reason
-    ok, reason = pcall(retry_reason, st.options, st.method, response, err,
+    ok, reason = pcall(retry_reason, st.options, spec.method, response, err,
       st.raise, left or breaker ~= nil)
     if not ok then
       abandon(response, trial and breaker)
@@ -376,11 +346,24 @@ local function run_loop(client, st)
       log(client, "debug", "Retrying after %s error (%s), waiting %.3f s",
         err.kind, err.message, wait)
     end
-    previous, previous_err = response, err
-    local bok, berr = pcall(backoff, client, spec, wait)
-    if not bok then
-      abandon(previous, trial and breaker)
-      error(berr, 0)
+    if breaker or st.deadline then
+      -- Kept for a refused retry, or an attempt the deadline cuts, to
+      -- return.
+      previous, previous_err = response, err
+    elseif response then
+      response:close()
+    end
+    -- Not held through the wait: a request in backoff keeps only what its
+    -- next attempt needs, so that ten thousand of them fit.
+    response, err, record = nil, nil, nil
+    if previous or trial then
+      local bok, berr = pcall(backoff, client, spec, wait)
+      if not bok then
+        abandon(previous, trial and breaker)
+        error(berr, 0)
+      end
+    else
+      backoff(client, spec, wait)
     end
   end
 end
@@ -398,12 +381,18 @@ local function execute(client, list, options, call, specs)
   end
   strategies.check_live(options, "retry_options")
   local deadline = call.deadline or client.deadline
+  -- A plain request's fields (these, previous_wait and raise) fit the 8
+  -- slots this constructor sizes the table to; the rarer ones are added.
   local st = { list = list, specs = specs or specs_for(client, list),
-    history = {}, options = options, raise = call.raise, n = 0,
-    started = core.now(),
-    hedge = call.hedge or client.hedge, before_retry = call.before_retry,
-    deadline_seconds = deadline, decide = retry_reason }
-  if deadline then st.deadline = st.started + deadline end
+    history = {}, options = options, n = 0, started = core.now() }
+  if call.raise then st.raise = true end
+  local hedge = call.hedge or client.hedge
+  if hedge then st.hedge = hedge end
+  if call.before_retry ~= nil then st.before_retry = call.before_retry end
+  if deadline then
+    st.deadline_seconds = deadline
+    st.deadline = st.started + deadline
+  end
   local counters, budget = client.counters, client.budget
   counters.requests = counters.requests + 1
   if budget then budget:deposit() end

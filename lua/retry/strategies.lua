@@ -169,6 +169,37 @@ function M.retries_error_kind(opts, kind)
   return false
 end
 
+--- Why an outcome would be retried (contract section 3's order), as a
+-- function of the options, the method and the outcome alone: the reason
+-- ("status", "callback", or the error kind), or nil when the outcome
+-- stands. `ask_callback` false skips evaluate_response_callback (no
+-- attempts are left and nobody needs the verdict).
+function M.retry_reason(options, method, response, err, raise, ask_callback)
+  if response == nil then
+    -- Bad arguments stay bad: an `invalid` error is never retried.
+    if err.kind ~= "invalid" and M.retries_error_kind(options, err.kind) then
+      return err.kind
+    end
+    return nil
+  end
+  if M.retries_method(options, method) then
+    if M.retries_status(options, response.status) then
+      return "status"
+    end
+    local callback = options.evaluate_response_callback
+    if ask_callback and callback ~= nil and not callback(response) then
+      return "callback"
+    end
+  end
+  -- raise_for_status happens inside the attempt, as in aiohttp, so
+  -- `exceptions = {"status"}` retries it.
+  if raise and response.status >= 400
+      and M.retries_error_kind(options, "status") then
+    return "status"
+  end
+  return nil
+end
+
 -- Options objects as they were when check_live last passed them: opts ->
 -- { [i] = value of field i, get_timeout = ..., lists = { i, copy, ... }
 -- for the fields holding a table }. Weak: a snapshot goes with its object.

@@ -400,6 +400,28 @@ describe("RetryClient", function()
     end)
   end)
 
+  it("a request waiting in backoff holds no earlier response", function()
+    run(function()
+      local seen = setmetatable({}, { __mode = "k" })
+      local url, key = counted("/hello")
+      local client <close> = retry.RetryClient{ retry_options = retry.ListRetry{
+        timeouts = { 0.2 }, attempts = 2,
+        evaluate_response_callback = function(resp)
+          seen[resp] = true
+          return false
+        end } }
+      local t = retry.spawn(function() return client:get(url) end)
+      while client:stats().retries < 1 do retry.sleep(0.002) end
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(next(seen))
+      local r <close> = t:await()
+      assert.equal(200, r.status)
+      assert.equal(2, r.attempts)
+      assert.equal(2, h.hits(retry, key))
+    end)
+  end)
+
   it("evaluate_response_callback may yield", function()
     run(function()
       local client = retry.RetryClient{ retry_options = fast{ attempts = 3,
