@@ -68,8 +68,12 @@ local STATUSES = list_type("a list of integers 100..599", is_status,
   as_integer)
 local KINDS = list_type('a list of error kinds or "transport"',
   function(k) return errors.KINDS[k] or k == "transport" end)
-local METHODS = list_type("a list of non-empty method names",
-  function(m) return type(m) == "string" and m ~= "" end, string.upper)
+-- A method is an HTTP token (RFC 9110 tchar), as the core checks a
+-- request's: "GET POST" or "" could never match one.
+local METHODS = list_type("a list of method names (HTTP tokens such as "
+  .. '"GET")', function(m)
+    return type(m) == "string" and m:find("^[%w!#$%%&'*+%-.^_`|~]+$") ~= nil
+  end, string.upper)
 local TIMEOUTS = list_type("a non-empty list of finite numbers >= 0",
   SECONDS.ok, nil, true)
 

@@ -1005,6 +1005,21 @@ describe("retries_method", function()
       assert.is_false(only:retries_method("POST"))
     end)
 
+  it("refuses a method name that is not an HTTP token, which could never match",
+    function()
+      for _, bad in ipairs({ "GET POST", "", "GET:", "GE\r\nT", "G\0ET" }) do
+        invalid(function() strategies.ExponentialRetry{ methods = { "GET", bad } } end,
+          "'methods'", "HTTP tokens", "at index 2")
+        local o = strategies.ExponentialRetry()
+        o.methods = { bad }
+        invalid(function() strategies.check_live(o, "retry_options") end,
+          "retry_options", "'methods'")
+      end
+      local odd = strategies.ExponentialRetry{ methods = { "M-SEARCH", "x!#$%&'*+.^_`|~9" } }
+      assert.is_true(odd:retries_method("m-search"))
+      assert.is_true(odd:retries_method("X!#$%&'*+.^_`|~9"))
+    end)
+
   it("compares at call time, even with lowercase lists set later", function()
     local o = strategies.ExponentialRetry()
     o.methods = { "post" }
