@@ -321,9 +321,40 @@ static int l_number_text(lua_State *L) {
   return 1;
 }
 
+/* What is wrong with the header whose name and value are on top of the
+ * stack: `what`, after the name, with any byte that is not printable ASCII
+ * shown as \ddd. Replaces the two with the message, which stays alive on
+ * the stack for the caller to copy. */
+static const char *header_problem(lua_State *L, const char *what) {
+  luaL_Buffer b;
+  size_t len, i;
+  const char *name = lua_tolstring(L, -2, &len);
+
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, "header \"");
+  for (i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)name[i];
+
+    if (c >= ' ' && c < 0x7f && c != '"' && c != '\\') {
+      luaL_addchar(&b, (char)c);
+    } else {
+      char esc[5];
+
+      snprintf(esc, sizeof(esc), "\\%u", c);
+      luaL_addstring(&b, esc);
+    }
+  }
+  luaL_addstring(&b, "\": ");
+  luaL_addstring(&b, what);
+  luaL_pushresult(&b);
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+  return lua_tostring(L, -1);
+}
+
 /* Turn spec.headers into "Name: value" lines kept alive on the stack.
  * Returns the line array (a userdata on the stack) and sets *count, or sets
- * *bad to what is wrong with a header and returns NULL. */
+ * *bad to what is wrong with a header (naming it) and returns NULL. */
 static const char **header_lines(lua_State *L, int spec, size_t *count,
                                  const char **bad) {
   const char **lines;
@@ -365,8 +396,7 @@ static const char **header_lines(lua_State *L, int spec, size_t *count,
       lua_Number f = lua_tonumber(L, -1);
 
       if (!isfinite(f)) {
-        *bad = "header values must be finite numbers";
-        lua_pop(L, 2);
+        *bad = header_problem(L, "header values must be finite numbers");
         return NULL;
       }
       push_float_text(L, f);
@@ -376,7 +406,7 @@ static const char **header_lines(lua_State *L, int spec, size_t *count,
     v = lua_tolstring(L, -1, &vlen);
     *bad = rt_request_check_header(k, klen, v, vlen);
     if (*bad != NULL) {
-      lua_pop(L, 2);
+      *bad = header_problem(L, *bad);
       return NULL;
     }
     /* "Name;" is curl's way to send a header with an empty value. */

@@ -32,17 +32,26 @@ local function percent_encode(s)
   end))
 end
 
-local function scalar(v, what)
+-- `what`, and the params key `key` when the value is one's, in an error.
+local function named(what, key)
+  if key == nil then return what end
+  return what .. " for " .. describe(key)
+end
+
+local function scalar(v, what, key)
   local t = type(v)
   if t == "string" then return v end
   if t == "number" then
     -- 2.0 goes out as 2, as lua-cjson's numbers are meant (lua_core.c).
     local text, bad = core.number_text(v)
-    if text == nil then invalid(what .. " " .. bad .. ", got " .. describe(v)) end
+    if text == nil then
+      invalid(named(what, key) .. " " .. bad .. ", got " .. describe(v))
+    end
     return text
   end
   if t == "boolean" then return tostring(v) end
-  invalid(what .. " must be a string, number or boolean, got " .. describe(v))
+  invalid(named(what, key) .. " must be a string, number or boolean, got "
+    .. describe(v))
 end
 
 --- Encode a params table: `{a = 1, b = {"x", "y"}}` (keys sorted, list
@@ -54,7 +63,7 @@ function M.encode_query(params)
   local parts = {}
   local function add(k, v)
     parts[#parts + 1] = percent_encode(scalar(k, "params key")) .. "="
-      .. percent_encode(scalar(v, "params value"))
+      .. percent_encode(scalar(v, "params value", k))
   end
   if #params > 0 then
     if values.list_length(params) == nil then

@@ -200,12 +200,23 @@ describe("a request", function()
       assert.equal("2", e.headers["x-page"])
       assert.equal("0.5", e.headers["x-half"])
       -- What no server could read back is refused, naming it.
-      expect.invalid("params value must be a finite number, got %-?nan",
-        retry.request, "GET", h.url("/echo"), { params = { g = 0 / 0 } })
-      expect.invalid("finite", retry.request, "GET", h.url("/echo"),
-        { params = { g = math.huge } })
-      expect.invalid("header values must be finite numbers", retry.request,
-        "GET", h.url("/echo"), { headers = { ["X-Inf"] = -math.huge } })
+      expect.invalid("params value for \"g\" must be a finite number, got "
+        .. "%-?nan", retry.request, "GET", h.url("/echo"),
+        { params = { g = 0 / 0 } })
+      expect.invalid("params value for \"l\" must be a finite number",
+        retry.request, "GET", h.url("/echo"), { params = { l = { 1, math.huge } } })
+      expect.invalid("params value for \"p\" must be a string, number or "
+        .. "boolean, got a function", retry.request, "GET", h.url("/echo"),
+        { params = { { "p", print } } })
+      expect.invalid('header "X%-Inf": header values must be finite numbers',
+        retry.request, "GET", h.url("/echo"),
+        { headers = { ["X-Ok"] = "1", ["X-Inf"] = -math.huge } })
+      -- A header name is shown with its unprintable bytes as \ddd.
+      expect.invalid('header "X A\\13\\10\\34": header names must be HTTP '
+        .. "tokens", retry.request, "GET", h.url("/echo"),
+        { headers = { ["X A\r\n\""] = "1" } })
+      expect.invalid('header "X%-Ok": header values must not hold CR, LF',
+        retry.request, "GET", h.url("/echo"), { headers = { ["X-Ok"] = "a\nb" } })
       expect.invalid("params value for \"a\" must be a string, number, "
         .. "boolean or a list of them, got a table", retry.request, "GET",
         h.url("/echo"), { params = { a = { b = 1 } } })
