@@ -231,6 +231,7 @@ function M.RetryClient(o)
     ca_file = o.ca_file,
     verify_tls = o.verify_tls,
     ca_checked = o.ca_file, -- the ca_file last found readable
+    base_checked = o.base_url, -- the base_url last found to be a URL
     deadline = check_deadline(o.deadline, "RetryClient: deadline"),
     hedge = check_hedge(o.hedge, "RetryClient: hedge"),
     budget = o.budget,
@@ -264,8 +265,17 @@ local function check_settings(client)
   if type(client.trace_configs) ~= "table" then
     bad_setting(client, "trace_configs", "a list of tables")
   end
-  if client.base_url ~= nil and type(client.base_url) ~= "string" then
-    bad_setting(client, "base_url", "a string")
+  local base_url = client.base_url
+  if base_url ~= client.base_checked then
+    -- Changed since: named as such, not as the url joined to it.
+    if base_url ~= nil then
+      if type(base_url) ~= "string" then
+        bad_setting(client, "base_url", "a string")
+      end
+      local bad = core.check({ method = "GET", url = base_url })
+      if bad then invalid("RetryClient: base_url: " .. bad) end
+    end
+    client.base_checked = base_url
   end
   if client.logger ~= nil and type(client.logger) ~= "table" then
     bad_setting(client, "logger",

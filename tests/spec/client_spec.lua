@@ -637,6 +637,12 @@ describe("RetryClient", function()
       local based = retry.RetryClient()
       based.base_url = 7
       expect.invalid("base_url must be a string", based.get, based, "/hello")
+      -- Named as base_url, not as the url joined to it.
+      for _, bad in ipairs({ "notaurl", "http://x y", "ftp://host" }) do
+        based.base_url = bad
+        expect.invalid("^RetryClient: base_url: url must", based.get, based,
+          "/hello")
+      end
       hooked.trace_configs = { 5 }
       expect.invalid("trace_configs%[1%] must be a table", hooked.get, hooked, url)
       local logged = retry.RetryClient{ logger = { debug = function() end } }
