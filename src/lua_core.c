@@ -321,29 +321,36 @@ static int l_number_text(lua_State *L) {
   return 1;
 }
 
+/* The longest header name an error shows whole; a longer one is cut, as
+ * values.describe cuts strings. */
+#define SHOWN_NAME_MAX 40
+
 /* What is wrong with the header whose name and value are on top of the
  * stack: `what`, after the name, with any byte that is not printable ASCII
- * shown as \ddd. Replaces the two with the message, which stays alive on
- * the stack for the caller to copy. */
+ * (and '"' and '\\') shown as \ddd, three digits. Replaces the two with the
+ * message, which stays alive on the stack for the caller to copy. */
 static const char *header_problem(lua_State *L, const char *what) {
   luaL_Buffer b;
-  size_t len, i;
+  size_t len, shown, i;
   const char *name = lua_tolstring(L, -2, &len);
 
+  shown = len > SHOWN_NAME_MAX ? SHOWN_NAME_MAX - 3 : len;
   luaL_buffinit(L, &b);
   luaL_addstring(&b, "header \"");
-  for (i = 0; i < len; i++) {
+  for (i = 0; i < shown; i++) {
     unsigned char c = (unsigned char)name[i];
 
     if (c >= ' ' && c < 0x7f && c != '"' && c != '\\') {
       luaL_addchar(&b, (char)c);
     } else {
-      char esc[5];
+      char esc[8];
 
-      snprintf(esc, sizeof(esc), "\\%u", c);
+      snprintf(esc, sizeof(esc), "\\%03u", c);
       luaL_addstring(&b, esc);
     }
   }
+  if (shown < len)
+    luaL_addstring(&b, "...");
   luaL_addstring(&b, "\": ");
   luaL_addstring(&b, what);
   luaL_pushresult(&b);

@@ -58,7 +58,11 @@ static int resp_gc(lua_State *L) {
 static int push_body(lua_State *L, rt_response_t *r) {
   if (r->closed)
     return rt_error_invalid(L, "the response is closed: its body was freed "
-                               "by close() or <close>");
+                               "by close() or <close>, or by the retry "
+                               "loop once it retried the response (read "
+                               "a retried response's body in "
+                               "evaluate_response_callback, get_timeout or "
+                               "before_retry)");
   lua_pushlstring(L, r->body != NULL ? r->body : "", r->body_len);
   return 1;
 }

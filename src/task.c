@@ -349,9 +349,9 @@ rt_task_t *rt_task_spawn(lua_State *L, rt_sched_t *s, int nargs) {
   lua_rawsetp(L, -2, t);
   lua_pop(L, 1);
   /* Stack: fn args... handle. The thread gets handle fn args...: the
-   * handle stays at the bottom of its stack, below the function, for as
-   * long as the thread lives, so a continuation that runs on it never
-   * finds its task freed. */
+   * handle stays at the bottom of its stack, below the function, until
+   * the task ends (finish empties the stack), so a continuation that runs
+   * on it never finds its task freed. */
   lua_insert(L, -(nargs + 2));
   lua_pushvalue(L, -(nargs + 2));
   lua_insert(L, -(nargs + 3));

@@ -411,7 +411,7 @@ describe("RetryClient", function()
           return false
         end } }
       local t = retry.spawn(function() return client:get(url) end)
-      while client:stats().retries < 1 do retry.sleep(0.002) end
+      while client:stats().retries < 1 and not t.done do retry.sleep(0.002) end
       collectgarbage()
       collectgarbage()
       assert.is_nil(next(seen))
@@ -419,6 +419,27 @@ describe("RetryClient", function()
       assert.equal(200, r.status)
       assert.equal(2, r.attempts)
       assert.equal(2, h.hits(retry, key))
+    end)
+  end)
+
+  it("says the retry loop closed a retried response a script kept", function()
+    run(function()
+      local kept
+      local url = counted("/hello")
+      local client <close> = retry.RetryClient{ retry_options = retry.ListRetry{
+        timeouts = { 0.2 }, attempts = 2,
+        evaluate_response_callback = function(resp)
+          assert.equal("hello\n", resp:text()) -- readable here
+          kept = resp
+          return false
+        end } }
+      local t = retry.spawn(function() return client:get(url) end)
+      while client:stats().retries < 1 and not t.done do retry.sleep(0.002) end
+      expect.invalid("by the retry loop once it retried the response %(read "
+        .. "a retried response's body in evaluate_response_callback",
+        kept.text, kept)
+      assert.equal(200, kept.status) -- what is not the body stays readable
+      t:await():close()
     end)
   end)
 

@@ -211,10 +211,17 @@ describe("a request", function()
       expect.invalid('header "X%-Inf": header values must be finite numbers',
         retry.request, "GET", h.url("/echo"),
         { headers = { ["X-Ok"] = "1", ["X-Inf"] = -math.huge } })
-      -- A header name is shown with its unprintable bytes as \ddd.
-      expect.invalid('header "X A\\13\\10\\34": header names must be HTTP '
+      -- A header name is shown with its unprintable bytes as \ddd, three
+      -- digits ("X\0010" is not "X\n"), and cut after 37 bytes.
+      expect.invalid('header "X A\\013\\010\\034": header names must be HTTP '
         .. "tokens", retry.request, "GET", h.url("/echo"),
         { headers = { ["X A\r\n\""] = "1" } })
+      expect.invalid('^header "X\\0010": header names', retry.request, "GET",
+        h.url("/echo"), { headers = { ["X\0010"] = "1" } })
+      local err = expect.invalid('^header "' .. ("n"):rep(36) .. ' %.%.%.": header '
+        .. "names", retry.request, "GET", h.url("/echo"),
+        { headers = { [("n"):rep(36) .. " " .. ("n"):rep(100000)] = "1" } })
+      assert.is_true(#err.message < 200, err.message)
       expect.invalid('header "X%-Ok": header values must not hold CR, LF',
         retry.request, "GET", h.url("/echo"), { headers = { ["X-Ok"] = "a\nb" } })
       expect.invalid("params value for \"a\" must be a string, number, "
