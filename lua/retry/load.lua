@@ -161,6 +161,14 @@ local function begin(L)
   L.since[me] = task.spawned()
 end
 
+-- An error value as text for the summary, even one whose __tostring
+-- raises: the request it ended must still be counted.
+local function shown(e)
+  local ok, text = pcall(tostring, e)
+  if ok then return text end
+  return describe(e) .. " (its __tostring raised)"
+end
+
 local function record(L, start, ok, r)
   local me = task.current()
   local attempts = L.counts[me]
@@ -177,7 +185,7 @@ local function record(L, start, ok, r)
       if checked then
         rec:check(passed and true or false)
       else
-        rec:check(false, "the check raised: " .. tostring(passed))
+        rec:check(false, "the check raised: " .. shown(passed))
       end
     end
     r:close()
@@ -190,7 +198,7 @@ local function record(L, start, ok, r)
   elseif errors.is_error(r) then
     kind, message, at = r.kind, r.message, r.finished_at
   else
-    kind, message = "script", tostring(r)
+    kind, message = "script", shown(r)
   end
   at = at or core.now()
   local latency = at - start

@@ -371,6 +371,25 @@ describe("retry.load figures", function()
     end)
   end)
 
+  it("counts errors whose __tostring raises, from a request or a check",
+    function()
+      retry.run(function()
+        local bad = setmetatable({}, { __tostring = function() error("x") end })
+        local r = retry.load(quiet{ requests = 10, concurrency = 2,
+          request = function(c, i)
+            if i <= 5 then error(bad) end
+            return c:get(h.url("/hello"))
+          end, check = function() error(bad) end })
+        assert.equal(10, r.requests)
+        assert.same({ script = 5 }, r.by_error)
+        assert.equal(5, r.checks)
+        assert.equal(5, r.checks_failed)
+        assert.is_truthy(r.error_examples.script:find("__tostring raised", 1,
+          true))
+        assert.is_truthy(r.check_example:find("__tostring raised", 1, true))
+      end)
+    end)
+
   it("accounts for every request when the server drops connections at "
     .. "random", function()
     retry.run(function()
