@@ -343,6 +343,11 @@ local function run_probe(args)
   local opts, urls = parse("probe", args)
   if opts.help then io.write(M.USAGE.probe); return 0 end
   if #urls == 0 then usage_error("probe", "give at least one URL") end
+  for name, v in pairs(opts) do
+    if not (type(v) == "table" and #v == 0) then
+      usage_error("probe", "--" .. name .. " does not apply to probe")
+    end
+  end
   local client <close> = retry.RetryClient{ timeout = 30,
     connect_timeout = 10 }
   local tasks = {}
@@ -395,8 +400,12 @@ local function run_merge(args)
       io.stderr:write("lretry merge: ", err, "\n")
       return 1
     end
-    local text = f:read("a")
+    local text, read_err = f:read("a")
     f:close()
+    if text == nil then
+      io.stderr:write("lretry merge: ", path, ": ", tostring(read_err), "\n")
+      return 1
+    end
     local ok, r = pcall(result.from_json, text, path)
     if not ok then
       io.stderr:write("lretry merge: ", tostring(r.message or r), "\n")
@@ -405,7 +414,13 @@ local function run_merge(args)
     results[i] = r
   end
   local merged = result.merge(results, limits)
-  if opts.json then load.write_json(merged, opts.json) end
+  if opts.json then
+    local written, err = pcall(load.write_json, merged, opts.json)
+    if not written then
+      io.stderr:write("lretry merge: ", tostring(err.message or err), "\n")
+      return 1
+    end
+  end
   if not opts.quiet then
     local out = opts.json == "-" and io.stderr or io.stdout
     out:write(merged:summary())

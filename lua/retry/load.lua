@@ -730,14 +730,26 @@ end
 --- Write a result's JSON to `path` ("-" for stdout).
 function M.write_json(r, path)
   local text = r:to_json()
+  local f, err
   if path == "-" then
-    io.stdout:write(text)
-    return
+    f = io.stdout
+  else
+    f, err = io.open(path, "w")
+    if not f then invalid("retry.load: cannot write the JSON: " .. err) end
   end
-  local f, err = io.open(path, "w")
-  if not f then invalid("retry.load: cannot write the JSON: " .. err) end
-  f:write(text)
-  f:close()
+  -- A full disk shows only when the buffer is written out: a run whose
+  -- JSON did not reach its file must not look as if it had.
+  local ok
+  ok, err = f:write(text)
+  if ok then ok, err = f:flush() end
+  if f ~= io.stdout then
+    local closed, close_err = f:close()
+    if ok and not closed then ok, err = closed, close_err end
+  end
+  if not ok then
+    invalid("retry.load: cannot write the JSON to " .. path .. ": "
+      .. tostring(err))
+  end
 end
 
 return M

@@ -114,6 +114,8 @@ describe("lretry load", function()
       { "load http://x -H nocolon", "-H must be 'Name: value'" },
       { "load http://x --expect 999", "is not a status code" },
       { "probe", "give at least one URL" },
+      { "probe http://x --json x.json", "--json does not apply to probe" },
+      { "probe http://x -c 3", "--concurrency does not apply to probe" },
       { "merge", "give the JSON files" },
     }
     for _, c in ipairs(cases) do
@@ -292,6 +294,28 @@ describe("lretry probe", function()
     assert.is_truthy(lines[3]:find("^FAIL .*404 Not Found, 1 attempt"), lines[3])
     code = lretry("probe " .. q(h.url("/hello")))
     assert.equal(0, code)
+  end)
+end)
+
+describe("a JSON that cannot be written or read", function()
+  it("exits 1 naming the file: a full disk, a directory", function()
+    local code, out, err = lretry("load " .. q(h.url("/hello"))
+      .. " -n 3 --quiet --json /dev/full")
+    assert.equal(1, code, out .. err)
+    assert.is_truthy(err:find("cannot write the JSON to /dev/full: No space "
+      .. "left on device", 1, true), err)
+    local path = os.tmpname()
+    code = lretry("load " .. q(h.url("/hello")) .. " -n 3 --quiet --json "
+      .. path)
+    assert.equal(0, code)
+    code, out, err = lretry("merge " .. path .. " --json /dev/full")
+    assert.equal(1, code, out .. err)
+    assert.is_truthy(err:find("cannot write the JSON to /dev/full", 1, true),
+      err)
+    os.remove(path)
+    code, out, err = lretry("merge /tmp")
+    assert.equal(1, code, out .. err)
+    assert.is_truthy(err:find("/tmp: Is a directory", 1, true), err)
   end)
 end)
 
