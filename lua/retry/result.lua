@@ -408,9 +408,10 @@ function M.from_json(text, where)
     if type(e) ~= "table" then
       invalid(where .. ": timeline[" .. i .. "] must be an object")
     end
-    timeline[i] = { second = i, requests = count_field(e, "requests", where),
-      errors = count_field(e, "errors", where),
-      retries = count_field(e, "retries", where),
+    local at = where .. ": timeline[" .. i .. "]"
+    timeline[i] = { second = i, requests = count_field(e, "requests", at),
+      errors = count_field(e, "errors", at),
+      retries = count_field(e, "retries", at),
       p50 = tonumber(e.p50), p99 = tonumber(e.p99) }
   end
   local limits = {}
@@ -427,12 +428,16 @@ function M.from_json(text, where)
     invalid(where .. ": timeline must be a list")
   end
   local duration = t.duration
-  if type(duration) ~= "number" or duration < 0 or duration == math.huge then
-    invalid(where .. ": duration must be a number of seconds")
+  -- Up to some 30 years: what a run can last, and what a summary shows.
+  if type(duration) ~= "number" or not (duration >= 0 and duration <= 1e9)
+  then
+    invalid(where .. ": duration must be a number of seconds from 0 to 1e9, "
+      .. "got " .. describe(duration))
   end
   local function optional(name, check, must)
     local v = t[name]
-    if v == nil then return nil end
+    -- JSON null (cjson.null, a userdata) is no value.
+    if v == nil or type(v) == "userdata" then return nil end
     if not check(v) then
       invalid(where .. ": " .. name .. " must be " .. must .. ", got "
         .. describe(v))
@@ -449,7 +454,7 @@ function M.from_json(text, where)
   local function text_map(name)
     local out = {}
     for k, v in pairs(type(t[name]) == "table" and t[name] or {}) do
-      if type(v) == "string" then out[k] = v end
+      if type(k) == "string" and type(v) == "string" then out[k] = v end
     end
     return out
   end

@@ -554,6 +554,36 @@ describe("retry.load JSON", function()
       retry.LoadResult.from_json('{"schema":"other"}', "x.json")
     end)
   end)
+
+  it("refuses a huge duration and takes null or odd fields without a crash",
+    function()
+      local text
+      retry.run(function()
+        text = retry.load(quiet{ url = h.url("/hello"), requests = 3 })
+          :to_json()
+      end)
+      local cjson = require("cjson")
+      local function with(change)
+        local t = cjson.decode(text)
+        change(t)
+        return cjson.encode(t)
+      end
+      expect.invalid("x%.json: duration must be a number of seconds from 0 "
+        .. "to 1e9, got 1e%+308", retry.LoadResult.from_json,
+        with(function(t) t.duration = 1e308 end), "x.json")
+      expect.invalid("x%.json: timeline%[1%]: errors must be a count",
+        retry.LoadResult.from_json, with(function(t)
+          t.timeline[1].errors = nil
+        end), "x.json")
+      local r = retry.LoadResult.from_json(with(function(t)
+        t.label = cjson.null
+        t.error_examples = { 1, "" }
+      end), "x.json")
+      assert.is_nil(r.label)
+      assert.same({}, r.error_examples)
+      assert.is_truthy(r:summary():find("requests", 1, true))
+      assert.is_truthy(r:to_json():find('"error_examples"', 1, true))
+    end)
 end)
 
 describe("merging results", function()
