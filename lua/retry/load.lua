@@ -339,7 +339,12 @@ local function on_interrupt(L)
     M.interrupted = true
   end
   L.interrupted = true
-  stop(L, "interrupt", "cancelled by Ctrl-C")
+  -- A request function that catches one cancel is cancelled again, as
+  -- after the grace: Ctrl-C must end the load.
+  while true do
+    stop(L, "interrupt", "cancelled by Ctrl-C")
+    core.sleep(0.1)
+  end
 end
 
 -- A worker thread's counters, for the main thread's progress line.

@@ -222,6 +222,32 @@ describe("Ctrl-C during a load", function()
       end)
     end)
 
+  it("ends a load whose request function catches the cancel once", function()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+      local retry = require("retry")
+      local r = retry.load{ concurrency = 2, duration = 20, quiet = true,
+        request = function(c)
+          local ok, resp = pcall(c.get, c, %q)
+          if ok then return resp end
+          return c:get(%q) -- after a cancel: cancelled again
+        end }
+      print("requests " .. r.requests .. ", interrupted " .. tostring(r.interrupted))
+    ]]):format(h.url("/delay/10000"), h.url("/delay/10000")))
+    f:close()
+    local t0 = retry.now()
+    -- Killed after 15 s if it does not end (before the fix: after 10 s,
+    -- when the request it sent again was answered).
+    local code, out = h.sh("sh -c " .. q(h.lretry .. " " .. script
+      .. " & pid=$!; (sleep 15; kill -9 $pid) 2>/dev/null & sleep 1; "
+      .. "kill -INT $pid; wait $pid"))
+    os.remove(script)
+    assert.equal(130, code, out)
+    assert.is_truthy(out:find("requests 2, interrupted true", 1, true), out)
+    assert.is_true(retry.now() - t0 < 3, tostring(retry.now() - t0))
+  end)
+
   it("a second Ctrl-C ends the process at once", function()
     -- After an interrupted load the script would sleep for 30 s.
     local script = os.tmpname()
