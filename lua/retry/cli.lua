@@ -255,15 +255,21 @@ local function run_load(args)
       or "one URL only, got " .. #positional)
   end
   local url = positional[1]
-  if not url:lower():find("^https?://[^/?#]") then
+  if not url:lower():find("^https?://") then
     usage_error("load", ("the URL must start with http:// or https://, "
       .. "got %q"):format(url))
+  end
+  if not url:find("^%a+://[^/?#]") then
+    usage_error("load", ("the URL has no host, got %q"):format(url))
   end
   local duration
   if opts.duration then
     duration = M.parse_time(opts.duration)
-    if duration == nil or duration <= 0 then
+    if duration == nil then
       usage_error("load", ("-d must be a time such as 10s, got %q"):format(
+        opts.duration))
+    elseif duration <= 0 then
+      usage_error("load", ("-d must be more than 0, got %q"):format(
         opts.duration))
     end
   end

@@ -727,8 +727,9 @@ function M.become_worker(w)
   io.stdout = null
   _G.print = function() end
   os.exit = function()
-    error(("os.exit was called in worker thread %d of %d, before its "
-      .. "share of the load"):format(w.index, w.count), 2)
+    error(("os.exit was called in worker thread %d of %d, %s its share "
+      .. "of the load: a worker thread cannot end the process"):format(
+      w.index, w.count, M.calls > 0 and "during or after" or "before"), 2)
   end
 end
 
