@@ -9,6 +9,7 @@ local load = require("retry.load")
 local result = require("retry.result")
 local retry = require("retry")
 local summary = require("retry.summary")
+local values = require("retry.values")
 
 local M = {}
 
@@ -36,6 +37,8 @@ error, checks, retries, attempts per request, latency percentiles.
       --strategy NAME   backoff: exponential (default), random, list,
                         fibonacci or jitter
       --timeout SECONDS each attempt's timeout (default 300)
+      --cacert FILE     trust the certificates of this PEM file (https)
+  -k, --insecure        do not verify the server's certificate (https)
       --expect CODES    check each response: its status is one of CODES
                         (comma separated, e.g. 200,204)
       --threshold NAME=LIMIT
@@ -107,10 +110,11 @@ local MAX_ATTEMPTS = 100
 local TAKES_VALUE = { concurrency = true, requests = true, duration = true,
   rate = true, method = true, header = true, body = true, attempts = true,
   strategy = true, timeout = true, expect = true, threshold = true,
-  json = true, threads = true }
+  json = true, threads = true, cacert = true }
 local SHORT = { c = "concurrency", n = "requests", d = "duration",
-  r = "rate", m = "method", H = "header", h = "help", t = "threads" }
-local FLAGS = { quiet = true, help = true }
+  r = "rate", m = "method", H = "header", h = "help", t = "threads",
+  k = "insecure" }
+local FLAGS = { quiet = true, help = true, insecure = true }
 
 -- argv -> options (repeatable ones as lists) and positional arguments.
 local function parse(command, args)
@@ -315,6 +319,7 @@ local function run_load(args)
   local bad = core.check(http.make_spec(method, url, { headers = headers,
     data = body }))
   if bad then usage_error("load", bad) end
+  if opts.cacert then values.check_readable(opts.cacert, "--cacert") end
   local thresholds = thresholds_of("load", opts.threshold)
   if thresholds.check_rate and not opts.expect then
     usage_error("load", "--threshold check_rate needs --expect: it is the "
@@ -327,6 +332,8 @@ local function run_load(args)
     retry_options = strategy(attempts),
     limit = cap,
     timeout = timeout,
+    ca_file = opts.cacert,
+    verify_tls = not opts.insecure,
   }
   local call = body and { data = body } or nil
   local r = load.load{

@@ -326,6 +326,25 @@ describe("lretry probe", function()
   end)
 end)
 
+describe("lretry load over https", function()
+  it("verifies the certificate: --cacert trusts a PEM file, -k skips it",
+    function()
+      local url = q(h.tls_url("/hello"))
+      local code, out, err = lretry("load " .. url .. " -n 3 --quiet")
+      assert.equal(0, code, err)
+      assert.is_truthy(out:find("tls: 3", 1, true), out)
+      for _, how in ipairs({ "--cacert " .. q(h.tls_ca), "-k", "--insecure" }) do
+        code, out, err = lretry("load " .. url .. " -n 3 --quiet " .. how)
+        assert.equal(0, code, err)
+        assert.is_truthy(out:find("200: 3", 1, true), how .. ": " .. out)
+      end
+      code, out, err = lretry("load " .. url .. " -n 3 --cacert /nonexistent")
+      assert.equal(2, code, out)
+      assert.is_truthy(err:find('--cacert "/nonexistent" cannot be read', 1,
+        true), err)
+    end)
+end)
+
 describe("a JSON that cannot be written or read", function()
   it("exits 1 naming the file: a full disk, a directory", function()
     local code, out, err = lretry("load " .. q(h.url("/hello"))
