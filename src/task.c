@@ -206,13 +206,11 @@ static void resume(rt_sched_t *s, rt_task_t *t) {
       lua_xmove(t->co, s->L, 1);
       s->fatal_ref = luaL_ref(s->L, LUA_REGISTRYINDEX);
     }
-    lua_resetthread(t->co);
-  } else {
-    /* Ended: its stack goes now rather than when the collector gets to
-     * the thread, so that tasks ending in a burst do not pile up their
-     * stacks as garbage. */
-    lua_resetthread(t->co);
   }
+  /* Ended either way: its stack goes now rather than when the collector
+   * gets to the thread, so that tasks ending in a burst do not pile up
+   * their stacks as garbage. */
+  lua_resetthread(t->co);
   finish(s, t);
 }
 

@@ -352,15 +352,21 @@ local function run_load(args)
   return load.exit_status
 end
 
+-- A usage error for any option given that is not in `allowed` (the
+-- repeatable ones are empty lists when not given).
+local function only_options(command, opts, allowed)
+  for name, v in pairs(opts) do
+    if not allowed[name] and not (type(v) == "table" and #v == 0) then
+      usage_error(command, "--" .. name .. " does not apply to " .. command)
+    end
+  end
+end
+
 local function run_probe(args)
   local opts, urls = parse("probe", args)
   if opts.help then io.write(M.USAGE.probe); return 0 end
   if #urls == 0 then usage_error("probe", "give at least one URL") end
-  for name, v in pairs(opts) do
-    if not (type(v) == "table" and #v == 0) then
-      usage_error("probe", "--" .. name .. " does not apply to probe")
-    end
-  end
+  only_options("probe", opts, {})
   local client <close> = retry.RetryClient{ timeout = 30,
     connect_timeout = 10 }
   local tasks = {}
@@ -399,12 +405,7 @@ local function run_merge(args)
   local opts, files = parse("merge", args)
   if opts.help then io.write(M.USAGE.merge); return 0 end
   if #files == 0 then usage_error("merge", "give the JSON files to merge") end
-  for name, v in pairs(opts) do
-    if name ~= "json" and name ~= "quiet" and name ~= "threshold"
-        and not (type(v) == "table" and #v == 0) then
-      usage_error("merge", "--" .. name .. " does not apply to merge")
-    end
-  end
+  only_options("merge", opts, { json = true, quiet = true, threshold = true })
   local limits = thresholds_of("merge", opts.threshold)
   local results = {}
   for i, path in ipairs(files) do

@@ -400,18 +400,28 @@ describe("RetryClient", function()
     end)
   end)
 
+  -- A GET of url whose first response `callback` sees (and rejects), in a
+  -- task; returns the client and the task once the request waits in its
+  -- 0.2 s backoff before the second and last attempt.
+  local function in_backoff(url, callback)
+    local client = retry.RetryClient{ retry_options = retry.ListRetry{
+      timeouts = { 0.2 }, attempts = 2,
+      evaluate_response_callback = function(resp)
+        callback(resp)
+        return false
+      end } }
+    local t = retry.spawn(function() return client:get(url) end)
+    while client:stats().retries < 1 and not t.done do retry.sleep(0.002) end
+    return client, t
+  end
+
   it("a request waiting in backoff holds no earlier response", function()
     run(function()
       local seen = setmetatable({}, { __mode = "k" })
       local url, key = counted("/hello")
-      local client <close> = retry.RetryClient{ retry_options = retry.ListRetry{
-        timeouts = { 0.2 }, attempts = 2,
-        evaluate_response_callback = function(resp)
-          seen[resp] = true
-          return false
-        end } }
-      local t = retry.spawn(function() return client:get(url) end)
-      while client:stats().retries < 1 and not t.done do retry.sleep(0.002) end
+      local client <close>, t = in_backoff(url, function(resp)
+        seen[resp] = true
+      end)
       collectgarbage()
       collectgarbage()
       assert.is_nil(next(seen))
@@ -425,16 +435,10 @@ describe("RetryClient", function()
   it("says the retry loop closed a retried response a script kept", function()
     run(function()
       local kept
-      local url = counted("/hello")
-      local client <close> = retry.RetryClient{ retry_options = retry.ListRetry{
-        timeouts = { 0.2 }, attempts = 2,
-        evaluate_response_callback = function(resp)
-          assert.equal("hello\n", resp:text()) -- readable here
-          kept = resp
-          return false
-        end } }
-      local t = retry.spawn(function() return client:get(url) end)
-      while client:stats().retries < 1 and not t.done do retry.sleep(0.002) end
+      local client <close>, t = in_backoff(counted("/hello"), function(resp)
+        assert.equal("hello\n", resp:text()) -- readable here
+        kept = resp
+      end)
       expect.invalid("by the retry loop once it retried the response %(read "
         .. "a retried response's body in evaluate_response_callback",
         kept.text, kept)

@@ -226,9 +226,7 @@ describe("Ctrl-C during a load", function()
     end)
 
   it("ends a load whose request function catches the cancel once", function()
-    local script = os.tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write(([[
+    local script = h.write_script(([[
       local retry = require("retry")
       local r = retry.load{ concurrency = 2, duration = 20, quiet = true,
         request = function(c)
@@ -238,13 +236,13 @@ describe("Ctrl-C during a load", function()
         end }
       print("requests " .. r.requests .. ", interrupted " .. tostring(r.interrupted))
     ]]):format(h.url("/delay/10000"), h.url("/delay/10000")))
-    f:close()
     local t0 = retry.now()
     -- Killed after 15 s if it does not end (before the fix: after 10 s,
-    -- when the request it sent again was answered).
-    local code, out = h.sh("sh -c " .. q(h.lretry .. " " .. script
-      .. " & pid=$!; (sleep 15; kill -9 $pid) 2>/dev/null & sleep 1; "
-      .. "kill -INT $pid; wait $pid"))
+    -- when the request it sent again was answered); timeout passes the
+    -- SIGINT on to lretry alone.
+    local code, out = h.sh("sh -c " .. q("timeout --foreground -s KILL 15 "
+      .. h.lretry .. " " .. script .. " & pid=$!; sleep 1; kill -INT $pid; "
+      .. "wait $pid"))
     os.remove(script)
     assert.equal(130, code, out)
     assert.is_truthy(out:find("requests 2, interrupted true", 1, true), out)
