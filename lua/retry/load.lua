@@ -282,6 +282,8 @@ local function open_scheduler(L)
       burst = 0
     end
     burst = burst + 1
+    -- The client may have been closed while this slept.
+    if L.client.closed then stop(L, "closed") end
     if L.stopping then break end
     if not L.cap:try_take() then L.cap:acquire() end
     if L.stopping then L.cap:release(); break end
@@ -298,10 +300,17 @@ local function open_scheduler(L)
 end
 
 -- Requests due before the load stopped that never started (held back by
--- the cap) are dropped: counted, so a slow server cannot hide them.
+-- the cap) are dropped: counted, so a slow server cannot hide them. A load
+-- cut short (Ctrl-C, its client closed, its task cancelled) owes only the
+-- requests that were already late when it stopped: one due a moment
+-- before would have started on time, had the stop not come first (in a
+-- worker thread, the stop arrives from the main thread a little later).
 local function count_dropped(L)
   local stop_at = L.stopped_at or core.now()
   if L.ends and stop_at > L.ends then stop_at = L.ends end
+  if L.stopped_by ~= "duration" and L.stopped_by ~= nil then
+    stop_at = stop_at - result.LATE_AFTER
+  end
   -- The requests due before stop_at, by the scheduler's own arithmetic
   -- (started + (i - 1) * interval), so rounding cannot invent one.
   local interval = 1 / L.rate

@@ -257,6 +257,28 @@ describe("retry.load, open model", function()
     end)
   end)
 
+  it("counts no dropped request when a stop comes as one falls due",
+    function()
+    retry.run(function()
+      -- Request 2 is due 100 ms after request 1. Request 1 holds the loop
+      -- until 2 ms past that, then closes the load's client: the scheduler
+      -- sees the stop before it could start request 2, which was not late.
+      local client = retry.RetryClient{}
+      local r = retry.load(quiet{ client = client, rate = 10, duration = 5,
+        request = function(c, i)
+          local t0 = retry.now()
+          local response = c:get(h.url("/hello"))
+          if i == 1 then
+            while retry.now() < t0 + 0.102 do end
+            c:close()
+          end
+          return response
+        end })
+      assert.equal(1, r.requests)
+      assert.equal(0, r.dropped)
+    end)
+  end)
+
   it("lasts its whole duration, so a slow rate reads right", function()
     retry.run(function()
       local url, key = h.counted("/hello", "slow-rate")
