@@ -2,6 +2,7 @@
 -- and `lretry merge` (README, "Load checks"). main.c runs
 -- `main(command, args...)` inside retry.run and exits with
 -- retry.load's exit_status.
+local client_mod = require("retry.client")
 local core = require("retry.core")
 local errors = require("retry.errors")
 local http = require("retry.http")
@@ -325,8 +326,7 @@ local function run_load(args)
     usage_error("load", "--threshold check_rate needs --expect: it is the "
       .. "share of responses with an expected status")
   end
-  -- Headers go on the client, and a call without a body passes no
-  -- options: the plain request takes the client's fast path.
+  -- Headers go on the client: every request sends its table, made once.
   local client = retry.RetryClient{
     headers = headers,
     retry_options = strategy(attempts),
@@ -335,10 +335,13 @@ local function run_load(args)
     ca_file = opts.cacert,
     verify_tls = not opts.insecure,
   }
-  local call = body and { data = body } or nil
+  -- The client and its strategy are this command's alone: their fields
+  -- are checked once (client.prepare), not before every request.
+  local send = client_mod.prepare(client, method, url,
+    body and { data = body } or nil)
   local r = load.load{
     client = client, label = method .. " " .. url,
-    request = function(c) return c:request(method, url, call) end,
+    request = send,
     check = expect_check("load", opts.expect), concurrency = concurrency,
     requests = integer_option("load", opts, "requests", 0),
     duration = duration, rate = rate, threads = threads,

@@ -434,9 +434,16 @@ local function run(s, o)
   if client.limit > 0 and client.limit < concurrency then
     capped_by = client.limit
   end
+  -- The load's own client and its requests are out of any script's
+  -- reach: checked once, not before every request.
+  local request = s.request
+  if request == nil then
+    request = own_client and client_mod.prepare(client, "GET", s.url)
+      or default_request(s.url)
+  end
   -- started, ends and recorder are set once the workers exist.
   local L = {
-    client = client, request = s.request or default_request(s.url),
+    client = client, request = request,
     check = s.check, total = o.requests or math.huge, duration = duration,
     grace = s.grace, rate = o.rate, started_count = 0,
     counts = setmetatable({}, { __mode = "k" }),

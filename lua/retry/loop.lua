@@ -368,18 +368,8 @@ local function run_loop(client, st)
   end
 end
 
--- The retry loop over a list of RequestParams (entry n for attempt n, the
--- last one after the list runs out): attempt, decide, act. Fields of
--- `options` are read at every step, so changes to a shared strategy take
--- effect on the next request. `specs`, the request tables of the list, are
--- made here unless the caller has them.
-local function execute(client, list, options, call, specs)
-  -- client.retry_options is live, so it may have been set to anything.
-  if not strategies.is_options(options) then
-    invalid("retry_options must be retry options (e.g. "
-      .. "retry.ExponentialRetry{}), got " .. describe(options))
-  end
-  strategies.check_live(options, "retry_options")
+-- execute (below) once `options` passed its checks.
+local function execute_checked(client, list, options, call, specs)
   local deadline = call.deadline or client.deadline
   -- A plain request's fields (these, previous_wait and raise) fit the 8
   -- slots this constructor sizes the table to; the rarer ones are added.
@@ -399,5 +389,26 @@ local function execute(client, list, options, call, specs)
   return run_loop(client, st) -- a tail call: this frame is gone meanwhile
 end
 
-M.execute = execute
+-- Whether `options` can serve a request now: client.retry_options is
+-- live, so it may have been set to anything, and a strategy's fields too.
+local function check_options(options)
+  if not strategies.is_options(options) then
+    invalid("retry_options must be retry options (e.g. "
+      .. "retry.ExponentialRetry{}), got " .. describe(options))
+  end
+  strategies.check_live(options, "retry_options")
+end
+
+-- The retry loop over a list of RequestParams (entry n for attempt n, the
+-- last one after the list runs out): attempt, decide, act. Fields of
+-- `options` are read at every step, so changes to a shared strategy take
+-- effect on the next request. `specs`, the request tables of the list, are
+-- made here unless the caller has them.
+local function execute(client, list, options, call, specs)
+  check_options(options)
+  return execute_checked(client, list, options, call, specs)
+end
+
+M.execute, M.execute_checked = execute, execute_checked
+M.check_options, M.specs_for = check_options, specs_for
 return M

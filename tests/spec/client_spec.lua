@@ -321,6 +321,46 @@ describe("RetryClient", function()
     end)
   end)
 
+  it("prepare: sends its request with retries at every call, until the "
+    .. "client closes (lretry load's requests)", function()
+    run(function()
+      local client_mod = require("retry.client")
+      local client = retry.RetryClient{ retry_options = fast{ attempts = 3 },
+        headers = { ["X-Load"] = "1" } }
+      local url, key = flaky(1, 503, "")
+      local send = client_mod.prepare(client, "post", url, { data = "body" })
+      local r = send()
+      assert.equal(200, r.status)
+      assert.equal(2, r.attempts)
+      assert.equal(2, #r.history)
+      r:close()
+      assert.equal(2, h.hits(retry, key))
+      -- The same request again, from the same tables: one more hit, and
+      -- the method, body and client headers went out each time.
+      local echo = client_mod.prepare(client, "POST", h.url("/echo"),
+        { data = "body" })
+      for _ = 1, 2 do
+        local e = echo():json()
+        assert.equal("POST", e.method)
+        assert.equal("body", e.body)
+        assert.equal("1", e.headers["x-load"])
+      end
+      send():close()
+      assert.equal(3, h.hits(retry, key))
+      local stats = client:stats()
+      assert.equal(4, stats.requests)
+      assert.equal(5, stats.attempts)
+      client:close()
+      local ok, err = pcall(send)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err, "invalid"))
+      assert.matches("closed", err.message)
+      -- What it is given is checked when it is made.
+      expect.invalid("retry_options", client_mod.prepare, retry.RetryClient{},
+        "GET", url, { retry_options = 5 })
+    end)
+  end)
+
   it("sends params, data and json", function()
     run(function()
       local client = retry.RetryClient{ base_url = h.url("") }
