@@ -330,7 +330,10 @@ local function run_load(args)
   local client = retry.RetryClient{
     headers = headers,
     retry_options = strategy(attempts),
-    limit = cap,
+    -- No more than `cap` requests are ever in flight (the workers, or the
+    -- open model's cap), one attempt each: a limit on the client would
+    -- only cost each attempt a slot taken and given back.
+    limit = 0,
     timeout = timeout,
     ca_file = opts.cacert,
     verify_tls = not opts.insecure,

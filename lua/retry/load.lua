@@ -427,7 +427,11 @@ local function run(s, o)
   local concurrency, duration = o.concurrency, o.duration
   local client, own_client = s.client, false
   if client == nil then
-    client = client_mod.RetryClient{ limit = concurrency }
+    -- With a url and no request function, nothing but the workers sends
+    -- on it: they are never more than `concurrency`, and a limit would
+    -- only cost each attempt a slot taken and given back.
+    client = client_mod.RetryClient{
+      limit = s.request == nil and 0 or concurrency }
     own_client = true
   end
   local capped_by

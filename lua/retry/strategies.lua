@@ -186,14 +186,13 @@ function M.retry_reason(options, method, response, err, raise, ask_callback)
     end
     return nil
   end
-  if M.retries_method(options, method) then
-    if M.retries_status(options, response.status) then
-      return "status"
-    end
-    local callback = options.evaluate_response_callback
-    if ask_callback and callback ~= nil and not callback(response) then
-      return "callback"
-    end
+  -- The method is looked up only when the status or the callback could
+  -- make the outcome retried: most responses are neither.
+  local by_status = M.retries_status(options, response.status)
+  local callback = ask_callback and options.evaluate_response_callback
+  if (by_status or callback) and M.retries_method(options, method) then
+    if by_status then return "status" end
+    if not callback(response) then return "callback" end
   end
   -- raise_for_status happens inside the attempt, as in aiohttp, so
   -- `exceptions = {"status"}` retries it.
