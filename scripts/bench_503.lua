@@ -3,8 +3,9 @@
 -- so the figure is attempts per second, comparable with the requests per
 -- second of `lretry load` on a 200 route. The CLI cannot set a zero wait
 -- (--strategy list starts at 0.1 s), hence this script; the load is the
--- one the CLI builds: a client limited to CONCURRENCY, c:request per
--- request and a Lua check per response.
+-- one the CLI builds: a client of its own with no limit, its request
+-- prepared once (retry.client's prepare, internal: a measuring tool, not
+-- an example) and a Lua check per response.
 -- Usage: lretry scripts/bench_503.lua URL [REQUESTS] [CONCURRENCY] [ATTEMPTS]
 -- Prints: "bench_503: R requests, A attempts in S s, X attempts/s"
 local retry = require("retry")
@@ -19,11 +20,11 @@ assert(attempts and attempts > 0, "ATTEMPTS must be a positive integer")
 
 local client <close> = retry.RetryClient{
   retry_options = retry.ListRetry{ timeouts = { 0 }, attempts = attempts },
-  limit = concurrency,
+  limit = 0,
 }
 local r = retry.load{
   client = client, concurrency = concurrency, requests = requests,
-  request = function(c) return c:request("GET", url) end,
+  request = require("retry.client").prepare(client, "GET", url),
   check = function(response) return response.status == 503 end,
   quiet = true,
 }
