@@ -360,17 +360,18 @@ local function attempt(client, st, p, spec, n)
     end
     error(response, 0)
   end
-  local record = { attempt = n, elapsed = elapsed }
-  if limited and queued > 0 then record.queued = queued end
-  if extra > 0 then record.hedges = extra end
+  -- Made whole at once: a table grown field by field is rehashed.
+  local record
   if response then
-    record.status = response.status
-    record.resent = response.resent
+    record = { attempt = n, elapsed = elapsed, status = response.status,
+      resent = response.resent }
   else
     err.attempt = n
-    record.error = err
-    record.resent = err.resent
+    record = { attempt = n, elapsed = elapsed, error = err,
+      resent = err.resent }
   end
+  if limited and queued > 0 then record.queued = queued end
+  if extra > 0 then record.hedges = extra end
   -- Load checks (retry.load) count every attempt of their requests, but
   -- one the deadline cut before it went out, as one cut any other way.
   if went ~= false and next(client.recorders) then

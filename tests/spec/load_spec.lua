@@ -245,6 +245,42 @@ describe("retry.load, the edges of a run", function()
   end)
 end)
 
+describe("retry.load, memory", function()
+  it("holds a request in flight in under 4.2 KB of Lua heap", function()
+    -- Most of it is the worker's coroutine: its stack stays at 80 slots
+    -- only while the frames under a transfer's wait (worker, retry loop,
+    -- attempt) fit; one more local in any of them doubles it to 160, and
+    -- a request in flight to some 4.8 KB.
+    retry.run(function()
+      local core = require("retry.core")
+      local n = 500
+      local function heap()
+        collectgarbage("collect")
+        collectgarbage("collect")
+        return collectgarbage("count") * 1024
+      end
+      local base = heap()
+      local during
+      local sampler = retry.spawn(function()
+        -- The replies come after 3 s: all n are out well before (some
+        -- 2.5 s allowed, for a slow machine or ASan).
+        local until_ = retry.now() + 2.5
+        while core.counts().transfers < n and retry.now() < until_ do
+          retry.sleep(0.01)
+        end
+        assert.equal(n, core.counts().transfers)
+        during = heap()
+      end)
+      local r = retry.load(quiet{ url = h.url("/delay/3000"),
+        concurrency = n, requests = n })
+      sampler:await()
+      assert.equal(n, r.responses)
+      local per = (during - base) / n
+      assert.is_true(per < 4200, ("%.0f bytes a request in flight"):format(per))
+    end)
+  end)
+end)
+
 describe("retry.load, open model", function()
   it("counts no dropped request when every due one started", function()
     retry.run(function()
