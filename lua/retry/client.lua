@@ -447,7 +447,9 @@ VM instructions a request). Each call checks only that the client is still
 open. Not for a client a script holds: changes it made later would go
 unchecked. ]]
 function M.prepare(client, method, url, opts)
-  check_client(client, "request")
+  if getmetatable(client) ~= RetryClient then
+    invalid("client.prepare: expected a RetryClient, got " .. describe(client))
+  end
   values.check_string(method, "method")
   method = method:upper()
   local o, options, call = call_options(client, opts, CALL_KEYS)

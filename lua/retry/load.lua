@@ -285,7 +285,11 @@ local function open_scheduler(L)
     -- The client may have been closed while this slept.
     if L.client.closed then stop(L, "closed") end
     if L.stopping then break end
-    if not L.cap:try_take() then L.cap:acquire() end
+    if not L.cap:try_take() then
+      L.cap:acquire()
+      -- Or while this waited for a request in flight to end.
+      if L.client.closed then stop(L, "closed") end
+    end
     if L.stopping then L.cap:release(); break end
     local now = core.now()
     if now - due > result.LATE_AFTER then
@@ -442,8 +446,13 @@ local function run(s, o)
   -- reach: checked once, not before every request.
   local request = s.request
   if request == nil then
-    request = own_client and client_mod.prepare(client, "GET", s.url)
-      or default_request(s.url)
+    -- A url the client refuses (an empty one) fails each request, counted
+    -- as an `invalid` error, as with a client of the script's.
+    local prepared, send = false, nil
+    if own_client then
+      prepared, send = pcall(client_mod.prepare, client, "GET", s.url)
+    end
+    request = prepared and send or default_request(s.url)
   end
   -- started, ends and recorder are set once the workers exist.
   local L = {

@@ -245,6 +245,19 @@ describe("retry.load, the edges of a run", function()
   end)
 end)
 
+describe("retry.load, bad url", function()
+  it("counts each request to a url its own client refuses as an error",
+    function()
+    retry.run(function()
+      for _, url in ipairs({ "", "notaurl" }) do
+        local r = retry.load(quiet{ url = url, requests = 3 })
+        assert.equal(3, r.requests)
+        assert.same({ invalid = 3 }, r.by_error)
+      end
+    end)
+  end)
+end)
+
 describe("retry.load, memory", function()
   it("holds a request in flight in under 4.2 KB of Lua heap", function()
     -- Most of it is the worker's coroutine: its stack stays at 80 slots
@@ -297,21 +310,37 @@ describe("retry.load, open model", function()
     function()
     retry.run(function()
       -- Request 2 is due 100 ms after request 1. Request 1 holds the loop
-      -- until 2 ms past that, then closes the load's client: the scheduler
-      -- sees the stop before it could start request 2, which was not late.
+      -- until just past that, then closes the load's client: the scheduler
+      -- sees the stop before it could start request 2, which was not late
+      -- (it would have been over 10 ms later).
       local client = retry.RetryClient{}
       local r = retry.load(quiet{ client = client, rate = 10, duration = 5,
         request = function(c, i)
           local t0 = retry.now()
           local response = c:get(h.url("/hello"))
           if i == 1 then
-            while retry.now() < t0 + 0.102 do end
+            while retry.now() < t0 + 0.1005 do end
             c:close()
           end
           return response
         end })
       assert.equal(1, r.requests)
       assert.equal(0, r.dropped)
+    end)
+  end)
+
+  it("starts no request on a client closed while all in flight were busy",
+    function()
+    retry.run(function()
+      -- Two in flight at most, each 1 s: the scheduler waits for a slot
+      -- when the client closes, and must not then start one more, which
+      -- could only fail.
+      local client = retry.RetryClient{}
+      retry.spawn(function() retry.sleep(0.2); client:close() end)
+      local r = retry.load(quiet{ client = client, url = h.url("/delay/1000"),
+        rate = 100, concurrency = 2, duration = 5 })
+      assert.equal(2, r.requests)
+      assert.same({ cancelled = 2 }, r.by_error)
     end)
   end)
 
