@@ -164,10 +164,25 @@ local function parse(command, args)
   return opts, positional
 end
 
+-- A number as the options write one: decimal digits with an optional
+-- fraction and exponent ("100", "0.5", "1e6"). Lua's tonumber alone would
+-- also take "0x10", "inf" spelled as "1e999", and spaces.
+local function decimal(text)
+  local mantissa, exponent = text:match("^(%d*%.?%d*)([eE]?[+-]?%d*)$")
+  if mantissa == nil or not mantissa:find("%d")
+      or (exponent ~= "" and not exponent:find("^[eE][+-]?%d+$")) then
+    return nil
+  end
+  local n = tonumber(text)
+  if n == nil or n == math.huge then return nil end
+  return n
+end
+
 local function integer_option(command, opts, name, min)
   local v = opts[name]
   if v == nil then return nil end
-  local n = math.tointeger(tonumber(v))
+  local n = decimal(v)
+  n = n and math.tointeger(n)
   if n == nil or n < min then
     usage_error(command, ("--%s must be an integer >= %d, got %q"):format(
       name, min, v))
@@ -194,8 +209,8 @@ local function thresholds_of(command, list)
       -- "0.7%" is read as 0.7e-2, the same number as "0.007" (dividing
       -- by 100 would not be).
       value = tonumber(limit:sub(1, -2) .. "e-2")
-    elseif limit:find("^%d*%.?%d+$") then
-      value = tonumber(limit)
+    else
+      value = decimal(limit)
     end
     if value == nil then
       usage_error(command, ("--threshold %s: %q is not a %s"):format(name,
@@ -243,7 +258,7 @@ local function expect_check(command, codes)
       .. "got %q"):format(codes))
   end
   for code in codes:gmatch("[^,]+") do
-    local n = math.tointeger(tonumber(code))
+    local n = tonumber(code:match("^%s*(%d+)%s*$"))
     if n == nil or n < 100 or n > 599 then
       usage_error(command, ("--expect: %q is not a status code"):format(code))
     end
@@ -280,10 +295,13 @@ local function run_load(args)
   end
   local rate
   if opts.rate then
-    rate = tonumber(opts.rate)
-    if rate == nil or rate <= 0 or rate ~= rate or rate == math.huge then
+    rate = decimal(opts.rate)
+    if rate == nil or rate <= 0 then
       usage_error("load", ("-r must be a number > 0, got %q"):format(
         opts.rate))
+    elseif rate > load.MAX_RATE then
+      usage_error("load", ("-r must be at most %d requests per second, "
+        .. "got %q"):format(math.tointeger(load.MAX_RATE), opts.rate))
     end
   end
   local timeout
@@ -301,6 +319,10 @@ local function run_load(args)
   end
   local concurrency = integer_option("load", opts, "concurrency", 1)
   local threads = integer_option("load", opts, "threads", 1)
+  if threads and threads > load.MAX_THREADS then
+    usage_error("load", ("--threads must be at most %d, got %d"):format(
+      load.MAX_THREADS, threads))
+  end
   local cap = concurrency
     or (rate and load.DEFAULT_IN_FLIGHT or load.DEFAULT_CONCURRENCY)
   if threads and threads > cap then

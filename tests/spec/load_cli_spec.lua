@@ -116,6 +116,13 @@ describe("lretry load", function()
       { "load http://x --bogus", "unknown option --bogus" },
       { "load http://x -H nocolon", "-H must be 'Name: value'" },
       { "load http://x --expect 999", "is not a status code" },
+      { "load http://x --expect 0xC8", "is not a status code" },
+      { "load http://x -c 0x10", "--concurrency must be an integer >= 1" },
+      { "load http://x -n 1.5", "--requests must be an integer >= 0" },
+      { "load http://x -r 1e7", "-r must be at most 1000000 requests" },
+      { "load http://x -r 1e999", "-r must be a number > 0" },
+      { "load http://x -t 1025 -c 2000", "--threads must be at most 1024" },
+      { "load http://x --threshold rps=0x10", "is not a number" },
       { "probe", "give at least one URL" },
       { "probe http://x --json x.json", "--json does not apply to probe" },
       { "probe http://x -c 3", "--concurrency does not apply to probe" },
@@ -126,7 +133,20 @@ describe("lretry load", function()
       assert.equal(2, code, c[1])
       assert.equal("", out, c[1])
       assert.is_truthy(err:find(c[2], 1, true), c[1] .. ": " .. err)
+      assert.is_truthy(err:find("--help", 1, true), c[1] .. ": " .. err)
     end
+  end)
+
+  it("reads every number one way: digits, a fraction, an exponent", function()
+    local url, key = h.counted("/hello", "cli-numbers")
+    local code, out, err = lretry("load " .. q(url) .. " -n 1e2 -c 4 "
+      .. "--expect '200, 204' --threshold rps=1e9 --quiet")
+    -- 100 requests, all checked; the rps limit is crossed (exit 2).
+    assert.equal(2, code, err)
+    assert.is_truthy(out:find("requests%s+100"), out)
+    assert.is_truthy(out:find("100 passed, 0 failed", 1, true), out)
+    assert.is_truthy(out:find("✗ rps", 1, true), out)
+    retry.run(function() assert.equal(100, h.hits(retry, key)) end)
   end)
 
   it("documents every option in --help", function()
