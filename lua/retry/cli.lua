@@ -24,6 +24,9 @@ error, checks, retries, attempts per request, latency percentiles.
   -n, --requests N      send N requests in all
   -d, --duration TIME   send for TIME: 30 (seconds), 500ms, 10s, 2m
                         (default 10s when -n is not given)
+      --grace TIME      after -d, let requests in flight finish for at
+                        most TIME, then cancel them (default 10s; 0:
+                        cancel them at once)
   -r, --rate R          open model: start R requests per second, however
                         slow the server is; latency counts from each
                         request's scheduled start
@@ -111,7 +114,7 @@ local MAX_ATTEMPTS = 100
 local TAKES_VALUE = { concurrency = true, requests = true, duration = true,
   rate = true, method = true, header = true, body = true, attempts = true,
   strategy = true, timeout = true, expect = true, threshold = true,
-  json = true, threads = true, cacert = true }
+  json = true, threads = true, cacert = true, grace = true }
 local SHORT = { c = "concurrency", n = "requests", d = "duration",
   r = "rate", m = "method", H = "header", h = "help", t = "threads",
   k = "insecure" }
@@ -293,6 +296,17 @@ local function run_load(args)
         opts.duration))
     end
   end
+  local grace
+  if opts.grace then
+    grace = M.parse_time(opts.grace)
+    if grace == nil then
+      usage_error("load", ("--grace must be a time such as 2s, got %q")
+        :format(opts.grace))
+    elseif opts.requests and not opts.duration then
+      usage_error("load", "--grace needs -d: it is how long requests in "
+        .. "flight may go on once the duration is over")
+    end
+  end
   local rate
   if opts.rate then
     rate = decimal(opts.rate)
@@ -369,7 +383,7 @@ local function run_load(args)
     request = send,
     check = expect_check("load", opts.expect), concurrency = concurrency,
     requests = integer_option("load", opts, "requests", 0),
-    duration = duration, rate = rate, threads = threads,
+    duration = duration, grace = grace, rate = rate, threads = threads,
     thresholds = thresholds,
     quiet = opts.quiet or nil, json = opts.json,
   }

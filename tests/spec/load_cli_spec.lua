@@ -123,6 +123,8 @@ describe("lretry load", function()
       { "load http://x -r 1e999", "-r must be a number > 0" },
       { "load http://x -t 1025 -c 2000", "--threads must be at most 1024" },
       { "load http://x --threshold rps=0x10", "is not a number" },
+      { "load http://x --grace soon", "--grace must be a time" },
+      { "load http://x -n 5 --grace 1s", "--grace needs -d" },
       { "probe", "give at least one URL" },
       { "probe http://x --json x.json", "--json does not apply to probe" },
       { "probe http://x -c 3", "--concurrency does not apply to probe" },
@@ -135,6 +137,21 @@ describe("lretry load", function()
       assert.is_truthy(err:find(c[2], 1, true), c[1] .. ": " .. err)
       assert.is_truthy(err:find("--help", 1, true), c[1] .. ": " .. err)
     end
+  end)
+
+  it("cancels what is still in flight --grace after -d ends", function()
+    local url = h.url("/delay/3000")
+    local started = retry.now()
+    local code, out, err = lretry("load " .. q(url) .. " -c 2 -d 0.2s "
+      .. "--grace 0.1s --quiet")
+    assert.equal(0, code, err)
+    -- Both requests were cut 0.1 s after the duration, not answered 3 s on.
+    local took = retry.now() - started
+    assert.is_true(took < 2.5, "took " .. took)
+    assert.is_truthy(out:find("requests%s+2"), out)
+    assert.is_truthy(out:find("cancelled: 2", 1, true), out)
+    assert.is_truthy(out:find("still in flight 0.1 s after the load's "
+      .. "duration ended (grace)", 1, true), out)
   end)
 
   it("reads every number one way: digits, a fraction, an exponent", function()
