@@ -409,6 +409,12 @@ function M.from_json(text, where)
       invalid(where .. ": timeline[" .. i .. "] must be an object")
     end
     local at = where .. ": timeline[" .. i .. "]"
+    -- Entry i is second i: one missing or out of order is a file edited
+    -- or cut, whose seconds would otherwise be added to the wrong ones.
+    if e.second ~= nil and e.second ~= i then
+      invalid(at .. ": second must be " .. i .. " (the entries are the "
+        .. "run's seconds in order), got " .. describe(e.second))
+    end
     timeline[i] = { second = i, requests = count_field(e, "requests", at),
       errors = count_field(e, "errors", at),
       retries = count_field(e, "retries", at),

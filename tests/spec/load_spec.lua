@@ -662,6 +662,11 @@ describe("retry.load JSON", function()
         retry.LoadResult.from_json, with(function(t)
           t.timeline[1].errors = nil
         end), "x.json")
+      expect.invalid("x%.json: timeline%[1%]: second must be 1 %(the "
+        .. "entries are the run's seconds in order%), got 2",
+        retry.LoadResult.from_json, with(function(t)
+          t.timeline[1].second = 2
+        end), "x.json")
       local r = retry.LoadResult.from_json(with(function(t)
         t.label = cjson.null
         t.error_examples = { 1, "" }
