@@ -757,10 +757,29 @@ static int l_transfer_times(lua_State *L) {
   return 2;
 }
 
+/* core.conclude(response, attempts, history, elapsed): what the retry
+ * loop tells a Response about its request, set in one call rather than
+ * three __newindex calls (some 700 instructions each). */
+static int l_conclude(lua_State *L) {
+  if (!rt_response_is(L, 1))
+    return rt_error_invalid(L, "core.conclude: expected a Response, got %s",
+                            rt_error_typename(L, 1));
+  lua_settop(L, 4);
+  lua_getiuservalue(L, 1, 1);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, 5, "attempts");
+  lua_pushvalue(L, 3);
+  lua_setfield(L, 5, "history");
+  lua_pushvalue(L, 4);
+  lua_setfield(L, 5, "elapsed");
+  return 0;
+}
+
 static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"cancel_op", l_cancel_op},
                                       {"cancelled", l_cancelled},
                                       {"check", l_check},
+                                      {"conclude", l_conclude},
                                       {"counts", l_counts},
                                       {"ended", l_ended},
                                       {"enter", l_enter},

@@ -78,9 +78,7 @@ end
 local function conclude(st, response, err)
   local history = st.history
   if response then
-    response.attempts = st.n
-    response.history = history
-    response.elapsed = core.now() - st.started
+    core.conclude(response, st.n, history, core.now() - st.started)
     if st.raise and response.status >= 400 then
       err = status_error(response, st.n)
       err.history = history

@@ -187,6 +187,10 @@ describe("operations", function()
       core.wait(nil, xfer)
       core.result(xfer):close()
       expect.invalid("already taken", core.result, xfer)
+      expect.invalid("core.conclude: expected a Response, got FILE%*",
+        core.conclude, io.stdout, 1, {}, 0)
+      expect.invalid("expected a Response, got retry.Histogram",
+        core.conclude, core.histogram(), 1, {}, 0)
     end)
   end)
 
