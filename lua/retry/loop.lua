@@ -337,12 +337,16 @@ local function run_loop(client, st)
       return conclude(st, response, err)
     end
     fresh = err ~= nil and err.kind == "network"
-    if response then
-      log(client, "debug", "Retrying after response code %d, waiting %.3f s",
-        response.status, wait)
-    else
-      log(client, "debug", "Retrying after %s error (%s), waiting %.3f s",
-        err.kind, err.message, wait)
+    -- The message's arguments are read only for a logger (response.status
+    -- is a metamethod call).
+    if client.logger ~= nil then
+      if response then
+        log(client, "debug", "Retrying after response code %d, waiting "
+          .. "%.3f s", response.status, wait)
+      else
+        log(client, "debug", "Retrying after %s error (%s), waiting %.3f s",
+          err.kind, err.message, wait)
+      end
     end
     if breaker or st.deadline then
       -- Kept for a refused retry, or an attempt the deadline cuts, to
