@@ -57,6 +57,20 @@ describe("retry.load, closed model", function()
     end)
   end)
 
+  it("with a url and no client, runs its whole concurrency, over a "
+    .. "client's default limit of 100", function()
+    retry.run(function()
+      local url, key = h.counted("/delay/200", "load")
+      local r = retry.load(quiet{ url = url, concurrency = 150,
+        requests = 300 })
+      assert.equal(300, r.responses)
+      assert.is_nil(r.capped_by)
+      local c = h.counts(retry, key)
+      assert.equal(300, c.hits)
+      assert.is_true(c.peak > 100 and c.peak <= 150, "peak " .. c.peak)
+    end)
+  end)
+
   it("uses as many connections as the concurrency, and says when a "
     .. "client's limit capped it", function()
     retry.run(function()
