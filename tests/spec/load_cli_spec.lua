@@ -140,7 +140,7 @@ describe("lretry load", function()
   end)
 
   it("cancels what is still in flight --grace after -d ends", function()
-    local url = h.url("/delay/3000")
+    local url, key = h.counted("/delay/3000", "grace")
     local started = retry.now()
     local code, out, err = lretry("load " .. q(url) .. " -c 2 -d 0.2s "
       .. "--grace 0.1s --quiet")
@@ -152,6 +152,17 @@ describe("lretry load", function()
     assert.is_truthy(out:find("cancelled: 2", 1, true), out)
     assert.is_truthy(out:find("still in flight 0.1 s after the load's "
       .. "duration ended (grace)", 1, true), out)
+    -- The server saw both requests, and both connections closed under them.
+    retry.run(function()
+      local c = h.counts(retry, key)
+      for _ = 1, 50 do
+        if c.aborted == 2 then break end
+        retry.sleep(0.02)
+        c = h.counts(retry, key)
+      end
+      assert.equal(2, c.hits)
+      assert.equal(2, c.aborted)
+    end)
   end)
 
   it("reads every number one way: digits, a fraction, an exponent", function()

@@ -328,10 +328,11 @@ describe("retry.load, open model", function()
       -- sees the stop before it could start request 2, which was not late
       -- (it would have been over 10 ms later).
       local client = retry.RetryClient{}
+      local url, key = h.counted("/hello", "stop-due")
       local r = retry.load(quiet{ client = client, rate = 10, duration = 5,
         request = function(c, i)
           local t0 = retry.now()
-          local response = c:get(h.url("/hello"))
+          local response = c:get(url)
           if i == 1 then
             while retry.now() < t0 + 0.1005 do end
             c:close()
@@ -340,6 +341,7 @@ describe("retry.load, open model", function()
         end })
       assert.equal(1, r.requests)
       assert.equal(0, r.dropped)
+      assert.equal(1, h.hits(retry, key))
     end)
   end)
 
@@ -350,11 +352,13 @@ describe("retry.load, open model", function()
       -- when the client closes, and must not then start one more, which
       -- could only fail.
       local client = retry.RetryClient{}
+      local url, key = h.counted("/delay/1000", "stop-busy")
       retry.spawn(function() retry.sleep(0.2); client:close() end)
-      local r = retry.load(quiet{ client = client, url = h.url("/delay/1000"),
+      local r = retry.load(quiet{ client = client, url = url,
         rate = 100, concurrency = 2, duration = 5 })
       assert.equal(2, r.requests)
       assert.same({ cancelled = 2 }, r.by_error)
+      assert.equal(2, h.settled_hits(retry, key))
     end)
   end)
 
