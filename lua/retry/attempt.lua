@@ -318,6 +318,17 @@ local function trace_end(client, trace, response, err)
   end
 end
 
+-- Attempt n's record in the request's history, made whole at once: a
+-- table grown field by field is rehashed.
+local function record_of(n, elapsed, response, err)
+  if response then
+    return { attempt = n, elapsed = elapsed, status = response.status,
+      resent = response.resent }
+  end
+  err.attempt = n
+  return { attempt = n, elapsed = elapsed, error = err, resent = err.resent }
+end
+
 -- One attempt: trace, wait for a slot, send. Returns response or nil, err,
 -- plus the attempt's record. Waiting for a slot counts toward neither the
 -- attempt's timeout nor its elapsed.
@@ -360,16 +371,7 @@ local function attempt(client, st, p, spec, n)
     end
     error(response, 0)
   end
-  -- Made whole at once: a table grown field by field is rehashed.
-  local record
-  if response then
-    record = { attempt = n, elapsed = elapsed, status = response.status,
-      resent = response.resent }
-  else
-    err.attempt = n
-    record = { attempt = n, elapsed = elapsed, error = err,
-      resent = err.resent }
-  end
+  local record = record_of(n, elapsed, response, err)
   if limited and queued > 0 then record.queued = queued end
   if extra > 0 then record.hedges = extra end
   -- Load checks (retry.load) count every attempt of their requests, but
@@ -381,7 +383,37 @@ local function attempt(client, st, p, spec, n)
   return response, err, record
 end
 
+--[[ The first attempt of a plain prepared request (loop.prepare): one
+transfer, counted, in client.ops while it runs, with none of attempt's
+hooks, slots or hedges (the request has none). Returns the Response, or nil
+and the error. A cancel in flight, or the client closed meanwhile, is
+reported to the load checks' recorders when the request went out, and
+raised, as attempt does. `t0` is when the attempt began. ]]
+local function send_plain(client, spec, t0)
+  local op, err = start_first(client, spec, nil)
+  if not op then return nil, err end
+  local active = client.ops
+  active[op] = true
+  local ok, e = pcall(core.wait, nil, op)
+  active[op] = nil
+  if ok then
+    local response
+    response, err = http.result(op, spec)
+    if response or err.kind ~= "cancelled" or not client.closed then
+      return response, err
+    end
+    e = closed_error(spec)
+  end
+  local went, resent = core.went_out(op)
+  if went then
+    report(client, { attempt = 1, elapsed = core.now() - t0, error = e,
+      resent = resent or nil })
+  end
+  error(e, 0)
+end
+
 M.join_url, M.merge_headers, M.spec_for = join_url, merge_headers, spec_for
+M.record_of, M.report, M.send_plain = record_of, report, send_plain
 M.call_hooks, M.log, M.closed_error = call_hooks, log, closed_error
 M.wait_ops, M.attempt = wait_ops, attempt
 return M

@@ -459,11 +459,7 @@ function M.prepare(client, method, url, opts)
   local specs = loop.specs_for(client, list)
   -- The core reads them once, then only their headers.
   for i = 1, #specs do core.keep(specs[i]) end
-  local execute_checked = loop.execute_checked
-  return function()
-    if client.closed then invalid("the RetryClient is closed") end
-    return execute_checked(client, list, options, call, specs)
-  end
+  return loop.prepare(client, list, options, call, specs)
 end
 
 --- `client:requests(params_list, opts)`: attempt n uses params_list[n].

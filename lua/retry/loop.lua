@@ -257,6 +257,14 @@ local function next_attempt(st)
   return spec
 end
 
+-- The first attempt's outcome, made by prepare's plain path, as run_loop's
+-- first attempt (its record already reported).
+local function take_given(_, st)
+  local given = st.given
+  st.given = nil
+  return given[1], given[2], given[3]
+end
+
 local function run_loop(client, st)
   local breaker = client.breaker
   if breaker then st.notify = breaker_notifier(client) end
@@ -297,8 +305,8 @@ local function run_loop(client, st)
       for k, v in pairs(spec) do copy[k] = v end
       spec = copy
     end
-    local ok, response, err, record = pcall(attempt, client, st,
-      st.list[st.n] or st.list[#st.list], spec, st.n)
+    local ok, response, err, record = pcall(st.given and take_given
+      or attempt, client, st, st.list[st.n] or st.list[#st.list], spec, st.n)
     if not ok then
       abandon(previous, trial and breaker)
       error(response, 0)
@@ -370,25 +378,106 @@ local function run_loop(client, st)
   end
 end
 
--- execute (below) once `options` passed its checks.
-local function execute_checked(client, list, options, call, specs)
+-- A request begins: the client counts it, its budget earns a deposit.
+local function count_request(client)
+  local counters, budget = client.counters, client.budget
+  counters.requests = counters.requests + 1
+  if budget then budget:deposit() end
+end
+
+-- The state run_loop keeps for a request that began at `started`.
+local function new_state(client, list, options, call, specs, started)
   local deadline = call.deadline or client.deadline
   -- A plain request's fields (these, previous_wait and raise) fit the 8
   -- slots this constructor sizes the table to; the rarer ones are added.
   local st = { list = list, specs = specs or specs_for(client, list),
-    history = {}, options = options, n = 0, started = core.now() }
+    history = {}, options = options, n = 0, started = started }
   if call.raise then st.raise = true end
   local hedge = call.hedge or client.hedge
   if hedge then st.hedge = hedge end
   if call.before_retry ~= nil then st.before_retry = call.before_retry end
   if deadline then
     st.deadline_seconds = deadline
-    st.deadline = st.started + deadline
+    st.deadline = started + deadline
   end
-  local counters, budget = client.counters, client.budget
-  counters.requests = counters.requests + 1
-  if budget then budget:deposit() end
+  return st
+end
+
+-- execute (below) once `options` passed its checks.
+local function execute_checked(client, list, options, call, specs)
+  local st = new_state(client, list, options, call, specs, core.now())
+  count_request(client)
   return run_loop(client, st) -- a tail call: this frame is gone meanwhile
+end
+
+--[[ Whether a prepared request takes the plain path (prepare, below):
+nothing acts around its attempts (trace hooks, a logger, a connection
+limit, hedging, a breaker), nothing may end its retrying early (a
+deadline, a budget, before_retry), and whether a response is retried
+depends on its status alone (no evaluate_response_callback, no
+raise_for_status): `lretry load`'s own client, and retry.load's with a url
+and no client. ]]
+local function is_plain(client, list, options, call)
+  return #list == 1 and #client.trace_configs == 0 and client.logger == nil
+    and client.slots == nil and client.limit_per_host == 0
+    and client.hedge == nil and call.hedge == nil
+    and client.breaker == nil and client.budget == nil
+    and client.deadline == nil and call.deadline == nil
+    and call.before_retry == nil and options.before_retry == nil
+    and options.evaluate_response_callback == nil and not call.raise
+end
+
+--[[ A request that client.prepare checked once: a function that sends it,
+with retries, at each call, checking only that the client is still open.
+A plain request (is_plain) runs its first attempt here, on a short stack:
+a response its policy lets stand ends the request at once, and anything
+else goes on to run_loop as the outcome of its first attempt. The policy
+(strategies.retry_reason) is asked once per status: without a callback its
+answer depends on the status alone, and no script can change the client or
+its strategy. Not for a client a script holds. ]]
+local function prepare(client, list, options, call, specs)
+  if not is_plain(client, list, options, call) then
+    return function()
+      if client.closed then invalid("the RetryClient is closed") end
+      return execute_checked(client, list, options, call, specs)
+    end
+  end
+  local spec = specs[1]
+  local method, left = spec.method, attempts_of(options) > 1
+  local stands = {} -- status -> whether a response with it ends the request
+  local function verdict(response)
+    local ok, reason = pcall(retry_reason, options, method, response, nil,
+      false, left)
+    if not ok then return false end -- run_loop asks again, and raises it
+    local v = reason == nil or not left
+    stands[response.status] = v
+    return v
+  end
+  local send_plain, record_of = attempt_mod.send_plain, attempt_mod.record_of
+  local report = attempt_mod.report
+  return function()
+    if client.closed then invalid("the RetryClient is closed") end
+    count_request(client)
+    local t0 = core.now()
+    local response, err = send_plain(client, spec, t0)
+    local elapsed = core.now() - t0
+    local record
+    if response then
+      local v = stands[response.status]
+      if v == nil then v = verdict(response) end
+      if v then
+        record = record_of(1, elapsed, response, nil)
+        if next(client.recorders) then report(client, record, response) end
+        core.conclude(response, 1, { record }, elapsed)
+        return response
+      end
+    end
+    record = record_of(1, elapsed, response, err)
+    if next(client.recorders) then report(client, record, response) end
+    local st = new_state(client, list, options, call, specs, t0)
+    st.given = { response, err, record }
+    return run_loop(client, st)
+  end
 end
 
 -- Whether `options` can serve a request now: client.retry_options is
@@ -411,6 +500,6 @@ local function execute(client, list, options, call, specs)
   return execute_checked(client, list, options, call, specs)
 end
 
-M.execute, M.execute_checked = execute, execute_checked
+M.execute, M.prepare = execute, prepare
 M.check_options, M.specs_for = check_options, specs_for
 return M

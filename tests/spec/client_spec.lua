@@ -361,6 +361,81 @@ describe("RetryClient", function()
     end)
   end)
 
+  it("prepare, plain path (lretry load's own client): a response that "
+    .. "stands ends the request at once, anything else goes on to the retry "
+    .. "loop, counted at the server", function()
+    run(function()
+      local client_mod = require("retry.client")
+      local client <close> = retry.RetryClient{ limit = 0,
+        retry_options = fast{ attempts = 3 } }
+      -- Stands: one hit per call, and the request's history is that one
+      -- attempt.
+      local url, key = counted("/status/404")
+      local send = client_mod.prepare(client, "GET", url)
+      for i = 1, 2 do
+        local r <close> = send()
+        assert.equal(404, r.status)
+        assert.equal(1, r.attempts)
+        assert.equal(1, #r.history)
+        assert.same({ 1, 404 }, { r.history[1].attempt, r.history[1].status })
+        assert.is_true(r.elapsed >= r.history[1].elapsed)
+        assert.equal(i, h.hits(retry, key))
+      end
+      -- Retried at every call, not only the first that met the status.
+      url, key = counted("/status/503")
+      send = client_mod.prepare(client, "GET", url)
+      for i = 1, 2 do
+        local r <close> = send()
+        assert.equal(503, r.status)
+        assert.equal(3, r.attempts)
+        assert.same({ 503, 503, 503 }, { r.history[1].status,
+          r.history[2].status, r.history[3].status })
+        assert.equal(3 * i, h.hits(retry, key))
+      end
+      -- Retried after a status, then standing.
+      url, key = flaky(1, 503, "")
+      local r = client_mod.prepare(client, "GET", url)()
+      assert.same({ 200, 2, 503, 200 }, { r.status, r.attempts,
+        r.history[1].status, r.history[2].status })
+      r:close()
+      assert.equal(2, h.hits(retry, key))
+      -- Dropped connections: an error, retried. libcurl sends a request
+      -- again by itself when a kept-alive connection was dead (`resent`):
+      -- the server saw that many.
+      local function sent(history)
+        local n = 0
+        for _, rec in ipairs(history) do n = n + (rec.resent and 2 or 1) end
+        return n
+      end
+      url, key = counted("/close?n=2")
+      r = client_mod.prepare(client, "GET", url)()
+      assert.equal(200, r.status)
+      assert.is_true(r.attempts >= 2)
+      assert.is_true(retry.is_error(r.history[1].error))
+      assert.equal(1, r.history[1].error.attempt)
+      assert.equal(200, r.history[r.attempts].status)
+      r:close()
+      assert.equal(sent(r.history), h.hits(retry, key))
+      local dropped_attempts = r.attempts
+      -- One attempt allowed: whatever comes back stands.
+      local once <close> = retry.RetryClient{ limit = 0,
+        retry_options = fast{ attempts = 1 } }
+      url, key = counted("/status/503")
+      r = client_mod.prepare(once, "GET", url)()
+      assert.same({ 503, 1, 1 }, { r.status, r.attempts, #r.history })
+      r:close()
+      url, key = counted("/close?n=5")
+      local ok, err = pcall(client_mod.prepare(once, "GET", url))
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(err))
+      assert.equal(1, #err.history)
+      assert.equal(sent(err.history), h.hits(retry, key))
+      local stats = client:stats()
+      assert.same({ 6, 10 + dropped_attempts },
+        { stats.requests, stats.attempts })
+    end)
+  end)
+
   it("sends params, data and json", function()
     run(function()
       local client = retry.RetryClient{ base_url = h.url("") }
