@@ -462,6 +462,9 @@ function M.prepare(client, method, url, opts)
   return loop.prepare(client, list, options, call, specs)
 end
 
+--- Whether `fn` is a function prepare made.
+M.is_prepared = loop.is_prepared
+
 --- `client:requests(params_list, opts)`: attempt n uses params_list[n].
 function RetryClient:requests(params_list, opts)
   check_client(self, "requests")

@@ -22,6 +22,7 @@ local values = require("retry.values")
 local M = {}
 
 local invalid, describe = errors.invalid, values.describe
+local running = coroutine.running
 
 M.DEFAULT_CONCURRENCY = 10 -- closed model workers, as wrk's -c
 M.DEFAULT_IN_FLIGHT = 1000 -- open model cap on requests in flight
@@ -154,11 +155,21 @@ attempts it sent. Under the wait, the worker holds only its request
 number, its start and the load: a RetryClient request in flight then fits
 its task's stack in 80 slots, where one more frame of the load made Lua
 double it to 160 (1.3 KB a request in flight). ]]
+-- What a request's attempts are counted under (begin, record, on_attempt):
+-- the task it runs in, whose attempts include those of the tasks it
+-- spawns; for a prepared request, which spawns none, its coroutine, found
+-- with one call.
+local function counter_key(L)
+  if L.prepared then return (running()) end
+  return task.current()
+end
+
 local function begin(L)
-  local me = task.current()
+  local me = counter_key(L)
   L.counts[me] = 0
-  -- Tasks spawned from now on are this request's (see on_attempt).
-  L.since[me] = task.spawned()
+  -- Tasks spawned from now on are this request's (see on_attempt); a
+  -- prepared request spawns none.
+  if not L.prepared then L.since[me] = task.spawned() end
 end
 
 -- An error value as text for the summary, even one whose __tostring
@@ -170,7 +181,7 @@ local function shown(e)
 end
 
 local function record(L, start, ok, r)
-  local me = task.current()
+  local me = counter_key(L)
   local attempts = L.counts[me]
   -- Tasks the request left running still count their attempts, in the
   -- totals only.
@@ -463,12 +474,23 @@ local function run(s, o)
     cap = open and slots.new(concurrency) or nil,
     claim = o.claim, stride = o.stride or 1, offset = o.offset or 1,
     phase = o.phase or 0,
+    -- A prepared request (client.prepare) spawns no task (see counter_key).
+    prepared = client_mod.is_prepared(request),
   }
   -- Attempts count for this load only when made by one of its requests,
   -- or by a task one of them spawned. A closed worker makes one request
   -- after another: a task spawned by an earlier one, still running, counts
   -- in the totals only, not in the request the worker is making now.
   local function on_attempt(record, response)
+    if L.prepared then
+      local me = running()
+      local n = L.counts[me]
+      if n == nil then return end
+      if n then L.counts[me] = n + 1 end
+      L.recorder:attempt(record, response, L.cancelled_why and not response
+        and errors.is_error(record.error, "cancelled"))
+      return
+    end
     local t, child = task.current(), nil
     while t and L.counts[t] == nil do t, child = t.parent, t end
     if t == nil then return end

@@ -435,7 +435,7 @@ else goes on to run_loop as the outcome of its first attempt. The policy
 (strategies.retry_reason) is asked once per status: without a callback its
 answer depends on the status alone, and no script can change the client or
 its strategy. Not for a client a script holds. ]]
-local function prepare(client, list, options, call, specs)
+local function sender(client, list, options, call, specs)
   if not is_plain(client, list, options, call) then
     return function()
       if client.closed then invalid("the RetryClient is closed") end
@@ -463,10 +463,12 @@ local function prepare(client, list, options, call, specs)
     local elapsed = core.now() - t0
     local record
     if response then
-      local v = stands[response.status]
+      local status = response.status -- a metamethod call: read once
+      local v = stands[status]
       if v == nil then v = verdict(response) end
       if v then
-        record = record_of(1, elapsed, response, nil)
+        record = { attempt = 1, elapsed = elapsed, status = status,
+          resent = response.resent }
         if next(client.recorders) then report(client, record, response) end
         core.conclude(response, 1, { record }, elapsed)
         return response
@@ -478,6 +480,20 @@ local function prepare(client, list, options, call, specs)
     st.given = { response, err, record }
     return run_loop(client, st)
   end
+end
+
+-- The functions prepare made: they spawn no task, so a load can count a
+-- request's attempts by the coroutine that called it (load.lua).
+local prepared = setmetatable({}, { __mode = "k" })
+
+local function prepare(client, list, options, call, specs)
+  local send = sender(client, list, options, call, specs)
+  prepared[send] = true
+  return send
+end
+
+local function is_prepared(fn)
+  return prepared[fn] == true
 end
 
 -- Whether `options` can serve a request now: client.retry_options is
@@ -500,6 +516,6 @@ local function execute(client, list, options, call, specs)
   return execute_checked(client, list, options, call, specs)
 end
 
-M.execute, M.prepare = execute, prepare
+M.execute, M.prepare, M.is_prepared = execute, prepare, is_prepared
 M.check_options, M.specs_for = check_options, specs_for
 return M

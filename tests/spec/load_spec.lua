@@ -40,6 +40,24 @@ describe("retry.load, closed model", function()
       end)
     end)
 
+  it("counts each request's attempts with a url, retried ones too, as the "
+    .. "server saw them", function()
+    retry.run(function()
+      -- The key's first 5 hits get a 503: the first request spends its 3
+      -- attempts on them, the second gets a 200 at its third, and the
+      -- rest at their first.
+      local key = h.key("load-retried")
+      local url = h.url("/fail?n=5&status=503&key=" .. key)
+      local r = retry.load(quiet{ url = url, concurrency = 1, requests = 10 })
+      assert.same({ [3] = 2, [1] = 8 }, r.attempts)
+      assert.same({ [503] = 1, [200] = 9 }, r.by_status)
+      assert.equal(4, r.retries)
+      assert.equal(14, r.attempts_sent)
+      assert.equal(14, h.hits(retry, key))
+      assert.equal(14, r.attempt_histogram:count())
+    end)
+  end)
+
   it("runs for a duration and accounts for every request", function()
     retry.run(function()
       local url, key = h.counted("/delay/20", "load")
