@@ -383,13 +383,13 @@ local function attempt(client, st, p, spec, n)
   return response, err, record
 end
 
---[[ The first attempt of a plain prepared request (loop.prepare): one
-transfer, counted, in client.ops while it runs, with none of attempt's
-hooks, slots or hedges (the request has none). Returns the Response, or nil
-and the error. A cancel in flight, or the client closed meanwhile, is
-reported to the load checks' recorders when the request went out, and
-raised, as attempt does. `t0` is when the attempt began. ]]
-local function send_plain(client, spec, t0)
+--[[ Attempt n of a plain prepared request (loop.prepare): one transfer,
+counted, in client.ops while it runs, with none of attempt's hooks, slots
+or hedges (the request has none). Returns the Response, or nil and the
+error. A cancel in flight, or the client closed meanwhile, is reported to
+the load checks' recorders when the request went out, and raised, as
+attempt does. `t0` is when the attempt began. ]]
+local function send_plain(client, spec, t0, n)
   local op, err = start_first(client, spec, nil)
   if not op then return nil, err end
   local active = client.ops
@@ -406,14 +406,25 @@ local function send_plain(client, spec, t0)
   end
   local went, resent = core.went_out(op)
   if went then
-    report(client, { attempt = 1, elapsed = core.now() - t0, error = e,
+    report(client, { attempt = n, elapsed = core.now() - t0, error = e,
       resent = resent or nil })
   end
   error(e, 0)
 end
 
 M.join_url, M.merge_headers, M.spec_for = join_url, merge_headers, spec_for
-M.record_of, M.report, M.send_plain = record_of, report, send_plain
+-- attempt, for a plain prepared request's attempts after its first (in
+-- run_loop): the outcome and its record, reported.
+local function attempt_plain(client, _, _, spec, n)
+  local t0 = core.now()
+  local response, err = send_plain(client, spec, t0, n)
+  local record = record_of(n, core.now() - t0, response, err)
+  if next(client.recorders) then report(client, record, response) end
+  return response, err, record
+end
+
+M.record_of, M.report = record_of, report
+M.send_plain, M.attempt_plain = send_plain, attempt_plain
 M.call_hooks, M.log, M.closed_error = call_hooks, log, closed_error
 M.wait_ops, M.attempt = wait_ops, attempt
 return M

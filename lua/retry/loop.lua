@@ -18,7 +18,7 @@ local NO_OPTIONS = attempt_mod.NO_OPTIONS
 local join_url, merge_headers = attempt_mod.join_url, attempt_mod.merge_headers
 local spec_for, call_hooks = attempt_mod.spec_for, attempt_mod.call_hooks
 local log, closed_error = attempt_mod.log, attempt_mod.closed_error
-local attempt = attempt_mod.attempt
+local attempt, attempt_plain = attempt_mod.attempt, attempt_mod.attempt_plain
 local retry_reason = strategies.retry_reason
 
 -- The attempts limit, read live: a change made during a request counts.
@@ -306,7 +306,8 @@ local function run_loop(client, st)
       spec = copy
     end
     local ok, response, err, record = pcall(st.given and take_given
-      or attempt, client, st, st.list[st.n] or st.list[#st.list], spec, st.n)
+      or st.plain and attempt_plain or attempt, client, st,
+      st.list[st.n] or st.list[#st.list], spec, st.n)
     if not ok then
       abandon(previous, trial and breaker)
       error(response, 0)
@@ -324,8 +325,8 @@ local function run_loop(client, st)
     -- `ok` is used again, not declared again: every local here sits under
     -- the calls below (the strategy's get_timeout, before_retry, the wait).
     local reason
-    ok, reason = pcall(retry_reason, st.options, spec.method, response, err,
-      st.raise, left or breaker ~= nil)
+    ok, reason = pcall(st.plain or retry_reason, st.options, spec.method,
+      response, err, st.raise, left or breaker ~= nil)
     if not ok then
       abandon(response, trial and breaker)
       error(reason, 0)
@@ -431,10 +432,12 @@ end
 with retries, at each call, checking only that the client is still open.
 A plain request (is_plain) runs its first attempt here, on a short stack:
 a response its policy lets stand ends the request at once, and anything
-else goes on to run_loop as the outcome of its first attempt. The policy
-(strategies.retry_reason) is asked once per status: without a callback its
-answer depends on the status alone, and no script can change the client or
-its strategy. Not for a client a script holds. ]]
+else goes on to run_loop as the outcome of its first attempt, where the
+attempts after it skip attempt's hooks, slots and hedges too. Its policy
+(strategies.retry_reason) is asked once for each status and error kind:
+without a callback or raise_for_status the answer depends on that alone,
+and no script can change the client or its strategy. Not for a client a
+script holds. ]]
 local function sender(client, list, options, call, specs)
   if not is_plain(client, list, options, call) then
     return function()
@@ -444,14 +447,19 @@ local function sender(client, list, options, call, specs)
   end
   local spec = specs[1]
   local method, left = spec.method, attempts_of(options) > 1
-  local stands = {} -- status -> whether a response with it ends the request
-  local function verdict(response)
-    local ok, reason = pcall(retry_reason, options, method, response, nil,
-      false, left)
-    if not ok then return false end -- run_loop asks again, and raises it
-    local v = reason == nil or not left
-    stands[response.status] = v
-    return v
+  local reasons = {} -- status or error kind -> the policy's reason, or false
+  local function reason_of(response, err, key)
+    local reason = retry_reason(options, method, response, err, false, true)
+      or false
+    reasons[key] = reason
+    return reason
+  end
+  -- retry_reason as run_loop calls it (st.plain), from the cache.
+  local function cached_reason(_, _, response, err)
+    local key = response and response.status or err.kind
+    local reason = reasons[key]
+    if reason == nil then reason = reason_of(response, err, key) end
+    return reason or nil
   end
   local send_plain, record_of = attempt_mod.send_plain, attempt_mod.record_of
   local report = attempt_mod.report
@@ -459,14 +467,18 @@ local function sender(client, list, options, call, specs)
     if client.closed then invalid("the RetryClient is closed") end
     count_request(client)
     local t0 = core.now()
-    local response, err = send_plain(client, spec, t0)
+    local response, err = send_plain(client, spec, t0, 1)
     local elapsed = core.now() - t0
     local record
     if response then
       local status = response.status -- a metamethod call: read once
-      local v = stands[status]
-      if v == nil then v = verdict(response) end
-      if v then
+      local reason = reasons[status]
+      if reason == nil then
+        -- A policy that raises is raised by run_loop, which asks again.
+        local ok, asked = pcall(reason_of, response, nil, status)
+        reason = not ok or asked
+      end
+      if not reason or not left then
         record = { attempt = 1, elapsed = elapsed, status = status,
           resent = response.resent }
         if next(client.recorders) then report(client, record, response) end
@@ -477,7 +489,7 @@ local function sender(client, list, options, call, specs)
     record = record_of(1, elapsed, response, err)
     if next(client.recorders) then report(client, record, response) end
     local st = new_state(client, list, options, call, specs, t0)
-    st.given = { response, err, record }
+    st.given, st.plain = { response, err, record }, cached_reason
     return run_loop(client, st)
   end
 end
