@@ -412,7 +412,6 @@ local function send_plain(client, spec, t0, n)
   error(e, 0)
 end
 
-M.join_url, M.merge_headers, M.spec_for = join_url, merge_headers, spec_for
 -- attempt, for a plain prepared request's attempts after its first (in
 -- run_loop): the outcome and its record, reported.
 local function attempt_plain(client, _, _, spec, n)
@@ -423,6 +422,7 @@ local function attempt_plain(client, _, _, spec, n)
   return response, err, record
 end
 
+M.join_url, M.merge_headers, M.spec_for = join_url, merge_headers, spec_for
 M.record_of, M.report = record_of, report
 M.send_plain, M.attempt_plain = send_plain, attempt_plain
 M.call_hooks, M.log, M.closed_error = call_hooks, log, closed_error

@@ -147,14 +147,6 @@ local function stop(L, why, cancel_why)
   for t in pairs(L.live) do t:cancel() end
 end
 
---[[ One request of the load, in two halves around the request function,
-whose wait sits on top of them: counting starts, then `record` takes the
-outcome of `pcall(L.request, L.client, i)`. `start` is when the request
-started, or in the open model when it was due to. record returns how many
-attempts it sent. Under the wait, the worker holds only its request
-number, its start and the load: a RetryClient request in flight then fits
-its task's stack in 80 slots, where one more frame of the load made Lua
-double it to 160 (1.3 KB a request in flight). ]]
 -- What a request's attempts are counted under (begin, record, on_attempt):
 -- the task it runs in, whose attempts include those of the tasks it
 -- spawns; for a prepared request, which spawns none, its coroutine, found
@@ -164,6 +156,14 @@ local function counter_key(L)
   return task.current()
 end
 
+--[[ One request of the load, in two halves around the request function,
+whose wait sits on top of them: counting starts, then `record` takes the
+outcome of `pcall(L.request, L.client, i)`. `start` is when the request
+started, or in the open model when it was due to. record returns how many
+attempts it sent. Under the wait, the worker holds only its request
+number, its start and the load: a RetryClient request in flight then fits
+its task's stack in 80 slots, where one more frame of the load made Lua
+double it to 160 (1.3 KB a request in flight). ]]
 local function begin(L)
   local me = counter_key(L)
   L.counts[me] = 0
