@@ -445,7 +445,8 @@ client and its strategy and never lets a script reach them (`lretry load`,
 rather than before every request as a script's client needs (some 400 Lua
 VM instructions a request). Each call checks only that the client is still
 open. Not for a client a script holds: changes it made later would go
-unchecked. ]]
+unchecked, and for a plain request (loop.prepare) unheeded, as the
+strategy's answer for each status is kept. ]]
 function M.prepare(client, method, url, opts)
   if getmetatable(client) ~= RetryClient then
     invalid("client.prepare: expected a RetryClient, got " .. describe(client))
