@@ -293,9 +293,9 @@ end)
 describe("retry.load, memory", function()
   it("holds a request in flight in under 4.2 KB of Lua heap", function()
     -- Most of it is the worker's coroutine: its stack stays at 80 slots
-    -- only while the frames under a transfer's wait (worker, retry loop,
-    -- attempt) fit; one more local in any of them doubles it to 160, and
-    -- a request in flight to some 4.8 KB.
+    -- only while the frames under a transfer's wait (the worker, the
+    -- prepared request's plain path, its send) fit; one more local in any
+    -- of them doubles it to 160, and a request in flight to some 5.1 KB.
     retry.run(function()
       local core = require("retry.core")
       local n = 500
