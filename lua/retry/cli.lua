@@ -20,7 +20,8 @@ usage: lretry load URL [options]
 Send requests to URL with retries and print a summary: counts by status and
 error, checks, retries, attempts per request, latency percentiles.
   -c, --concurrency N   closed model: N requests at a time (default 10);
-                        with -r: at most N in flight (default 1000)
+                        with -r: at most N in flight (default 1000);
+                        at most 1000000
   -n, --requests N      send N requests in all
   -d, --duration TIME   send for TIME: 30 (seconds), 500ms, 10s, 2m
                         (default 10s when -n is not given)
@@ -332,6 +333,10 @@ local function run_load(args)
       .. "fibonacci or jitter, got %q"):format(opts.strategy))
   end
   local concurrency = integer_option("load", opts, "concurrency", 1)
+  if concurrency and concurrency > load.MAX_CONCURRENCY then
+    usage_error("load", ("-c must be at most %d requests at a time, got %d")
+      :format(load.MAX_CONCURRENCY, concurrency))
+  end
   local threads = integer_option("load", opts, "threads", 1)
   if threads and threads > load.MAX_THREADS then
     usage_error("load", ("--threads must be at most %d, got %d"):format(

@@ -30,6 +30,9 @@ M.DEFAULT_DURATION = 10 -- seconds, when neither requests nor duration is set
 M.DEFAULT_GRACE = 10 -- seconds requests in flight at the end of a duration
 -- get before they are cancelled
 M.MAX_RATE = 1e6 -- requests per second: far beyond what one loop can start
+-- Requests at a time: each holds a task (and in the closed model a worker
+-- made up front) and a connection, some 20 KB; a million is 20 GB.
+M.MAX_CONCURRENCY = 1000000
 -- How many requests a worker or the scheduler starts without giving the
 -- loop a turn, when none of them had to wait.
 local BURST = 64
@@ -90,8 +93,14 @@ local function check_spec(spec)
       invalid("retry.load: unknown setting " .. describe(k))
     end
   end
+  local concurrency = check_count(spec.concurrency, "concurrency", 1)
+  if concurrency and concurrency > M.MAX_CONCURRENCY then
+    invalid(("retry.load: concurrency must be at most %d (each request at a "
+      .. "time holds a task and a connection), got %d"):format(
+      M.MAX_CONCURRENCY, concurrency))
+  end
   local s = {
-    concurrency = check_count(spec.concurrency, "concurrency", 1),
+    concurrency = concurrency,
     requests = check_count(spec.requests, "requests", 0),
     duration = values.check_seconds(spec.duration, "retry.load: duration"),
     rate = spec.rate, grace = values.check_seconds(spec.grace,

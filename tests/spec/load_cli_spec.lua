@@ -120,6 +120,7 @@ describe("lretry load", function()
       { "load http://x -c 0x10", "--concurrency must be an integer >= 1" },
       { "load http://x -n 1.5", "--requests must be an integer >= 0" },
       { "load http://x -r 1e7", "-r must be at most 1000000 requests" },
+      { "load http://x -c 1e8", "-c must be at most 1000000 requests" },
       { "load http://x -r 1e999", "-r must be a number > 0" },
       { "load http://x -t 1025 -c 2000", "--threads must be at most 1024" },
       { "load http://x --threshold rps=0x10", "is not a number" },

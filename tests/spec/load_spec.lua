@@ -623,6 +623,9 @@ describe("retry.load thresholds", function()
         expect.invalid("rate must be a number", function()
           retry.load{ url = url, rate = 0 }
         end)
+        expect.invalid("concurrency must be at most 1000000", function()
+          retry.load{ url = url, concurrency = 1e8, duration = 1 }
+        end)
       end)
     end)
 end)
