@@ -348,17 +348,52 @@ local function count_dropped(L)
   L.recorder.dropped = math.tointeger(math.max(0, due - L.started_count))
 end
 
+-- Seconds after the load cancels its requests (the grace is over, or
+-- Ctrl-C) when it says on stderr which are still running, and why.
+M.STUCK_AFTER = 1
+
+-- The load's requests still running: its workers, or in the open model
+-- the requests' own tasks.
+local function running_count(L)
+  local n = 0
+  for _, w in ipairs(L.workers) do
+    if not w.done and not L.cap then n = n + 1 end
+  end
+  for _ in pairs(L.live) do n = n + 1 end
+  return n
+end
+
+-- Cancel the requests still running (`why`), again every 0.1 s: a request
+-- function that catches one cancel is cancelled by the next. One that
+-- catches every cancel never ends; after STUCK_AFTER s the user is told
+-- why the load does not, once (`when`: when the load cancelled them).
+local function cancel_until_done(L, by, why, when)
+  local since, told = core.now(), false
+  while true do
+    stop(L, by, why)
+    core.sleep(0.1)
+    if not told and core.now() - since >= M.STUCK_AFTER then
+      told = true
+      local n = running_count(L)
+      if n > 0 then
+        io.stderr:write(("lretry load: %d request%s still running %g s "
+          .. "after the load cancelled them %s: the request function "
+          .. "catches the `cancelled` error (a pcall around a request) and "
+          .. "goes on; let that error through. Ctrl-C twice ends the "
+          .. "process.\n"):format(n, n == 1 and " is" or "s are",
+          M.STUCK_AFTER, when))
+      end
+    end
+  end
+end
+
 local function timekeeper(L)
   core.sleep(L.duration)
   stop(L, "duration")
   core.sleep(L.grace)
-  -- A request function that catches one cancel is cancelled again.
-  local why = ("still in flight %g s after the load's duration ended "
-    .. "(grace)"):format(L.grace)
-  while true do
-    stop(L, "duration", why)
-    core.sleep(0.1)
-  end
+  cancel_until_done(L, "duration", ("still in flight %g s after the "
+    .. "load's duration ended (grace)"):format(L.grace),
+    "at the end of its grace")
 end
 
 -- Ctrl-C: the main thread watches SIGINT itself; a worker thread's load
@@ -372,12 +407,7 @@ local function on_interrupt(L)
     M.interrupted = true
   end
   L.interrupted = true
-  -- A request function that catches one cancel is cancelled again, as
-  -- after the grace: Ctrl-C must end the load.
-  while true do
-    stop(L, "interrupt", "cancelled by Ctrl-C")
-    core.sleep(0.1)
-  end
+  cancel_until_done(L, "interrupt", "cancelled by Ctrl-C", "on Ctrl-C")
 end
 
 -- A worker thread's counters, for the main thread's progress line.

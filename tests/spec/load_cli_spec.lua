@@ -289,13 +289,46 @@ describe("Ctrl-C during a load", function()
     -- Killed after 15 s if it does not end (before the fix: after 10 s,
     -- when the request it sent again was answered); timeout passes the
     -- SIGINT on to lretry alone.
-    local code, out = h.sh("sh -c " .. q("timeout --foreground -s KILL 15 "
-      .. h.lretry .. " " .. script .. " & pid=$!; sleep 1; kill -INT $pid; "
-      .. "wait $pid"))
+    local code, out, err = h.sh("sh -c " .. q("timeout --foreground -s "
+      .. "KILL 15 " .. h.lretry .. " " .. script .. " & pid=$!; sleep 1; "
+      .. "kill -INT $pid; wait $pid"))
     os.remove(script)
     assert.equal(130, code, out)
     assert.is_truthy(out:find("requests 2, interrupted true", 1, true), out)
+    -- Ended by the second cancel: nothing held it.
+    assert.is_falsy(err:find("still running", 1, true), err)
     assert.is_true(retry.now() - t0 < 3, tostring(retry.now() - t0))
+  end)
+
+  it("says why a load does not end when its request function catches "
+    .. "every cancel", function()
+    -- Each request swallows the load's cancels for 1.5 s after the grace,
+    -- then gives up: the load ends, having said on stderr after 1 s which
+    -- requests held it and why.
+    local script = h.write_script(([[
+      local retry = require("retry")
+      local r = retry.load{ concurrency = 2, duration = 0.2, grace = 0,
+        quiet = true, request = function(c)
+          local ok, e = pcall(c.get, c, %q)
+          if ok then return e end
+          local give_up = retry.now() + 1.5
+          while retry.now() < give_up do pcall(retry.sleep, 0.05) end
+          error(e, 0)
+        end }
+      print(("requests %%d, cancelled %%d"):format(r.requests,
+        r.by_error.cancelled or 0))
+    ]]):format(h.url("/delay/10000")))
+    local t0 = retry.now()
+    local code, out, err = h.sh("timeout -s KILL 15 " .. h.lretry .. " "
+      .. script)
+    os.remove(script)
+    assert.equal(0, code, err)
+    assert.is_truthy(out:find("requests 2, cancelled 2", 1, true), out)
+    assert.is_truthy(err:find("2 requests are still running 1 s after the "
+      .. "load cancelled them at the end of its grace", 1, true), err)
+    assert.is_truthy(err:find("catches the `cancelled` error", 1, true), err)
+    local took = retry.now() - t0
+    assert.is_true(took > 1.5 and took < 5, tostring(took))
   end)
 
   it("a second Ctrl-C ends the process at once", function()
