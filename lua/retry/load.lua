@@ -366,22 +366,23 @@ end
 -- Cancel the requests still running (`why`), again every 0.1 s: a request
 -- function that catches one cancel is cancelled by the next. One that
 -- catches every cancel never ends; after STUCK_AFTER s the user is told
--- why the load does not, once (`when`: when the load cancelled them).
-local function cancel_until_done(L, by, why, when)
-  local since, told = core.now(), false
+-- why the load does not, once per load (`when`: when the load cancelled
+-- them; `presses`: the Ctrl-Cs that end the process from there).
+local function cancel_until_done(L, by, why, when, presses)
+  local since = core.now()
   while true do
     stop(L, by, why)
     core.sleep(0.1)
-    if not told and core.now() - since >= M.STUCK_AFTER then
-      told = true
+    if not L.told_stuck and core.now() - since >= M.STUCK_AFTER then
+      L.told_stuck = true
       local n = running_count(L)
       if n > 0 then
         io.stderr:write(("lretry load: %d request%s still running %g s "
           .. "after the load cancelled them %s: the request function "
           .. "catches the `cancelled` error (a pcall around a request) and "
-          .. "goes on; let that error through. Ctrl-C twice ends the "
-          .. "process.\n"):format(n, n == 1 and " is" or "s are",
-          M.STUCK_AFTER, when))
+          .. "goes on; let that error through. %s ends the process.\n")
+          :format(n, n == 1 and " is" or "s are", M.STUCK_AFTER, when,
+            presses))
       end
     end
   end
@@ -393,7 +394,7 @@ local function timekeeper(L)
   core.sleep(L.grace)
   cancel_until_done(L, "duration", ("still in flight %g s after the "
     .. "load's duration ended (grace)"):format(L.grace),
-    "at the end of its grace")
+    "at the end of its grace", "Ctrl-C twice")
 end
 
 -- Ctrl-C: the main thread watches SIGINT itself; a worker thread's load
@@ -407,7 +408,8 @@ local function on_interrupt(L)
     M.interrupted = true
   end
   L.interrupted = true
-  cancel_until_done(L, "interrupt", "cancelled by Ctrl-C", "on Ctrl-C")
+  cancel_until_done(L, "interrupt", "cancelled by Ctrl-C", "on Ctrl-C",
+    "A second Ctrl-C")
 end
 
 -- A worker thread's counters, for the main thread's progress line.
