@@ -356,8 +356,10 @@ M.STUCK_AFTER = 1
 -- the requests' own tasks.
 local function running_count(L)
   local n = 0
-  for _, w in ipairs(L.workers) do
-    if not w.done and not L.cap then n = n + 1 end
+  if not L.cap then -- the open model's one worker is its scheduler
+    for _, w in ipairs(L.workers) do
+      if not w.done then n = n + 1 end
+    end
   end
   for _ in pairs(L.live) do n = n + 1 end
   return n

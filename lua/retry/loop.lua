@@ -469,25 +469,27 @@ local function sender(client, list, options, call, specs)
     local t0 = core.now()
     local response, err = send_plain(client, spec, t0, 1)
     local elapsed = core.now() - t0
-    local record
+    local status, stands = nil, false
     if response then
-      local status = response.status -- a metamethod call: read once
+      status = response.status -- a metamethod call: read once
       local reason = reasons[status]
       if reason == nil then
         -- A policy that raises is raised by run_loop, which asks again.
         local ok, asked = pcall(reason_of, response, nil, status)
         reason = not ok or asked
       end
-      if not reason or not left then
-        record = { attempt = 1, elapsed = elapsed, status = status,
-          resent = response.resent }
-        if next(client.recorders) then report(client, record, response) end
-        core.conclude(response, 1, { record }, elapsed)
-        return response
-      end
+      stands = not reason or not left
     end
-    record = record_of(1, elapsed, response, err)
+    -- record_of's record, made here for a response: its status is read
+    -- already, and a call more costs 0.6k instructions a request.
+    local record = status and { attempt = 1, elapsed = elapsed,
+      status = status, resent = response.resent }
+      or record_of(1, elapsed, nil, err)
     if next(client.recorders) then report(client, record, response) end
+    if stands then
+      core.conclude(response, 1, { record }, elapsed)
+      return response
+    end
     local st = new_state(client, list, options, call, specs, t0)
     st.given, st.plain = { response, err, record }, cached_reason
     return run_loop(client, st)
