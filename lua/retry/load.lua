@@ -502,8 +502,10 @@ local function run(s, o)
   if request == nil then
     -- A url the client refuses (an empty one) fails each request, counted
     -- as an `invalid` error, as with a client of the script's.
-    local prepared, send = own_client
-      and pcall(client_mod.prepare, client, "GET", s.url)
+    local prepared, send = false, nil
+    if own_client then
+      prepared, send = pcall(client_mod.prepare, client, "GET", s.url)
+    end
     request = prepared and send or default_request(s.url)
   end
   -- started, ends and recorder are set once the workers exist.
