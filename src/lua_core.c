@@ -20,6 +20,7 @@
 
 #include "error.h"
 #include "lua_core.h"
+#include "lua_drive.h"
 #include "lua_histogram.h"
 #include "op.h"
 #include "response.h"
@@ -626,6 +627,27 @@ static int l_start(lua_State *L) {
   return 3;
 }
 
+/* core.driver(spec, opts) -> driver: spec's requests, run by the calling
+ * task's driver (lua_drive.h), `opts.slots` at a time. spec is read and
+ * checked once, as core.start would. */
+static int l_driver(lua_State *L) {
+  rt_ctx_t *ctx = ctx_of(L);
+  rt_request_t req;
+  rt_task_t *t;
+  const char *bad;
+
+  if (!lua_istable(L, 1) || !lua_istable(L, 2))
+    return rt_error_invalid(L, "core.driver: expected a request table and "
+                               "an options table");
+  lua_settop(L, 2);
+  t = rt_task_check(L, &ctx->sched, "a load's driver");
+  bad = read_request(L, &req);
+  if (bad != NULL)
+    return rt_error_invalid(L, "core.driver: %s", bad);
+  rt_drive_new(L, &req, 2, t, &ctx->loop, &ctx->sealed);
+  return 1;
+}
+
 /* core.timer(seconds) -> operation: finishes after seconds, never
  * earlier. */
 static int l_timer(lua_State *L) {
@@ -781,6 +803,7 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"check", l_check},
                                       {"conclude", l_conclude},
                                       {"counts", l_counts},
+                                      {"driver", l_driver},
                                       {"ended", l_ended},
                                       {"enter", l_enter},
                                       {"is_response", l_is_response},
@@ -862,6 +885,7 @@ int luaopen_retry_core(lua_State *L) {
   lua_pop(L, 1);
   rt_histogram_open(L);
   rt_op_open(L);
+  rt_drive_open(L);
   rt_response_open(L);
   lua_setfield(L, -2, "response_methods");
   rt_error_push_metatable(L);

@@ -40,6 +40,10 @@ static rt_histogram_t *check_hist(lua_State *L, int idx, const char *method) {
   return h;
 }
 
+rt_histogram_t *rt_histogram_test(lua_State *L, int idx) {
+  return rt_udata_test(L, idx, &hist_key);
+}
+
 /* What the value at idx is, for an error message: a number's value, or a
  * type name. Pushes a string when it formats a number. */
 static const char *describe(lua_State *L, int idx) {
@@ -70,7 +74,7 @@ static void push_seconds(lua_State *L, double ns) {
 /* Seconds to ns, rounded to nearest: 1e-6 * 1e9 is 999.9999999999999, and
  * truncating would file a microsecond under 999 ns. Negative values are 0
  * (a clock step, not a latency); beyond 2^64 - 1 they clamp. */
-static uint64_t seconds_to_ns(lua_Number seconds) {
+uint64_t rt_histogram_ns(double seconds) {
   double ns = (double)seconds * 1e9;
 
   if (!(ns > 0))
@@ -109,7 +113,7 @@ static int hist_record(lua_State *L) {
   if (h->count >= (uint64_t)LUA_MAXINTEGER)
     return rt_error_invalid(L, "histogram:record: the histogram is full "
                                "(2^63 - 1 values)");
-  rt_hist_record(h, seconds_to_ns(seconds));
+  rt_hist_record(h, rt_histogram_ns(seconds));
   return 0;
 }
 

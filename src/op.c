@@ -322,8 +322,7 @@ static int push_cancelled(lua_State *L, rt_op_t *op) {
   return 3;
 }
 
-static int push_xfer_result(lua_State *L, rt_op_t *op) {
-  rt_xfer_t *xfer = op->xfer;
+int rt_xfer_push_outcome(lua_State *L, rt_xfer_t *xfer) {
   const rt_xfer_result_t *res = &xfer->result;
   rt_response_t *r;
 
@@ -334,12 +333,8 @@ static int push_xfer_result(lua_State *L, rt_op_t *op) {
     lua_pushinteger(L, (lua_Integer)res->code);
     lua_pushboolean(L, res->resent);
     lua_pushnumber(L, res->timings.finished_at);
-    op->state = OP_TAKEN;
-    release(op);
     return 6;
   }
-  /* Until release below, an error raised here leaves the transfer with
-   * the operation, which frees it when collected. */
   r = rt_response_push(L);
   r->status = res->status;
   r->retry_after = res->retry_after;
@@ -363,9 +358,17 @@ static int push_xfer_result(lua_State *L, rt_op_t *op) {
     lua_pushboolean(L, 1);
     rt_response_setfield(L, "resent");
   }
+  return 1;
+}
+
+static int push_xfer_result(lua_State *L, rt_op_t *op) {
+  /* Until release below, an error raised here leaves the transfer with
+   * the operation, which frees it when collected. */
+  int n = rt_xfer_push_outcome(L, op->xfer);
+
   op->state = OP_TAKEN;
   release(op);
-  return 1;
+  return n;
 }
 
 int rt_op_push_result(lua_State *L, rt_op_t *op) {

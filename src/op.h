@@ -64,4 +64,9 @@ int rt_op_wait(lua_State *L, rt_task_t *t, int first, int n, double seconds);
  * transfer's result can be taken once. */
 int rt_op_push_result(lua_State *L, rt_op_t *op);
 
+/* Push a finished transfer's outcome as rt_op_push_result does (a
+ * Response, taking its body and headers, or the six values of an error).
+ * Returns how many values it pushed. */
+int rt_xfer_push_outcome(lua_State *L, rt_xfer_t *xfer);
+
 #endif

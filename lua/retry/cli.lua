@@ -268,7 +268,7 @@ local function expect_check(command, codes)
     end
     allowed[n] = true
   end
-  return function(response) return allowed[response.status] == true end
+  return load.status_check(allowed)
 end
 
 local function run_load(args)

@@ -257,7 +257,13 @@ end
 function M.result(op, spec)
   local resp, kind, message, curl_code, resent, finished_at = core.result(op)
   if resp then return resp end
-  return nil, errors.new(kind, message, {
+  return nil, M.error_of(spec, kind, message, curl_code, resent, finished_at)
+end
+
+--- The error object of an attempt of `spec` that failed as core.result
+-- tells (kind, message, curl code, resent, finished_at).
+function M.error_of(spec, kind, message, curl_code, resent, finished_at)
+  return errors.new(kind, message, {
     method = spec.method, url = spec.url, curl_code = curl_code,
     resent = resent or nil, finished_at = finished_at,
   })

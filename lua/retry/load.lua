@@ -13,6 +13,8 @@
 local client_mod = require("retry.client")
 local core = require("retry.core")
 local errors = require("retry.errors")
+local http = require("retry.http")
+local loop = require("retry.loop")
 local progress = require("retry.progress")
 local result = require("retry.result")
 local slots = require("retry.slots")
@@ -50,6 +52,18 @@ M.interrupted = false
 
 --- The most threads a load may have (src/threads.c's limit).
 M.MAX_THREADS = 1024
+
+-- The status codes of checks made by status_check: a load whose requests
+-- run in C (driven_worker) checks those responses without calling Lua.
+local status_codes = setmetatable({}, { __mode = "k" })
+
+--- A check that passes a response whose status is a key of `allowed`
+-- (`lretry load --expect`).
+function M.status_check(allowed)
+  local function check(response) return allowed[response.status] == true end
+  status_codes[check] = allowed
+  return check
+end
 
 --- retry.load calls so far in this state: a worker thread runs the share
 -- of the call with the number the main thread gave it.
@@ -150,8 +164,11 @@ local function stop(L, why, cancel_why)
     L.stopped_at, L.stopped_by = core.now(), why
   end
   L.stopping = true
+  local driver = L.driver
+  if driver then driver:stop() end
   if not cancel_why then return end
   L.cancelled_why = L.cancelled_why or cancel_why
+  if driver then driver:cancel() end
   for _, w in ipairs(L.workers) do w:cancel() end
   for t in pairs(L.live) do t:cancel() end
 end
@@ -189,6 +206,17 @@ local function shown(e)
   return describe(e) .. " (its __tostring raised)"
 end
 
+-- Run the load's check, if any, on the response r of a request.
+local function check(L, r)
+  if not L.check then return end
+  local checked, passed = pcall(L.check, r)
+  if checked then
+    L.recorder:check(passed and true or false)
+  else
+    L.recorder:check(false, "the check raised: " .. shown(passed))
+  end
+end
+
 local function record(L, start, ok, r)
   local me = counter_key(L)
   local attempts = L.counts[me]
@@ -200,14 +228,7 @@ local function record(L, start, ok, r)
     -- The transfer's own end, taken in C, not when this task resumed.
     local _, at = core.transfer_times(r)
     rec:finished(at, at - start, attempts, r.status)
-    if L.check then
-      local checked, passed = pcall(L.check, r)
-      if checked then
-        rec:check(passed and true or false)
-      else
-        rec:check(false, "the check raised: " .. shown(passed))
-      end
-    end
+    check(L, r)
     r:close()
     return attempts
   end
@@ -264,6 +285,78 @@ local function closed_worker(L)
     -- spin without the timers, Ctrl-C or the other workers running.
     if ok and sent == 0 then pcall(core.sleep, 0) end
   end
+end
+
+--[[ A closed-model load of a prepared plain request (loop.plain_parts)
+runs in C: a driver (core.driver, src/lua_drive.c) starts `slots`
+requests at a time, and a request whose first attempt ends in a response
+that stands needs no task at all; the driver records it and hands its
+counts over as tallies (and the response to this worker's task, when the
+load's check is a Lua function, which may wait as any check can). Any other first attempt goes on in a task of its
+own, driven_request, while its slot waits. The load's stop reaches the
+driver through L.driver (stop, cancel). ]]
+local function driven_request(L, d, parts, slot, started, elapsed, response,
+    ...)
+  local me = task.current()
+  L.live[me] = true
+  begin(L)
+  local err
+  if response then
+    local status = response.status
+    d:learn(status, parts.stands(response, status))
+  else
+    err = http.error_of(parts.spec, ...)
+  end
+  local ok, r = pcall(parts.go_on, response, err, started, elapsed)
+  pcall(record, L, started, ok, r)
+  L.live[me] = nil
+  d:free(slot)
+end
+
+-- One event of the driver, as pcall(d.next, d) gives it; false once every
+-- request has ended.
+local function on_driver_event(L, d, parts, ok, event, ...)
+  if not ok then
+    -- This task's cancel (the load's stop cancels its workers): the
+    -- driver has cut what it had in flight, which its next events count.
+    if errors.is_error(event, "cancelled") then return true end
+    d:cancel()
+    error(event, 0)
+  end
+  if event == nil then return false end
+  local rec = L.recorder
+  if event == "tally" then
+    local at, requests, responses, failed, checks, checks_failed, sent,
+      resent, started, statuses, next_at = ...
+    L.started_count = L.started_count + started
+    rec:tally(at, requests, responses, failed, checks, checks_failed, sent,
+      resent, statuses, next_at)
+  elseif event == "slow" then
+    task.spawn(driven_request, L, d, parts, ...)
+  elseif event == "check" then
+    local slot, r = ...
+    check(L, r)
+    r:close()
+    d:free(slot)
+  elseif event == "cut" then
+    local n, at = ...
+    rec:cut(n, at, "cancelled", L.cancelled_why)
+  end
+  return true
+end
+
+local function driven_worker(L, parts, slots_count)
+  local rec = L.recorder
+  local d = core.driver(parts.spec, {
+    slots = slots_count, total = L.total ~= math.huge and L.total or nil,
+    ends = L.ends, claim = L.claim, started = rec.started,
+    check = L.check, codes = status_codes[L.check],
+    latency = rec.latency, attempt_latency = rec.attempt_latency,
+    second_latency = rec.second_latency,
+  })
+  L.driver = d
+  if L.stopping then d:stop() end
+  while on_driver_event(L, d, parts, pcall(d.next, d)) do end
 end
 
 local function open_request(L, i, due)
@@ -554,8 +647,15 @@ local function run(s, o)
   if o.publish then helpers[#helpers + 1] = task.spawn(publisher, L) end
   local line = not o.quiet and progress.new(L) or nil
   if line then helpers[#helpers + 1] = task.spawn(progress.run, line) end
+  -- A request its driver could not send (a url that is not one) goes the
+  -- Lua way, where each attempt fails as an `invalid` error.
+  local parts = not open and loop.plain_parts(request)
+  if parts and core.check(parts.spec) then parts = nil end
   if open then
     L.workers[1] = task.spawn(pcall, open_scheduler, L)
+  elseif parts and L.total >= 1 then
+    L.workers[1] = task.spawn(driven_worker, L, parts,
+      math.min(concurrency, L.total))
   else
     for w = 1, math.min(concurrency, L.total) do
       L.workers[w] = task.spawn(closed_worker, L)

@@ -463,22 +463,23 @@ local function sender(client, list, options, call, specs)
   end
   local send_plain, record_of = attempt_mod.send_plain, attempt_mod.record_of
   local report = attempt_mod.report
-  return function()
-    if client.closed then invalid("the RetryClient is closed") end
-    count_request(client)
-    local t0 = core.now()
-    local response, err = send_plain(client, spec, t0, 1)
-    local elapsed = core.now() - t0
-    local status, stands = nil, false
+  -- Whether a first response ends its request: its status is not retried,
+  -- or no attempt is left. A policy that raises is raised by run_loop,
+  -- which asks again.
+  local function stands(response, status)
+    local reason = reasons[status]
+    if reason == nil then
+      local ok, asked = pcall(reason_of, response, nil, status)
+      reason = not ok or asked
+    end
+    return not reason or not left
+  end
+  -- The request, once its first attempt has ended (at t0 + elapsed).
+  local function go_on(response, err, t0, elapsed)
+    local status, stood = nil, false
     if response then
       status = response.status -- a metamethod call: read once
-      local reason = reasons[status]
-      if reason == nil then
-        -- A policy that raises is raised by run_loop, which asks again.
-        local ok, asked = pcall(reason_of, response, nil, status)
-        reason = not ok or asked
-      end
-      stands = not reason or not left
+      stood = stands(response, status)
     end
     -- record_of's record, made here for a response: its status is read
     -- already, and a call more costs 0.6k instructions a request.
@@ -486,7 +487,7 @@ local function sender(client, list, options, call, specs)
       status = status, resent = response.resent }
       or record_of(1, elapsed, nil, err)
     if next(client.recorders) then report(client, record, response) end
-    if stands then
+    if stood then
       core.conclude(response, 1, { record }, elapsed)
       return response
     end
@@ -494,20 +495,38 @@ local function sender(client, list, options, call, specs)
     st.given, st.plain = { response, err, record }, cached_reason
     return run_loop(client, st)
   end
+  local function send()
+    if client.closed then invalid("the RetryClient is closed") end
+    count_request(client)
+    local t0 = core.now()
+    local response, err = send_plain(client, spec, t0, 1)
+    return go_on(response, err, t0, core.now() - t0)
+  end
+  return send, { spec = spec, stands = stands, go_on = go_on }
 end
 
 -- The functions prepare made: they spawn no task, so a load can count a
--- request's attempts by the coroutine that called it (load.lua).
+-- request's attempts by the coroutine that called it (load.lua). A plain
+-- one's value is its parts, for a load that runs its first attempts in C
+-- (core.driver): the request table, `stands(response, status)` and
+-- `go_on(response, err, t0, elapsed)`, the rest of a request from the
+-- outcome of its first attempt, as its function goes on.
 local prepared = setmetatable({}, { __mode = "k" })
 
 local function prepare(client, list, options, call, specs)
-  local send = sender(client, list, options, call, specs)
-  prepared[send] = true
+  local send, parts = sender(client, list, options, call, specs)
+  prepared[send] = parts or true
   return send
 end
 
 local function is_prepared(fn)
-  return prepared[fn] == true
+  return prepared[fn] ~= nil
+end
+
+-- The parts of a prepared plain request's function (above), or nil.
+local function plain_parts(fn)
+  local parts = prepared[fn]
+  if parts ~= true then return parts end
 end
 
 -- Whether `options` can serve a request now: client.retry_options is
@@ -531,5 +550,6 @@ local function execute(client, list, options, call, specs)
 end
 
 M.execute, M.prepare, M.is_prepared = execute, prepare, is_prepared
+M.plain_parts = plain_parts
 M.check_options, M.specs_for = check_options, specs_for
 return M

@@ -183,6 +183,49 @@ function Recorder:finished(at, latency, attempts, status, kind, message)
   end
 end
 
+--- Requests the load's driver (core.driver) ran to a response that stood
+-- at its first attempt, as one tally: `requests` of them ended in the
+-- second `at` falls in; `statuses` is {status = count}, emptied here.
+-- next_at (or nil): the driver records the next ones' latencies in the
+-- second of next_at, which opens now.
+function Recorder:tally(at, requests, responses, failed, checks,
+    checks_failed, sent, resent, statuses, next_at)
+  if requests > 0 then
+    self.requests = self.requests + requests
+    add(self.attempts, 1, requests)
+    local entry, k = entry_at(self, at)
+    if k > self.open_second then
+      close_second(self)
+      self.open_second = k
+    end
+    entry.requests = entry.requests + requests
+    self.responses = self.responses + responses
+    self.failed = self.failed + failed
+    for status, n in pairs(statuses) do
+      add(self.by_status, status, n)
+      statuses[status] = nil
+    end
+    self.checks = self.checks + checks
+    self.checks_failed = self.checks_failed + checks_failed
+    self.attempts_sent = self.attempts_sent + sent
+    self.resent = self.resent + resent
+  end
+  if next_at then
+    local _, k = entry_at(self, next_at)
+    if k > self.open_second then
+      close_second(self)
+      self.open_second = k
+    end
+  end
+end
+
+--- `n` requests in flight were cut by the load at `at`, each at its first
+-- attempt: errors of `kind` with `message`, no latency recorded.
+function Recorder:cut(n, at, kind, message)
+  self.attempts_sent = self.attempts_sent + n
+  for _ = 1, n do self:finished(at, nil, 1, nil, kind, message) end
+end
+
 --- A check ran on a response: passed, or failed (with why, when it raised).
 function Recorder:check(passed, message)
   self.checks = self.checks + 1

@@ -290,37 +290,173 @@ describe("retry.load, bad url", function()
   end)
 end)
 
-describe("retry.load, memory", function()
-  it("holds a request in flight in under 4.2 KB of Lua heap", function()
-    -- Most of it is the worker's coroutine: its stack stays at 80 slots
-    -- only while the frames under a transfer's wait (the worker, the
-    -- prepared request's plain path, its send) fit; one more local in any
-    -- of them doubles it to 160, and a request in flight to some 5.1 KB.
+describe("retry.load of a url, its requests run in C", function()
+  it("gives the check each response as a request returns it, on both "
+    .. "paths", function()
     retry.run(function()
-      local core = require("retry.core")
-      local n = 500
-      local function heap()
-        collectgarbage("collect")
-        collectgarbage("collect")
-        return collectgarbage("count") * 1024
-      end
-      local base = heap()
-      local during
-      local sampler = retry.spawn(function()
-        -- The replies come after 3 s: all n are out well before (some
-        -- 2.5 s allowed, for a slow machine or ASan).
-        local until_ = retry.now() + 2.5
-        while core.counts().transfers < n and retry.now() < until_ do
-          retry.sleep(0.01)
+      -- The key's first hit gets a 503: that request is retried in a
+      -- task of its own, the other 19 end in C at their first attempt.
+      local key = h.key("driven-check")
+      local url = h.url("/fail?n=1&status=503&key=" .. key)
+      local seen = {}
+      local r = retry.load(quiet{ url = url, concurrency = 4, requests = 20,
+        check = function(resp)
+          seen[#seen + 1] = { status = resp.status, attempts = resp.attempts,
+            history = #resp.history, first = resp.history[1].status,
+            elapsed = resp.elapsed, url = resp.url, method = resp.method,
+            body = resp:text() }
+          return true
+        end })
+      assert.equal(20, r.requests)
+      assert.equal(21, h.hits(retry, key))
+      assert.equal(20, r.checks)
+      assert.equal(0, r.checks_failed)
+      assert.equal(20, #seen)
+      local retried = 0
+      for _, s in ipairs(seen) do
+        assert.equal(200, s.status)
+        assert.equal(url, s.url)
+        assert.equal("GET", s.method)
+        assert.equal(s.attempts, s.history)
+        assert.is_true(s.elapsed > 0)
+        assert.is_truthy(s.body:find("ok", 1, true), s.body)
+        if s.attempts == 2 then
+          retried = retried + 1
+          assert.equal(503, s.first)
+        else
+          assert.equal(1, s.attempts)
+          assert.equal(200, s.first)
         end
-        assert.equal(n, core.counts().transfers)
-        during = heap()
-      end)
-      local r = retry.load(quiet{ url = h.url("/delay/3000"),
-        concurrency = n, requests = n })
-      sampler:await()
-      assert.equal(n, r.responses)
-      local per = (during - base) / n
+      end
+      assert.equal(1, retried)
+      assert.same({ [1] = 19, [2] = 1 }, r.attempts)
+    end)
+  end)
+
+  it("lets the check wait, as a request function's can", function()
+    retry.run(function()
+      local key = h.key("driven-wait")
+      local url = h.url("/fail?n=2&status=503&key=" .. key)
+      local r = retry.load(quiet{ url = url, concurrency = 3, requests = 12,
+        check = function(resp)
+          retry.sleep(0.002)
+          return resp.status == 200
+        end })
+      assert.equal(12, r.requests)
+      assert.equal(12, r.checks)
+      assert.equal(0, r.checks_failed, r.check_example)
+      assert.equal(14, h.hits(retry, key))
+    end)
+  end)
+
+  it("counts a check that raises, and a status check, on both paths",
+    function()
+    retry.run(function()
+      local key = h.key("driven-raise")
+      local url = h.url("/fail?n=1&status=503&key=" .. key)
+      local r = retry.load(quiet{ url = url, concurrency = 2, requests = 10,
+        check = function(resp) error("no good " .. resp.status) end })
+      assert.equal(10, r.checks)
+      assert.equal(10, r.checks_failed)
+      assert.is_truthy(r.check_example:find("no good 200", 1, true),
+        r.check_example)
+      -- lretry load --expect 503: the check by status codes the driver
+      -- makes without calling Lua, over 200s, 503s and errors.
+      local load = require("retry.load")
+      key = h.key("driven-expect")
+      url = h.url("/fail?n=3&status=503&key=" .. key)
+      r = retry.load(quiet{ url = url, concurrency = 1, requests = 6,
+        check = load.status_check({ [503] = true }) })
+      -- The first request spends its 3 attempts on 503s and stands at
+      -- the last; the rest get 200s.
+      assert.same({ [503] = 1, [200] = 5 }, r.by_status)
+      assert.equal(6, r.checks)
+      assert.equal(5, r.checks_failed)
+      assert.equal(8, h.hits(retry, key))
+    end)
+  end)
+
+  it("accounts at the server for every attempt on a closed connection",
+    function()
+    retry.run(function()
+      local url, key = h.counted("/close?n=1000", "driven-close")
+      local r = retry.load(quiet{ url = url, concurrency = 5, requests = 10 })
+      assert.equal(10, r.requests)
+      assert.equal(10, r.errors)
+      assert.equal(0, r.responses)
+      assert.same({ [3] = 10 }, r.attempts)
+      assert.equal(30, r.attempts_sent)
+      assert.equal(30, h.settled_hits(retry, key))
+    end)
+  end)
+
+  it("counts the requests a duration cut, once each, as the server saw "
+    .. "them", function()
+    retry.run(function()
+      local url, key = h.counted("/delay/5000", "driven-cut")
+      local r = retry.load(quiet{ url = url, concurrency = 7, duration = 0.2,
+        grace = 0.1 })
+      assert.equal(7, r.requests)
+      assert.same({ cancelled = 7 }, r.by_error)
+      assert.equal(7, r.attempts_sent)
+      assert.equal(7, h.settled_hits(retry, key))
+      local sum = 0
+      for _, e in ipairs(r.timeline) do sum = sum + e.requests end
+      assert.equal(7, sum)
+    end)
+  end)
+end)
+
+describe("retry.load, memory", function()
+  -- The Lua heap a load holds with n requests in flight: the replies come
+  -- after 3 s, and all n are out well before (some 2.5 s allowed, for a
+  -- slow machine or ASan).
+  local function held(spec, n)
+    local core = require("retry.core")
+    local function heap()
+      collectgarbage("collect")
+      collectgarbage("collect")
+      return collectgarbage("count") * 1024
+    end
+    local base = heap()
+    local during
+    local sampler = retry.spawn(function()
+      local until_ = retry.now() + 2.5
+      while core.counts().transfers < n and retry.now() < until_ do
+        retry.sleep(0.01)
+      end
+      assert.equal(n, core.counts().transfers)
+      during = heap()
+    end)
+    spec.concurrency, spec.requests = n, n
+    local r = retry.load(quiet(spec))
+    sampler:await()
+    assert.equal(n, r.responses)
+    return during - base
+  end
+
+  -- What each request in flight adds, apart from what the load holds
+  -- anyway (its recorder, histograms, client).
+  local function per_request(spec)
+    return (held(spec, 600) - held(spec, 100)) / 500
+  end
+
+  it("holds no Lua heap for a url's request in flight", function()
+    -- Its requests run in C (core.driver) until their first attempts end.
+    retry.run(function()
+      local per = per_request({ url = h.url("/delay/3000") })
+      assert.is_true(per < 64, ("%.0f bytes a request in flight"):format(per))
+    end)
+  end)
+
+  it("holds a request function's request in flight in under 4.2 KB",
+    function()
+    -- Some 3.5 KB: most of it is the worker's coroutine and its stack,
+    -- which holds the frames under a transfer's wait (the worker, the
+    -- request function, the client's get and its plain path).
+    retry.run(function()
+      local url = h.url("/delay/3000")
+      local per = per_request({ request = function(c) return c:get(url) end })
       assert.is_true(per < 4200, ("%.0f bytes a request in flight"):format(per))
     end)
   end)

@@ -1,0 +1,738 @@
+/* lua_drive.c: the Driver, a closed-model load's requests run in C. See
+ * lua_drive.h for what it is for.
+ *
+ * core.driver(request, opts): opts are
+ *   slots            requests at a time (the load's concurrency)
+ *   total            requests to start in all; nil for no limit
+ *   ends             no request starts at or after this time (core.now's
+ *                    clock); nil for none
+ *   claim            a function that returns nil once the load's requests
+ *                    are all claimed (a worker thread's share); nil for none
+ *   started          the recorder's start, which the seconds count from
+ *   check            the load's check function, or nil
+ *   codes            {status = true}: check a response by its status alone,
+ *                    without calling `check`
+ *   latency, attempt_latency, second_latency: the recorder's histograms
+ *
+ * d:next() returns one of:
+ *   "tally", at, requests, responses, failed, checks, checks_failed,
+ *            sent, resent, started, statuses, next_at
+ *       the requests that ended in a standing response since the last
+ *       tally (all in the second `at` falls in), the attempts they sent
+ *       and how many libcurl re-sent, the requests started, and statuses
+ *       = {status = count}, a table the caller empties; next_at (or nil):
+ *       the next requests end in the second of next_at, which the
+ *       recorder must open before the driver records their latencies
+ *   "slow", slot, started, elapsed, outcome...
+ *       a first attempt that Lua decides on: outcome is what core.result
+ *       gives (a Response, or nil, kind, message, curl code, resent,
+ *       finished_at); the slot is lent until d:free(slot)
+ *   "check", slot, response
+ *       a request that ended in a standing response, counted in the
+ *       tally, for the Lua check (opts.check, unless opts.codes) to see;
+ *       the slot is lent until d:free(slot)
+ *   "cut", n, at      n requests in flight were cut by a cancel
+ *   nil               every request has ended, and no slot is lent
+ */
+#include "lua_drive.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "lua_histogram.h"
+#include "op.h"
+#include "udata.h"
+
+#define DRIVE_MT "retry.Driver"
+/* Its address keys the Driver metatable (udata.h). */
+static const char drive_key = 'd';
+
+/* Statuses below this are looked up in the driver's tables; others (libcurl
+ * reads three digits, so none) go to Lua. */
+#define STATUS_LIMIT 1000
+
+/* A tally goes to the recorder at least this often (seconds), so that the
+ * progress line and a worker thread's published counts stay current. */
+#define TALLY_EVERY 0.05
+
+/* The driver's user values. */
+enum {
+  KEEP_CHECK = 1,
+  KEEP_CLAIM,
+  KEEP_STATUSES,
+  KEEP_OPTS,
+  KEEP_TASK,
+  KEEP_COUNT = 5
+};
+
+enum slot_state {
+  SLOT_IDLE,  /* its requests are over */
+  SLOT_BUSY,  /* a transfer in flight */
+  SLOT_ENDED, /* in the ended queue, for the owner's next turn */
+  SLOT_LENT   /* Lua continues its request (a "slow" event) */
+};
+
+/* What a stands[] entry says about a response of that status. */
+enum { STATUS_UNKNOWN, STATUS_STANDS, STATUS_TO_LUA };
+
+typedef struct rt_drive_s rt_drive_t;
+
+typedef struct slot_s {
+  rt_drive_t *drive;
+  rt_xfer_t *xfer; /* owned while busy or ended */
+  double started;  /* core.now when its request started */
+  int start_error; /* the transfer could not start (a UV_E* code) */
+  enum slot_state state;
+  struct slot_s *next_ended;
+} slot_t;
+
+/* Counts of standing responses not yet given to the recorder. */
+typedef struct tally_s {
+  lua_Integer requests, responses, failed, checks, checks_failed, sent, resent,
+      started;
+  double at; /* when the last of them ended */
+} tally_t;
+
+struct rt_drive_s {
+  rt_task_link_t link; /* first: the owner's list hands it back */
+  rt_task_t *owner;    /* borrowed (KEEP_TASK keeps its handle) */
+  int linked;          /* owned by it: cleared when it is cancelled or
+                          ends, and then nothing starts */
+  rt_loop_t *loop;     /* borrowed */
+  const int *sealed;   /* borrowed: the state's core.seal flag */
+  rt_request_t req;    /* its strings and header lines in `copy` */
+  char *copy;          /* owned */
+  slot_t *slots;       /* owned */
+  long slot_count;
+  long fresh;         /* slots never started are slots[fresh..] */
+  slot_t *ended_head; /* finished transfers, oldest first */
+  slot_t *ended_tail;
+  long busy; /* slots busy or ended */
+  long lent;
+  lua_Integer total; /* < 0: no limit */
+  lua_Integer started;
+  double ends; /* 0: none */
+  double load_started;
+  int has_claim;
+  int stopped;
+  int cancelled;
+  int parked;    /* the owner waits in d:next */
+  int has_check; /* a Lua check function */
+  int has_codes; /* a check by status codes */
+  lua_Integer cut;
+  double cut_at;
+  long open_second; /* the recorder's open second, as last told */
+  double last_tally;
+  rt_histogram_t *latency;
+  rt_histogram_t *attempt_latency;
+  rt_histogram_t *second_latency;
+  tally_t tally;
+  int touched_count; /* statuses with counts, in touched[] */
+  short touched[STATUS_LIMIT];
+  lua_Integer by_status[STATUS_LIMIT];
+  unsigned char stands[STATUS_LIMIT];
+  unsigned char expected[STATUS_LIMIT];
+};
+
+static double now_seconds(void) {
+  return (double)uv_hrtime() / 1e9;
+}
+
+static rt_drive_t *check_drive(lua_State *L, const char *method) {
+  rt_drive_t *d = rt_udata_test(L, 1, &drive_key);
+
+  if (d == NULL)
+    rt_error_invalid(L, "driver:%s: expected a Driver as self, got %s", method,
+                     rt_error_typename(L, 1));
+  return d;
+}
+
+/* ------------------------------------------------------------------ */
+/* Slots                                                               */
+/* ------------------------------------------------------------------ */
+
+static void wake_owner(rt_drive_t *d) {
+  if (d->parked) {
+    d->parked = 0;
+    rt_task_wake(d->owner, 0);
+  }
+}
+
+/* The owner's d:next has something to return, or every request is over. */
+static void poke(rt_drive_t *d) {
+  if (d->ended_head != NULL || d->cut > 0 || (d->busy == 0 && d->lent == 0))
+    wake_owner(d);
+}
+
+static void enqueue(rt_drive_t *d, slot_t *s) {
+  s->state = SLOT_ENDED;
+  s->next_ended = NULL;
+  if (d->ended_tail != NULL)
+    d->ended_tail->next_ended = s;
+  else
+    d->ended_head = s;
+  d->ended_tail = s;
+}
+
+static slot_t *dequeue(rt_drive_t *d) {
+  slot_t *s = d->ended_head;
+
+  d->ended_head = s->next_ended;
+  if (d->ended_head == NULL)
+    d->ended_tail = NULL;
+  s->next_ended = NULL;
+  return s;
+}
+
+/* Runs inside libcurl's processing: no Lua, only the queue. */
+static void on_done(rt_xfer_t *xfer, void *arg) {
+  slot_t *s = arg;
+  rt_drive_t *d = s->drive;
+
+  (void)xfer;
+  enqueue(d, s);
+  wake_owner(d);
+}
+
+/* Whether another request may start: asks the claim function last, as it
+ * hands out a request number for good. The driver is at driver_idx. */
+static int may_start(lua_State *L, rt_drive_t *d, int driver_idx) {
+  int more;
+
+  if (d->stopped || d->cancelled || !d->linked || *d->sealed)
+    return 0;
+  if (d->total >= 0 && d->started >= d->total)
+    return 0;
+  if (d->ends > 0 && now_seconds() >= d->ends)
+    return 0;
+  if (!d->has_claim)
+    return 1;
+  lua_getiuservalue(L, driver_idx, KEEP_CLAIM);
+  lua_call(L, 0, 1);
+  more = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  if (!more)
+    d->stopped = 1; /* a claim refused once is refused for good */
+  return more;
+}
+
+/* Start slot s's next request, or leave it idle when the load has no more.
+ */
+static void start_slot(lua_State *L, rt_drive_t *d, int driver_idx, slot_t *s) {
+  int rc;
+
+  if (!may_start(L, d, driver_idx)) {
+    s->state = SLOT_IDLE;
+    return;
+  }
+  d->started++;
+  d->tally.started++;
+  d->busy++;
+  s->started = now_seconds();
+  s->start_error = 0;
+  rc = rt_xfer_start(d->loop, &d->req, on_done, s, &s->xfer);
+  if (rc != 0) {
+    /* Lua reports it, as core.start's refusal would be. */
+    s->xfer = NULL;
+    s->start_error = rc;
+    enqueue(d, s);
+    return;
+  }
+  s->state = SLOT_BUSY;
+}
+
+/* Cut every request in flight and start none again. Runs no Lua: the
+ * owner's cancel or end (as its link), d:cancel, or the collector. */
+static void cancel_all(rt_drive_t *d) {
+  long i;
+
+  d->cancelled = 1;
+  for (i = 0; i < d->slot_count; i++) {
+    slot_t *s = &d->slots[i];
+
+    if (s->state != SLOT_BUSY && s->state != SLOT_ENDED)
+      continue;
+    if (s->xfer != NULL)
+      rt_xfer_release(s->xfer);
+    s->xfer = NULL;
+    s->state = SLOT_IDLE;
+    d->cut++;
+  }
+  if (d->cut > 0)
+    d->cut_at = now_seconds();
+  d->ended_head = d->ended_tail = NULL;
+  d->busy = 0;
+}
+
+static void stop_linked(rt_task_link_t *link) {
+  rt_drive_t *d = (rt_drive_t *)link;
+
+  cancel_all(d);
+  if (d->linked) {
+    rt_task_disown(d->owner, &d->link);
+    d->linked = 0;
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* Events                                                              */
+/* ------------------------------------------------------------------ */
+
+/* The load's second that `at` falls in, 1 for the first (as result.lua's
+ * entry_at counts). */
+static long second_of(const rt_drive_t *d, double at) {
+  double k = floor(at - d->load_started) + 1;
+
+  return k < 1 ? 1 : (long)k;
+}
+
+/* Push the tally as a "tally" event and start a new one. */
+static int push_tally(lua_State *L, rt_drive_t *d, int driver_idx,
+                      double next_at) {
+  tally_t *t = &d->tally;
+  int i;
+
+  lua_pushliteral(L, "tally");
+  lua_pushnumber(L, t->at);
+  lua_pushinteger(L, t->requests);
+  lua_pushinteger(L, t->responses);
+  lua_pushinteger(L, t->failed);
+  lua_pushinteger(L, t->checks);
+  lua_pushinteger(L, t->checks_failed);
+  lua_pushinteger(L, t->sent);
+  lua_pushinteger(L, t->resent);
+  lua_pushinteger(L, t->started);
+  lua_getiuservalue(L, driver_idx, KEEP_STATUSES);
+  for (i = 0; i < d->touched_count; i++) {
+    int status = d->touched[i];
+
+    lua_pushinteger(L, d->by_status[status]);
+    lua_rawseti(L, -2, status);
+    d->by_status[status] = 0;
+  }
+  d->touched_count = 0;
+  if (next_at > 0) {
+    lua_pushnumber(L, next_at);
+    d->open_second = second_of(d, next_at);
+  } else {
+    lua_pushnil(L);
+  }
+  memset(t, 0, sizeof(*t));
+  d->last_tally = now_seconds();
+  return 12;
+}
+
+/* The Response of slot s's transfer, told what the retry loop tells the
+ * one it returns (core.conclude): 1 attempt, its record, its elapsed. */
+static void push_concluded(lua_State *L, slot_t *s, double elapsed) {
+  const rt_xfer_result_t *res = &s->xfer->result;
+
+  rt_xfer_push_outcome(L, s->xfer);
+  lua_getiuservalue(L, -1, 1);
+  lua_pushinteger(L, 1);
+  lua_setfield(L, -2, "attempts");
+  lua_createtable(L, 1, 0);
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, 1);
+  lua_setfield(L, -2, "attempt");
+  lua_pushnumber(L, elapsed);
+  lua_setfield(L, -2, "elapsed");
+  lua_pushinteger(L, res->status);
+  lua_setfield(L, -2, "status");
+  if (res->resent) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "resent");
+  }
+  lua_rawseti(L, -2, 1);
+  lua_setfield(L, -2, "history");
+  lua_pushnumber(L, elapsed);
+  lua_setfield(L, -2, "elapsed");
+  lua_pop(L, 1);
+}
+
+/* Slot s's first attempt goes to Lua: push the "slow" event and lend it. */
+static int push_slow(lua_State *L, rt_drive_t *d, slot_t *s) {
+  double elapsed = now_seconds() - s->started;
+  int n;
+
+  lua_pushliteral(L, "slow");
+  lua_pushinteger(L, (lua_Integer)(s - d->slots) + 1);
+  lua_pushnumber(L, s->started);
+  lua_pushnumber(L, elapsed);
+  if (s->start_error != 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "invalid");
+    lua_pushfstring(L, "could not start the transfer (%s)",
+                    uv_strerror(s->start_error));
+    n = 7;
+  } else {
+    n = 4 + rt_xfer_push_outcome(L, s->xfer);
+    rt_xfer_release(s->xfer);
+    s->xfer = NULL;
+  }
+  d->busy--;
+  d->lent++;
+  s->state = SLOT_LENT;
+  return n;
+}
+
+/* The request of slot s (just dequeued) ended in a standing response:
+ * count it, record its latencies, check it by its status, start the
+ * slot's next request. With a Lua check, lend the slot instead and return
+ * the values of a "check" event; else 0. */
+static int settle(lua_State *L, rt_drive_t *d, int driver_idx, slot_t *s) {
+  const rt_xfer_result_t *res = &s->xfer->result;
+  long status = res->status;
+  double at = res->timings.finished_at;
+  uint64_t latency = rt_histogram_ns(at - s->started);
+  tally_t *t = &d->tally;
+
+  (void)rt_hist_record(d->latency, latency);
+  (void)rt_hist_record(d->second_latency, latency);
+  (void)rt_hist_record(d->attempt_latency, rt_histogram_ns(res->timings.total));
+  t->requests++;
+  t->responses++;
+  t->sent++;
+  t->at = at;
+  if (res->resent)
+    t->resent++;
+  if (status >= 400)
+    t->failed++;
+  if (d->by_status[status]++ == 0)
+    d->touched[d->touched_count++] = (short)status;
+  d->busy--;
+  if (d->has_check) {
+    /* The owner's Lua calls it, where it may wait as a request's check
+     * can; the slot starts again at d:free. */
+    lua_pushliteral(L, "check");
+    lua_pushinteger(L, (lua_Integer)(s - d->slots) + 1);
+    push_concluded(L, s, now_seconds() - s->started);
+    rt_xfer_release(s->xfer);
+    s->xfer = NULL;
+    d->lent++;
+    s->state = SLOT_LENT;
+    return 3;
+  }
+  if (d->has_codes) {
+    t->checks++;
+    if (!d->expected[status])
+      t->checks_failed++;
+  }
+  rt_xfer_release(s->xfer);
+  s->xfer = NULL;
+  start_slot(L, d, driver_idx, s);
+  return 0;
+}
+
+/* What d:next returns now without waiting, or 0 when it must wait. */
+static int next_event(lua_State *L, rt_drive_t *d, int driver_idx) {
+  while (d->fresh < d->slot_count)
+    start_slot(L, d, driver_idx, &d->slots[d->fresh++]);
+  while (d->ended_head != NULL) {
+    slot_t *s = d->ended_head;
+    const rt_xfer_result_t *res;
+    long second;
+    int n;
+
+    if (s->start_error != 0) {
+      dequeue(d);
+      return push_slow(L, d, s);
+    }
+    res = &s->xfer->result;
+    if (res->kind != NULL || res->status < 0 || res->status >= STATUS_LIMIT ||
+        d->stands[res->status] != STATUS_STANDS) {
+      dequeue(d);
+      return push_slow(L, d, s);
+    }
+    /* Its latency goes into the open second's histogram: the recorder
+     * opens a new second when told, the tally of the last one first. */
+    second = second_of(d, res->timings.finished_at);
+    if (second != d->open_second)
+      return push_tally(L, d, driver_idx, res->timings.finished_at);
+    dequeue(d);
+    n = settle(L, d, driver_idx, s);
+    if (n > 0)
+      return n;
+  }
+  if (d->tally.requests > 0 || d->tally.started > 0) {
+    int idle = d->busy == 0 && d->lent == 0;
+
+    if (idle || d->cancelled || now_seconds() - d->last_tally >= TALLY_EVERY)
+      return push_tally(L, d, driver_idx, 0);
+  }
+  if (d->cut > 0) {
+    lua_pushliteral(L, "cut");
+    lua_pushinteger(L, d->cut);
+    lua_pushnumber(L, d->cut_at);
+    d->cut = 0;
+    return 3;
+  }
+  if (d->busy == 0 && d->lent == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  return 0;
+}
+
+static void abandon_park(void *arg) {
+  ((rt_drive_t *)arg)->parked = 0;
+}
+
+static int next_k(lua_State *L, int status, lua_KContext ctx);
+
+static int next_or_park(lua_State *L, rt_drive_t *d, rt_task_t *t) {
+  int n;
+
+  lua_settop(L, 1);
+  n = next_event(L, d, 1);
+  if (n > 0)
+    return n;
+  d->parked = 1;
+  return rt_task_park(L, t, d, abandon_park, next_k);
+}
+
+static int next_k(lua_State *L, int status, lua_KContext ctx) {
+  rt_task_t *t = (rt_task_t *)ctx;
+
+  (void)status;
+  rt_task_take_op(t);
+  return next_or_park(L, lua_touserdata(L, 1), t);
+}
+
+/* ------------------------------------------------------------------ */
+/* Methods                                                             */
+/* ------------------------------------------------------------------ */
+
+/* d:next() -> event, ... (see the top of this file) */
+static int d_next(lua_State *L) {
+  rt_drive_t *d = check_drive(L, "next");
+  rt_task_t *t = rt_task_check(L, d->owner->sched, "driver:next");
+
+  if (t != d->owner)
+    return rt_error_invalid(L, "driver:next: only the task that made the "
+                               "driver can wait on it");
+  return next_or_park(L, d, t);
+}
+
+/* d:stop(): start no more requests; those in flight go on. */
+static int d_stop(lua_State *L) {
+  rt_drive_t *d = check_drive(L, "stop");
+
+  d->stopped = 1;
+  poke(d);
+  return 0;
+}
+
+/* d:cancel(): start no more, and cut the requests in flight (a "cut"
+ * event counts them). Lent slots are Lua's to cancel. */
+static int d_cancel(lua_State *L) {
+  rt_drive_t *d = check_drive(L, "cancel");
+
+  cancel_all(d);
+  poke(d);
+  return 0;
+}
+
+/* d:free(slot): the request of a lent slot has ended; the slot starts the
+ * next one (on the calling task's stack: a claim function runs here). */
+static int d_free(lua_State *L) {
+  rt_drive_t *d = check_drive(L, "free");
+  lua_Integer i = luaL_checkinteger(L, 2);
+  slot_t *s;
+
+  if (i < 1 || i > d->slot_count || d->slots[i - 1].state != SLOT_LENT)
+    return rt_error_invalid(L, "driver:free: slot %d is not lent", (int)i);
+  s = &d->slots[i - 1];
+  d->lent--;
+  lua_settop(L, 1);
+  start_slot(L, d, 1, s);
+  poke(d);
+  return 0;
+}
+
+/* d:learn(status, stands): whether a response of status ends its request
+ * at the first attempt (the policy's answer, which Lua caches too). */
+static int d_learn(lua_State *L) {
+  rt_drive_t *d = check_drive(L, "learn");
+  lua_Integer status = luaL_checkinteger(L, 2);
+
+  if (status >= 0 && status < STATUS_LIMIT)
+    d->stands[status] = lua_toboolean(L, 3) ? STATUS_STANDS : STATUS_TO_LUA;
+  return 0;
+}
+
+/* __gc: whatever it still holds. Its owner has ended by now (its stack
+ * held the driver), which unlinked it. */
+static int d_gc(lua_State *L) {
+  rt_drive_t *d = rt_udata_test(L, 1, &drive_key);
+
+  if (d == NULL)
+    return 0;
+  stop_linked(&d->link);
+  free(d->slots);
+  d->slots = NULL;
+  d->slot_count = 0;
+  free(d->copy);
+  d->copy = NULL;
+  return 0;
+}
+
+void rt_drive_open(lua_State *L) {
+  static const luaL_Reg methods[] = {{"next", d_next},     {"stop", d_stop},
+                                     {"cancel", d_cancel}, {"free", d_free},
+                                     {"learn", d_learn},   {NULL, NULL}};
+
+  if (luaL_newmetatable(L, DRIVE_MT)) {
+    lua_pushcfunction(L, d_gc);
+    lua_setfield(L, -2, "__gc");
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, DRIVE_MT);
+    lua_setfield(L, -2, "__name");
+  }
+  rt_udata_keep_metatable(L, &drive_key);
+  lua_pop(L, 1);
+}
+
+/* ------------------------------------------------------------------ */
+/* Making one                                                          */
+/* ------------------------------------------------------------------ */
+
+/* Copy req's strings and header lines into one block that d owns. */
+static int copy_request(rt_drive_t *d, const rt_request_t *req) {
+  size_t method = strlen(req->method) + 1, url = strlen(req->url) + 1;
+  size_t ca = req->ca_file != NULL ? strlen(req->ca_file) + 1 : 0;
+  size_t lines = req->header_count * sizeof(char *), text = 0, i;
+  char *p;
+
+  for (i = 0; i < req->header_count; i++)
+    text += strlen(req->headers[i]) + 1;
+  p = malloc(lines + method + url + ca + text + req->body_len + 1);
+  if (p == NULL)
+    return -1;
+  d->copy = p;
+  d->req = *req;
+  d->req.headers = (const char *const *)p;
+  p += lines;
+  for (i = 0; i < req->header_count; i++) {
+    size_t n = strlen(req->headers[i]) + 1;
+
+    memcpy(p, req->headers[i], n);
+    ((const char **)d->copy)[i] = p;
+    p += n;
+  }
+  memcpy(p, req->method, method);
+  d->req.method = p;
+  p += method;
+  memcpy(p, req->url, url);
+  d->req.url = p;
+  p += url;
+  if (ca > 0) {
+    memcpy(p, req->ca_file, ca);
+    d->req.ca_file = p;
+    p += ca;
+  }
+  if (req->body != NULL) {
+    memcpy(p, req->body, req->body_len);
+    d->req.body = p;
+  }
+  return 0;
+}
+
+static rt_histogram_t *opt_histogram(lua_State *L, int opts, const char *name) {
+  rt_histogram_t *h;
+
+  lua_getfield(L, opts, name);
+  h = rt_histogram_test(L, -1);
+  if (h == NULL)
+    rt_error_invalid(L, "core.driver: opts.%s must be a histogram", name);
+  lua_pop(L, 1);
+  return h;
+}
+
+static double opt_number(lua_State *L, int opts, const char *name,
+                         double none) {
+  double v = none;
+
+  lua_getfield(L, opts, name);
+  if (!lua_isnil(L, -1)) {
+    if (!lua_isnumber(L, -1))
+      rt_error_invalid(L, "core.driver: opts.%s must be a number", name);
+    v = lua_tonumber(L, -1);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* opts.codes, the statuses a check by codes passes. */
+static void read_codes(lua_State *L, rt_drive_t *d, int opts) {
+  lua_getfield(L, opts, "codes");
+  if (lua_istable(L, -1)) {
+    d->has_codes = 1;
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+      lua_Integer status;
+      int exact = 0;
+
+      lua_pop(L, 1);
+      status = lua_tointegerx(L, -1, &exact);
+      if (exact && status >= 0 && status < STATUS_LIMIT)
+        d->expected[status] = 1;
+    }
+  }
+  lua_pop(L, 1);
+}
+
+void rt_drive_new(lua_State *L, const rt_request_t *req, int opts_idx,
+                  rt_task_t *t, rt_loop_t *loop, const int *sealed) {
+  int opts = lua_absindex(L, opts_idx);
+  lua_Integer slots;
+  double total;
+  rt_drive_t *d;
+  long i;
+
+  lua_getfield(L, opts, "slots");
+  slots = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  if (slots < 1 || slots > 1000000)
+    rt_error_invalid(L, "core.driver: opts.slots must be 1 to 1000000");
+  total = opt_number(L, opts, "total", -1);
+  d = lua_newuserdatauv(L, sizeof(*d), KEEP_COUNT);
+  memset(d, 0, sizeof(*d));
+  rt_udata_setmetatable(L, &drive_key);
+  d->link.stop = stop_linked;
+  d->owner = t;
+  d->loop = loop;
+  d->sealed = sealed;
+  d->total = total < 0 || total >= 9e18 ? -1 : (lua_Integer)total;
+  d->ends = opt_number(L, opts, "ends", 0);
+  d->load_started = opt_number(L, opts, "started", now_seconds());
+  d->latency = opt_histogram(L, opts, "latency");
+  d->attempt_latency = opt_histogram(L, opts, "attempt_latency");
+  d->second_latency = opt_histogram(L, opts, "second_latency");
+  read_codes(L, d, opts);
+  lua_getfield(L, opts, "check");
+  d->has_check = !d->has_codes && lua_isfunction(L, -1);
+  lua_setiuservalue(L, -2, KEEP_CHECK);
+  lua_getfield(L, opts, "claim");
+  d->has_claim = !lua_isnil(L, -1);
+  lua_setiuservalue(L, -2, KEEP_CLAIM);
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, KEEP_STATUSES);
+  lua_pushvalue(L, opts); /* keeps the histograms */
+  lua_setiuservalue(L, -2, KEEP_OPTS);
+  rt_task_push_handle(L, t);
+  lua_setiuservalue(L, -2, KEEP_TASK);
+  d->slots = calloc((size_t)slots, sizeof(*d->slots));
+  if (d->slots == NULL || copy_request(d, req) != 0)
+    luaL_error(L, "retry: out of memory for a load's %d slots", (int)slots);
+  d->slot_count = (long)slots;
+  for (i = 0; i < d->slot_count; i++)
+    d->slots[i].drive = d;
+  d->last_tally = now_seconds();
+  d->linked = 1;
+  rt_task_own(t, &d->link);
+}
