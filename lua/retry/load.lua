@@ -329,6 +329,11 @@ local function on_driver_event(L, d, parts, ok, event, ...)
     local at, requests, responses, failed, checks, checks_failed, sent,
       resent, started, statuses, next_at = ...
     L.started_count = L.started_count + started
+    -- Each began with an attempt, as send counts them (one a transfer
+    -- that could not start too: the driver does not tell them apart).
+    local counters = parts.client.counters
+    counters.requests = counters.requests + started
+    counters.attempts = counters.attempts + started
     rec:tally(at, requests, responses, failed, checks, checks_failed, sent,
       resent, statuses, next_at)
   elseif event == "slow" then

@@ -502,15 +502,17 @@ local function sender(client, list, options, call, specs)
     local response, err = send_plain(client, spec, t0, 1)
     return go_on(response, err, t0, core.now() - t0)
   end
-  return send, { spec = spec, stands = stands, go_on = go_on }
+  return send, { spec = spec, stands = stands, go_on = go_on,
+    client = client }
 end
 
 -- The functions prepare made: they spawn no task, so a load can count a
 -- request's attempts by the coroutine that called it (load.lua). A plain
 -- one's value is its parts, for a load that runs its first attempts in C
--- (core.driver): the request table, `stands(response, status)` and
+-- (core.driver): the request table, `stands(response, status)`,
 -- `go_on(response, err, t0, elapsed)`, the rest of a request from the
--- outcome of its first attempt, as its function goes on.
+-- outcome of its first attempt, as its function goes on, and the client
+-- (whose counters the load adds the driver's requests and attempts to).
 local prepared = setmetatable({}, { __mode = "k" })
 
 local function prepare(client, list, options, call, specs)

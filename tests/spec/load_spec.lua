@@ -376,6 +376,23 @@ describe("retry.load of a url, its requests run in C", function()
     end)
   end)
 
+  it("counts its requests and attempts in its client's stats", function()
+    retry.run(function()
+      local key = h.key("driven-stats")
+      local url = h.url("/fail?n=2&status=503&key=" .. key)
+      local client = retry.RetryClient{ retry_options = fast(3), limit = 0 }
+      local r = retry.load(quiet{ client = client, concurrency = 3,
+        requests = 9,
+        request = require("retry.client").prepare(client, "GET", url) })
+      assert.same({ [200] = 9 }, r.by_status)
+      local stats = client:stats()
+      assert.equal(9, stats.requests)
+      assert.equal(11, stats.attempts)
+      assert.equal(2, stats.retries)
+      assert.equal(11, h.hits(retry, key))
+    end)
+  end)
+
   it("accounts at the server for every attempt on a closed connection",
     function()
     retry.run(function()
