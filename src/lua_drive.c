@@ -12,32 +12,49 @@
  *   check            the load's check function, or nil
  *   codes            {status = true}: check a response by its status alone,
  *                    without calling `check`
+ *   stands           {status = boolean}: whether a first response of that
+ *                    status stands (the policy's answer); one that does not
+ *                    is retried while attempts are left. A status not in
+ *                    it goes to Lua, which tells the driver (d:learn)
+ *   waits            {w1, ..., w(n-1)}: the policy's waits before attempts 2
+ *                    to n, when they depend on nothing but the attempt's
+ *                    number (n at most MAX_ATTEMPTS): the driver then makes
+ *                    the retries of a status the policy retries itself;
+ *                    nil, and Lua makes every retry
  *   latency, attempt_latency, second_latency: the recorder's histograms
  *
  * d:next() returns one of:
- *   "tally", at, requests, responses, failed, checks, checks_failed,
- *            sent, resent, started, statuses, next_at
- *       the requests that ended in a standing response since the last
- *       tally (all in the second `at` falls in), the attempts they sent
- *       and how many libcurl re-sent, the requests started, and statuses
- *       = {status = count}, a table the caller empties; next_at (or nil):
- *       the next requests end in the second of next_at, which the
- *       recorder must open before the driver records their latencies
- *   "slow", slot, started, elapsed, outcome...
- *       a first attempt that Lua decides on: outcome is what core.result
- *       gives (a Response, or nil, kind, message, curl code, resent,
- *       finished_at); the slot is lent until d:free(slot)
+ *   "tally", t
+ *       what ended since the last tally, all in the second t.at falls in:
+ *       t.requests ended in a response that stood (t.responses of them,
+ *       t.failed with a status >= 400, t.statuses = {status = count},
+ *       t.attempts = {attempts = count}), checked by codes (t.checks,
+ *       t.checks_failed); t.sent attempts ended (t.resent of them sent
+ *       twice by libcurl, t.retries of them retries), t.retried more
+ *       planned; t.started requests and t.attempts_started attempts
+ *       began; t.next_at (or nil): the next ones end in the second of
+ *       next_at, which the recorder must open before the driver records
+ *       their latencies
+ *   "slow", slot, started, elapsed, n, history, previous_wait, outcome...
+ *       attempt n of a request, which Lua goes on with: outcome is what
+ *       core.result gives (a Response, or nil, kind, message, curl code,
+ *       resent, finished_at); history the records of attempts 1 to n - 1
+ *       (nil for n = 1), previous_wait the last wait; the slot is lent
+ *       until d:free(slot)
  *   "check", slot, response
  *       a request that ended in a standing response, counted in the
  *       tally, for the Lua check (opts.check, unless opts.codes) to see;
  *       the slot is lent until d:free(slot)
- *   "cut", n, at      n requests in flight were cut by a cancel
+ *   "cut", n, at, in_flight, retries, attempts
+ *       n requests were cut by a cancel: in_flight of them with an attempt
+ *       out (retries of those a retry), attempts = {attempts = count}
  *   nil               every request has ended, and no slot is lent
  */
 #include "lua_drive.h"
 
 #include <lauxlib.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,6 +71,10 @@ static const char drive_key = 'd';
  * reads three digits, so none) go to Lua. */
 #define STATUS_LIMIT 1000
 
+/* The most attempts a request whose retries the driver makes may have: a
+ * slot keeps the records of a retried request's attempts. */
+#define MAX_ATTEMPTS 64
+
 /* A tally goes to the recorder at least this often (seconds), so that the
  * progress line and a worker thread's published counts stay current. */
 #define TALLY_EVERY 0.05
@@ -68,40 +89,51 @@ static const char drive_key = 'd';
 #define TURN_NS 20000
 
 /* The driver's user values. */
-enum {
-  KEEP_CHECK = 1,
-  KEEP_CLAIM,
-  KEEP_STATUSES,
-  KEEP_OPTS,
-  KEEP_TASK,
-  KEEP_COUNT = 5
-};
+enum { KEEP_CHECK = 1, KEEP_CLAIM, KEEP_OPTS, KEEP_TASK, KEEP_COUNT = 4 };
 
 enum slot_state {
-  SLOT_IDLE,  /* its requests are over */
-  SLOT_BUSY,  /* a transfer in flight */
-  SLOT_ENDED, /* in the ended queue, for the owner's next turn */
-  SLOT_LENT   /* Lua continues its request (a "slow" event) */
+  SLOT_IDLE,    /* its requests are over */
+  SLOT_BUSY,    /* an attempt in flight */
+  SLOT_WAITING, /* the wait before its request's next attempt */
+  SLOT_ENDED,   /* in the ended queue, for the owner's next turn */
+  SLOT_LENT     /* Lua has its request (a "slow" or "check" event) */
 };
 
-/* What a stands[] entry says about a response of that status. */
-enum { STATUS_UNKNOWN, STATUS_STANDS, STATUS_TO_LUA };
+/* What a stands[] entry says about a response of that status, as Lua
+ * learned it from the policy (d:learn). */
+enum { STATUS_UNKNOWN, STATUS_STANDS, STATUS_RETRIED };
+
+/* What the driver does with an attempt that ended. */
+enum verdict { TO_LUA, STANDS, RETRY };
+
+/* An attempt of a request the driver retries, as its history tells it. */
+typedef struct attempt_rec_s {
+  double elapsed;
+  double wait; /* before the next attempt */
+  int status;
+  int resent;
+} attempt_rec_t;
 
 typedef struct rt_drive_s rt_drive_t;
 
 typedef struct slot_s {
   rt_drive_t *drive;
-  rt_xfer_t *xfer; /* owned while busy or ended */
-  double started;  /* core.now when its request started */
-  int start_error; /* the transfer could not start (a UV_E* code) */
+  rt_xfer_t *xfer;        /* owned while busy or ended */
+  double started;         /* core.now when its request started */
+  double attempt_started; /* and its current attempt */
+  int attempt;            /* attempts started for its request */
+  int start_error;        /* the attempt could not start (a UV_E* code) */
+  int retry_due;          /* ended: its wait is over, not its attempt */
   enum slot_state state;
+  attempt_rec_t *history; /* owned: attempts 1.. of a retried request */
+  rt_deadline_t wait;     /* the wait before the next attempt */
   struct slot_s *next_ended;
 } slot_t;
 
-/* Counts of standing responses not yet given to the recorder. */
+/* Counts not yet given to the recorder. */
 typedef struct tally_s {
   lua_Integer requests, responses, failed, checks, checks_failed, sent, resent,
-      started;
+      retries, retried, started, attempts_started;
   double at; /* when the last of them ended */
 } tally_t;
 
@@ -111,27 +143,31 @@ struct rt_drive_s {
   int linked;          /* owned by it: cleared when it is cancelled or
                           ends, and then nothing starts */
   rt_loop_t *loop;     /* borrowed */
+  rt_clock_t *clock;   /* borrowed: the owner's scheduler's */
   const int *sealed;   /* borrowed: the state's core.seal flag */
   rt_request_t req;    /* its strings and header lines in `copy` */
   char *copy;          /* owned */
   slot_t *slots;       /* owned */
   long slot_count;
   long fresh;         /* slots never started are slots[fresh..] */
-  slot_t *ended_head; /* finished transfers, oldest first */
+  slot_t *ended_head; /* finished attempts and waits, oldest first */
   slot_t *ended_tail;
-  long busy; /* slots busy or ended */
+  long busy; /* slots busy, waiting or ended */
   long lent;
   lua_Integer total; /* < 0: no limit */
   lua_Integer started;
   double ends; /* 0: none */
   double load_started;
+  int max_attempts; /* 0: the driver makes no retries */
+  double waits[MAX_ATTEMPTS];
   int has_claim;
   int stopped;
   int cancelled;
   int parked;    /* the owner waits in d:next */
   int has_check; /* a Lua check function */
   int has_codes; /* a check by status codes */
-  lua_Integer cut;
+  lua_Integer cut, cut_in_flight, cut_retries;
+  lua_Integer cut_attempts[MAX_ATTEMPTS + 1];
   double cut_at;
   long open_second; /* the recorder's open second, as last told */
   double last_tally;
@@ -140,6 +176,7 @@ struct rt_drive_s {
   rt_histogram_t *attempt_latency;
   rt_histogram_t *second_latency;
   tally_t tally;
+  lua_Integer by_attempts[MAX_ATTEMPTS + 1];
   int touched_count; /* statuses with counts, in touched[] */
   short touched[STATUS_LIMIT];
   lua_Integer by_status[STATUS_LIMIT];
@@ -207,6 +244,35 @@ static void on_done(rt_xfer_t *xfer, void *arg) {
   wake_owner(d);
 }
 
+/* A slot's wait is over (the clock's callback: no Lua). */
+static void on_wait_over(rt_deadline_t *wait) {
+  slot_t *s = (slot_t *)((char *)wait - offsetof(slot_t, wait));
+
+  s->retry_due = 1;
+  enqueue(s->drive, s);
+  wake_owner(s->drive);
+}
+
+/* Start the next attempt of slot s's request. An attempt that cannot start
+ * is queued, for Lua to report as core.start's refusal would be. */
+static void start_attempt(rt_drive_t *d, slot_t *s) {
+  int rc = UV_ECANCELED; /* the state is closing (core.seal) */
+
+  s->attempt++;
+  s->attempt_started = now_seconds();
+  s->start_error = 0;
+  if (!*d->sealed)
+    rc = rt_xfer_start(d->loop, &d->req, on_done, s, &s->xfer);
+  if (rc != 0) {
+    s->xfer = NULL;
+    s->start_error = rc;
+    enqueue(d, s);
+    return;
+  }
+  d->tally.attempts_started++;
+  s->state = SLOT_BUSY;
+}
+
 /* Whether another request may start: asks the claim function last, as it
  * hands out a request number for good. The driver is at driver_idx. */
 static int may_start(lua_State *L, rt_drive_t *d, int driver_idx) {
@@ -232,8 +298,6 @@ static int may_start(lua_State *L, rt_drive_t *d, int driver_idx) {
 /* Start slot s's next request, or leave it idle when the load has no more.
  */
 static void start_slot(lua_State *L, rt_drive_t *d, int driver_idx, slot_t *s) {
-  int rc;
-
   if (!may_start(L, d, driver_idx)) {
     s->state = SLOT_IDLE;
     return;
@@ -242,33 +306,40 @@ static void start_slot(lua_State *L, rt_drive_t *d, int driver_idx, slot_t *s) {
   d->tally.started++;
   d->busy++;
   s->started = now_seconds();
-  s->start_error = 0;
-  rc = rt_xfer_start(d->loop, &d->req, on_done, s, &s->xfer);
-  if (rc != 0) {
-    /* Lua reports it, as core.start's refusal would be. */
-    s->xfer = NULL;
-    s->start_error = rc;
-    enqueue(d, s);
-    return;
-  }
-  s->state = SLOT_BUSY;
+  s->attempt = 0;
+  start_attempt(d, s);
 }
 
-/* Cut every request in flight and start none again. Runs no Lua: the
- * owner's cancel or end (as its link), d:cancel, or the collector. */
+/* Cut every request in flight or waiting and start none again. Runs no
+ * Lua: the owner's cancel or end (as its link), d:cancel, or the
+ * collector. */
 static void cancel_all(rt_drive_t *d) {
   long i;
 
   d->cancelled = 1;
   for (i = 0; i < d->slot_count; i++) {
     slot_t *s = &d->slots[i];
+    int done = s->attempt; /* attempts its request made, as a load counts */
 
-    if (s->state != SLOT_BUSY && s->state != SLOT_ENDED)
-      continue;
-    if (s->xfer != NULL)
+    if (s->state == SLOT_WAITING) {
+      rt_clock_disarm(d->clock, &s->wait);
+    } else if (s->state == SLOT_BUSY ||
+               (s->state == SLOT_ENDED && s->xfer != NULL)) {
+      /* An attempt out, or ended and not yet seen: cut in flight. */
       rt_xfer_release(s->xfer);
-    s->xfer = NULL;
+      s->xfer = NULL;
+      d->cut_in_flight++;
+      if (s->attempt > 1)
+        d->cut_retries++;
+    } else if (s->state == SLOT_ENDED) {
+      if (s->start_error != 0)
+        done--; /* an attempt that never started */
+    } else {
+      continue;
+    }
     s->state = SLOT_IDLE;
+    s->retry_due = 0;
+    d->cut_attempts[done < 0 ? 0 : done]++;
     d->cut++;
   }
   if (d->cut > 0)
@@ -299,23 +370,46 @@ static long second_of(const rt_drive_t *d, double at) {
   return k < 1 ? 1 : (long)k;
 }
 
+static void set_integer(lua_State *L, const char *name, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, name);
+}
+
+/* Push {k = counts[k]} for the nonzero counts[0..n], and zero them. */
+static void push_counts(lua_State *L, lua_Integer *counts, int n) {
+  int k;
+
+  lua_newtable(L);
+  for (k = 0; k <= n; k++) {
+    if (counts[k] != 0) {
+      lua_pushinteger(L, counts[k]);
+      lua_rawseti(L, -2, k);
+      counts[k] = 0;
+    }
+  }
+}
+
 /* Push the tally as a "tally" event and start a new one. */
-static int push_tally(lua_State *L, rt_drive_t *d, int driver_idx,
-                      double next_at) {
+static int push_tally(lua_State *L, rt_drive_t *d, double next_at) {
   tally_t *t = &d->tally;
   int i;
 
   lua_pushliteral(L, "tally");
+  lua_createtable(L, 0, 16);
   lua_pushnumber(L, t->at);
-  lua_pushinteger(L, t->requests);
-  lua_pushinteger(L, t->responses);
-  lua_pushinteger(L, t->failed);
-  lua_pushinteger(L, t->checks);
-  lua_pushinteger(L, t->checks_failed);
-  lua_pushinteger(L, t->sent);
-  lua_pushinteger(L, t->resent);
-  lua_pushinteger(L, t->started);
-  lua_getiuservalue(L, driver_idx, KEEP_STATUSES);
+  lua_setfield(L, -2, "at");
+  set_integer(L, "requests", t->requests);
+  set_integer(L, "responses", t->responses);
+  set_integer(L, "failed", t->failed);
+  set_integer(L, "checks", t->checks);
+  set_integer(L, "checks_failed", t->checks_failed);
+  set_integer(L, "sent", t->sent);
+  set_integer(L, "resent", t->resent);
+  set_integer(L, "retries", t->retries);
+  set_integer(L, "retried", t->retried);
+  set_integer(L, "started", t->started);
+  set_integer(L, "attempts_started", t->attempts_started);
+  lua_createtable(L, 0, d->touched_count);
   for (i = 0; i < d->touched_count; i++) {
     int status = d->touched[i];
 
@@ -324,69 +418,173 @@ static int push_tally(lua_State *L, rt_drive_t *d, int driver_idx,
     d->by_status[status] = 0;
   }
   d->touched_count = 0;
+  lua_setfield(L, -2, "statuses");
+  push_counts(L, d->by_attempts, MAX_ATTEMPTS);
+  lua_setfield(L, -2, "attempts");
   if (next_at > 0) {
     lua_pushnumber(L, next_at);
+    lua_setfield(L, -2, "next_at");
     d->open_second = second_of(d, next_at);
-  } else {
-    lua_pushnil(L);
   }
   memset(t, 0, sizeof(*t));
   d->last_tally = now_seconds();
-  return 12;
+  return 2;
+}
+
+/* Push the history record of attempt n (1-based) of slot s's request, one
+ * the driver retried. */
+static void push_record(lua_State *L, const slot_t *s, int n) {
+  const attempt_rec_t *r = &s->history[n - 1];
+
+  lua_createtable(L, 0, 6);
+  set_integer(L, "attempt", n);
+  lua_pushnumber(L, r->elapsed);
+  lua_setfield(L, -2, "elapsed");
+  set_integer(L, "status", r->status);
+  if (r->resent) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "resent");
+  }
+  lua_pushliteral(L, "status");
+  lua_setfield(L, -2, "reason");
+  lua_pushnumber(L, r->wait);
+  lua_setfield(L, -2, "wait");
 }
 
 /* The Response of slot s's transfer, told what the retry loop tells the
- * one it returns (core.conclude): 1 attempt, its record, its elapsed. */
-static void push_concluded(lua_State *L, slot_t *s, double elapsed) {
+ * one it returns (core.conclude): its attempts, their records, the
+ * request's elapsed. */
+static void push_concluded(lua_State *L, slot_t *s) {
   const rt_xfer_result_t *res = &s->xfer->result;
+  int n = s->attempt, i;
 
   rt_xfer_push_outcome(L, s->xfer);
   lua_getiuservalue(L, -1, 1);
-  lua_pushinteger(L, 1);
-  lua_setfield(L, -2, "attempts");
-  lua_createtable(L, 1, 0);
+  set_integer(L, "attempts", n);
+  lua_createtable(L, n, 0);
+  for (i = 1; i < n; i++) {
+    push_record(L, s, i);
+    lua_rawseti(L, -2, i);
+  }
   lua_createtable(L, 0, 4);
-  lua_pushinteger(L, 1);
-  lua_setfield(L, -2, "attempt");
-  lua_pushnumber(L, elapsed);
+  set_integer(L, "attempt", n);
+  lua_pushnumber(L, res->timings.finished_at - s->attempt_started);
   lua_setfield(L, -2, "elapsed");
-  lua_pushinteger(L, res->status);
-  lua_setfield(L, -2, "status");
+  set_integer(L, "status", res->status);
   if (res->resent) {
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "resent");
   }
-  lua_rawseti(L, -2, 1);
+  lua_rawseti(L, -2, n);
   lua_setfield(L, -2, "history");
-  lua_pushnumber(L, elapsed);
+  lua_pushnumber(L, now_seconds() - s->started);
   lua_setfield(L, -2, "elapsed");
   lua_pop(L, 1);
 }
 
-/* Slot s's first attempt goes to Lua: push the "slow" event and lend it. */
+/* Slot s's attempt goes to Lua: push the "slow" event and lend it. */
 static int push_slow(lua_State *L, rt_drive_t *d, slot_t *s) {
-  double elapsed = now_seconds() - s->started;
-  int n;
+  int n = s->attempt, i;
 
   lua_pushliteral(L, "slow");
   lua_pushinteger(L, (lua_Integer)(s - d->slots) + 1);
   lua_pushnumber(L, s->started);
-  lua_pushnumber(L, elapsed);
+  lua_pushnumber(L, now_seconds() - s->attempt_started);
+  lua_pushinteger(L, n);
+  if (n > 1) {
+    lua_createtable(L, n, 0);
+    for (i = 1; i < n; i++) {
+      push_record(L, s, i);
+      lua_rawseti(L, -2, i);
+    }
+    lua_pushnumber(L, s->history[n - 2].wait);
+  } else {
+    lua_pushnil(L);
+    lua_pushnil(L);
+  }
   if (s->start_error != 0) {
     lua_pushnil(L);
     lua_pushliteral(L, "invalid");
     lua_pushfstring(L, "could not start the transfer (%s)",
                     uv_strerror(s->start_error));
-    n = 7;
+    i = 3;
   } else {
-    n = 4 + rt_xfer_push_outcome(L, s->xfer);
+    i = rt_xfer_push_outcome(L, s->xfer);
     rt_xfer_release(s->xfer);
     s->xfer = NULL;
   }
   d->busy--;
   d->lent++;
   s->state = SLOT_LENT;
-  return n;
+  return 7 + i;
+}
+
+/* What to do with slot s's attempt, which ended with result res. */
+static enum verdict verdict_of(rt_drive_t *d, slot_t *s,
+                               const rt_xfer_result_t *res) {
+  if (res->kind != NULL || res->status < 0 || res->status >= STATUS_LIMIT)
+    return TO_LUA;
+  switch (d->stands[res->status]) {
+  case STATUS_STANDS:
+    return STANDS;
+  case STATUS_RETRIED:
+    if (d->max_attempts == 0)
+      return TO_LUA;
+    if (s->attempt >= d->max_attempts)
+      return STANDS; /* no attempt left: the retry loop returns it */
+    /* Retry-After, which may lengthen the wait or end the retries, and a
+     * history the slot has no room for are the retry loop's. */
+    if (res->retry_after > 0)
+      return TO_LUA;
+    if (s->history == NULL) {
+      s->history = malloc((size_t)d->max_attempts * sizeof(*s->history));
+      if (s->history == NULL)
+        return TO_LUA;
+    }
+    return RETRY;
+  default:
+    return TO_LUA;
+  }
+}
+
+/* Count the attempt of slot s that ended with res, in the tally. */
+static void count_attempt(rt_drive_t *d, slot_t *s,
+                          const rt_xfer_result_t *res) {
+  tally_t *t = &d->tally;
+
+  (void)rt_hist_record(d->attempt_latency, rt_histogram_ns(res->timings.total));
+  t->sent++;
+  if (res->resent)
+    t->resent++;
+  if (s->attempt > 1)
+    t->retries++;
+  t->at = res->timings.finished_at;
+}
+
+/* Slot s's attempt (just dequeued) ended in a status the policy retries,
+ * with attempts left: record it and wait before the next. */
+static void retry(lua_State *L, rt_drive_t *d, slot_t *s) {
+  const rt_xfer_result_t *res = &s->xfer->result;
+  attempt_rec_t *r = &s->history[s->attempt - 1];
+  double wait = d->waits[s->attempt - 1];
+
+  count_attempt(d, s, res);
+  d->tally.retried++;
+  r->elapsed = res->timings.finished_at - s->attempt_started;
+  r->wait = wait;
+  r->status = (int)res->status;
+  r->resent = res->resent;
+  rt_xfer_release(s->xfer);
+  s->xfer = NULL;
+  if (wait <= 0) {
+    start_attempt(d, s);
+    return;
+  }
+  s->state = SLOT_WAITING;
+  s->wait.at_ns = rt_clock_after(uv_hrtime(), wait);
+  s->wait.fire = on_wait_over;
+  if (rt_clock_arm(d->clock, &s->wait) != 0)
+    luaL_error(L, "retry: out of memory for a timer");
 }
 
 /* The request of slot s (just dequeued) ended in a standing response:
@@ -396,19 +594,15 @@ static int push_slow(lua_State *L, rt_drive_t *d, slot_t *s) {
 static int settle(lua_State *L, rt_drive_t *d, int driver_idx, slot_t *s) {
   const rt_xfer_result_t *res = &s->xfer->result;
   long status = res->status;
-  double at = res->timings.finished_at;
-  uint64_t latency = rt_histogram_ns(at - s->started);
+  uint64_t latency = rt_histogram_ns(res->timings.finished_at - s->started);
   tally_t *t = &d->tally;
 
   (void)rt_hist_record(d->latency, latency);
   (void)rt_hist_record(d->second_latency, latency);
-  (void)rt_hist_record(d->attempt_latency, rt_histogram_ns(res->timings.total));
+  count_attempt(d, s, res);
   t->requests++;
   t->responses++;
-  t->sent++;
-  t->at = at;
-  if (res->resent)
-    t->resent++;
+  d->by_attempts[s->attempt]++;
   if (status >= 400)
     t->failed++;
   if (d->by_status[status]++ == 0)
@@ -419,7 +613,7 @@ static int settle(lua_State *L, rt_drive_t *d, int driver_idx, slot_t *s) {
      * can; the slot starts again at d:free. */
     lua_pushliteral(L, "check");
     lua_pushinteger(L, (lua_Integer)(s - d->slots) + 1);
-    push_concluded(L, s, now_seconds() - s->started);
+    push_concluded(L, s);
     rt_xfer_release(s->xfer);
     s->xfer = NULL;
     d->lent++;
@@ -445,43 +639,56 @@ static int next_event(lua_State *L, rt_drive_t *d, int driver_idx) {
   while (d->ended_head != NULL) {
     slot_t *s = d->ended_head;
     const rt_xfer_result_t *res;
-    long second;
+    enum verdict verdict;
     int n;
 
     if (uv_hrtime() - d->turn_started >= TURN_NS)
       return -1;
+    if (s->retry_due) {
+      dequeue(d);
+      s->retry_due = 0;
+      start_attempt(d, s);
+      continue;
+    }
     if (s->start_error != 0) {
       dequeue(d);
       return push_slow(L, d, s);
     }
     res = &s->xfer->result;
-    if (res->kind != NULL || res->status < 0 || res->status >= STATUS_LIMIT ||
-        d->stands[res->status] != STATUS_STANDS) {
+    verdict = verdict_of(d, s, res);
+    if (verdict == TO_LUA) {
       dequeue(d);
       return push_slow(L, d, s);
     }
-    /* Its latency goes into the open second's histogram: the recorder
-     * opens a new second when told, the tally of the last one first. */
-    second = second_of(d, res->timings.finished_at);
-    if (second != d->open_second)
-      return push_tally(L, d, driver_idx, res->timings.finished_at);
+    /* Its figures go into the open second: the recorder opens a new
+     * second when told, the tally of the last one first. */
+    if (second_of(d, res->timings.finished_at) != d->open_second)
+      return push_tally(L, d, res->timings.finished_at);
     dequeue(d);
+    if (verdict == RETRY) {
+      retry(L, d, s);
+      continue;
+    }
     n = settle(L, d, driver_idx, s);
     if (n > 0)
       return n;
   }
-  if (d->tally.requests > 0 || d->tally.started > 0) {
+  if (d->tally.sent > 0 || d->tally.started > 0 ||
+      d->tally.attempts_started > 0) {
     int idle = d->busy == 0 && d->lent == 0;
 
     if (idle || d->cancelled || now_seconds() - d->last_tally >= TALLY_EVERY)
-      return push_tally(L, d, driver_idx, 0);
+      return push_tally(L, d, 0);
   }
   if (d->cut > 0) {
     lua_pushliteral(L, "cut");
     lua_pushinteger(L, d->cut);
     lua_pushnumber(L, d->cut_at);
-    d->cut = 0;
-    return 3;
+    lua_pushinteger(L, d->cut_in_flight);
+    lua_pushinteger(L, d->cut_retries);
+    push_counts(L, d->cut_attempts, MAX_ATTEMPTS);
+    d->cut = d->cut_in_flight = d->cut_retries = 0;
+    return 6;
   }
   if (d->busy == 0 && d->lent == 0) {
     lua_pushnil(L);
@@ -536,7 +743,7 @@ static int d_next(lua_State *L) {
   return next_or_park(L, d, t);
 }
 
-/* d:stop(): start no more requests; those in flight go on. */
+/* d:stop(): start no more requests; those in flight go on, retries too. */
 static int d_stop(lua_State *L) {
   rt_drive_t *d = check_drive(L, "stop");
 
@@ -545,8 +752,8 @@ static int d_stop(lua_State *L) {
   return 0;
 }
 
-/* d:cancel(): start no more, and cut the requests in flight (a "cut"
- * event counts them). Lent slots are Lua's to cancel. */
+/* d:cancel(): start no more, and cut the requests in flight or waiting (a
+ * "cut" event counts them). Lent slots are Lua's to cancel. */
 static int d_cancel(lua_State *L) {
   rt_drive_t *d = check_drive(L, "cancel");
 
@@ -573,13 +780,14 @@ static int d_free(lua_State *L) {
 }
 
 /* d:learn(status, stands): whether a response of status ends its request
- * at the first attempt (the policy's answer, which Lua caches too). */
+ * at the first attempt, the policy's answer (Lua caches it too); one that
+ * does not is retried, while attempts are left. */
 static int d_learn(lua_State *L) {
   rt_drive_t *d = check_drive(L, "learn");
   lua_Integer status = luaL_checkinteger(L, 2);
 
   if (status >= 0 && status < STATUS_LIMIT)
-    d->stands[status] = lua_toboolean(L, 3) ? STATUS_STANDS : STATUS_TO_LUA;
+    d->stands[status] = lua_toboolean(L, 3) ? STATUS_STANDS : STATUS_RETRIED;
   return 0;
 }
 
@@ -587,10 +795,13 @@ static int d_learn(lua_State *L) {
  * held the driver), which unlinked it. */
 static int d_gc(lua_State *L) {
   rt_drive_t *d = rt_udata_test(L, 1, &drive_key);
+  long i;
 
   if (d == NULL)
     return 0;
   stop_linked(&d->link);
+  for (i = 0; i < d->slot_count; i++)
+    free(d->slots[i].history);
   free(d->slots);
   d->slots = NULL;
   d->slot_count = 0;
@@ -705,6 +916,54 @@ static void read_codes(lua_State *L, rt_drive_t *d, int opts) {
   lua_pop(L, 1);
 }
 
+/* opts.stands (see the top). */
+static void read_stands(lua_State *L, rt_drive_t *d, int opts) {
+  lua_getfield(L, opts, "stands");
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+      int exact = 0;
+      lua_Integer status = lua_tointegerx(L, -2, &exact);
+
+      if (exact && status >= 0 && status < STATUS_LIMIT)
+        d->stands[status] =
+            lua_toboolean(L, -1) ? STATUS_STANDS : STATUS_RETRIED;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+/* opts.waits, when the driver makes the retries (see the top). */
+static void read_waits(lua_State *L, rt_drive_t *d, int opts) {
+  lua_Integer n, i;
+
+  lua_getfield(L, opts, "waits");
+  if (!lua_isnil(L, -1)) {
+    if (!lua_istable(L, -1))
+      rt_error_invalid(L, "core.driver: opts.waits must be a list");
+    n = (lua_Integer)lua_rawlen(L, -1);
+    if (n < 1 || n >= MAX_ATTEMPTS)
+      rt_error_invalid(L, "core.driver: opts.waits must hold 1 to %d waits",
+                       MAX_ATTEMPTS - 1);
+    for (i = 1; i <= n; i++) {
+      double w;
+
+      lua_rawgeti(L, -1, i);
+      w = lua_tonumber(L, -1);
+      if (lua_type(L, -1) != LUA_TNUMBER || !(w >= 0) || isinf(w))
+        rt_error_invalid(L,
+                         "core.driver: opts.waits[%d] must be seconds "
+                         ">= 0",
+                         (int)i);
+      d->waits[i - 1] = w;
+      lua_pop(L, 1);
+    }
+    d->max_attempts = (int)n + 1;
+  }
+  lua_pop(L, 1);
+}
+
 void rt_drive_new(lua_State *L, const rt_request_t *req, int opts_idx,
                   rt_task_t *t, rt_loop_t *loop, const int *sealed) {
   int opts = lua_absindex(L, opts_idx);
@@ -725,6 +984,7 @@ void rt_drive_new(lua_State *L, const rt_request_t *req, int opts_idx,
   d->link.stop = stop_linked;
   d->owner = t;
   d->loop = loop;
+  d->clock = &t->sched->clock;
   d->sealed = sealed;
   d->total = total < 0 || total >= 9e18 ? -1 : (lua_Integer)total;
   d->ends = opt_number(L, opts, "ends", 0);
@@ -733,14 +993,14 @@ void rt_drive_new(lua_State *L, const rt_request_t *req, int opts_idx,
   d->attempt_latency = opt_histogram(L, opts, "attempt_latency");
   d->second_latency = opt_histogram(L, opts, "second_latency");
   read_codes(L, d, opts);
+  read_stands(L, d, opts);
+  read_waits(L, d, opts);
   lua_getfield(L, opts, "check");
   d->has_check = !d->has_codes && lua_isfunction(L, -1);
   lua_setiuservalue(L, -2, KEEP_CHECK);
   lua_getfield(L, opts, "claim");
   d->has_claim = !lua_isnil(L, -1);
   lua_setiuservalue(L, -2, KEEP_CLAIM);
-  lua_newtable(L);
-  lua_setiuservalue(L, -2, KEEP_STATUSES);
   lua_pushvalue(L, opts); /* keeps the histograms */
   lua_setiuservalue(L, -2, KEEP_OPTS);
   rt_task_push_handle(L, t);

@@ -289,17 +289,22 @@ end
 
 --[[ A closed-model load of a prepared plain request (loop.plain_parts)
 runs in C: a driver (core.driver, src/lua_drive.c) starts `slots`
-requests at a time, and a request whose first attempt ends in a response
-that stands needs no task at all; the driver records it and hands its
+requests at a time. A request whose attempts end in responses the policy
+retries (with waits that depend on the attempt's number alone: parts.waits)
+or lets stand needs no task at all; the driver records it and hands its
 counts over as tallies (and the response to this worker's task, when the
-load's check is a Lua function, which may wait as any check can). Any other first attempt goes on in a task of its
-own, driven_request, while its slot waits. The load's stop reaches the
-driver through L.driver (stop, cancel). ]]
-local function driven_request(L, d, parts, slot, started, elapsed, response,
-    ...)
+load's check is a Lua function, which may wait as any check can). Any
+other attempt (an error, a status not yet learned, a Retry-After) goes on
+in a task of its own, driven_request, as the rest of its request, while
+its slot waits. The load's stop reaches the driver through L.driver (stop,
+cancel). ]]
+local function driven_request(L, d, parts, slot, started, elapsed, n,
+    history, previous_wait, response, ...)
   local me = task.current()
   L.live[me] = true
   begin(L)
+  -- The attempts the driver made before this one.
+  L.counts[counter_key(L)] = n - 1
   local err
   if response then
     local status = response.status
@@ -307,7 +312,8 @@ local function driven_request(L, d, parts, slot, started, elapsed, response,
   else
     err = http.error_of(parts.spec, ...)
   end
-  local ok, r = pcall(parts.go_on, response, err, started, elapsed)
+  local ok, r = pcall(parts.go_on, response, err, started, elapsed, n,
+    history, previous_wait)
   pcall(record, L, started, ok, r)
   L.live[me] = nil
   d:free(slot)
@@ -326,16 +332,18 @@ local function on_driver_event(L, d, parts, ok, event, ...)
   if event == nil then return false end
   local rec = L.recorder
   if event == "tally" then
-    local at, requests, responses, failed, checks, checks_failed, sent,
-      resent, started, statuses, next_at = ...
-    L.started_count = L.started_count + started
-    -- Each began with an attempt, as send counts them (one a transfer
-    -- that could not start too: the driver does not tell them apart).
+    local t = ...
+    L.started_count = L.started_count + t.started
+    -- As send and the retry loop count them.
     local counters = parts.client.counters
-    counters.requests = counters.requests + started
-    counters.attempts = counters.attempts + started
-    rec:tally(at, requests, responses, failed, checks, checks_failed, sent,
-      resent, statuses, next_at)
+    counters.requests = counters.requests + t.started
+    counters.attempts = counters.attempts + t.attempts_started
+    if t.retried > 0 then
+      counters.retries = counters.retries + t.retried
+      local by = counters.retries_by_reason
+      by.status = (by.status or 0) + t.retried
+    end
+    rec:tally(t)
   elseif event == "slow" then
     task.spawn(driven_request, L, d, parts, ...)
   elseif event == "check" then
@@ -344,8 +352,9 @@ local function on_driver_event(L, d, parts, ok, event, ...)
     r:close()
     d:free(slot)
   elseif event == "cut" then
-    local n, at = ...
-    rec:cut(n, at, "cancelled", L.cancelled_why)
+    local n, at, in_flight, retries, attempts = ...
+    rec:cut(n, at, "cancelled", L.cancelled_why, in_flight, retries,
+      attempts)
   end
   return true
 end
@@ -355,7 +364,8 @@ local function driven_worker(L, parts, slots_count)
   local d = core.driver(parts.spec, {
     slots = slots_count, total = L.total ~= math.huge and L.total or nil,
     ends = L.ends, claim = L.claim, started = rec.started,
-    check = L.check, codes = status_codes[L.check],
+    check = L.check, codes = status_codes[L.check], waits = parts.waits,
+    stands = parts.verdicts(),
     latency = rec.latency, attempt_latency = rec.attempt_latency,
     second_latency = rec.second_latency,
   })

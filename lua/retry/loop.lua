@@ -20,6 +20,11 @@ local spec_for, call_hooks = attempt_mod.spec_for, attempt_mod.call_hooks
 local log, closed_error = attempt_mod.log, attempt_mod.closed_error
 local attempt, attempt_plain = attempt_mod.attempt, attempt_mod.attempt_plain
 local retry_reason = strategies.retry_reason
+local fixed_waits = strategies.fixed_waits
+
+-- The most attempts of a request whose retries a load's driver makes
+-- (src/lua_drive.c's MAX_ATTEMPTS).
+local MAX_DRIVEN_ATTEMPTS = 64
 
 -- The attempts limit, read live: a change made during a request counts.
 -- An integral float (2.0) counts as the integer, as the constructors and
@@ -474,24 +479,42 @@ local function sender(client, list, options, call, specs)
     end
     return not reason or not left
   end
-  -- The request, once its first attempt has ended (at t0 + elapsed).
-  local function go_on(response, err, t0, elapsed)
+  -- Whether a first response of each status 100 to 599 stands, for a
+  -- load's driver: with no callback the policy reads the status alone.
+  local function verdicts()
+    local t = {}
+    for status = 100, 599 do
+      local ok, reason = pcall(retry_reason, options, method,
+        { status = status }, nil, false, true)
+      if ok then t[status] = not reason or not left end
+    end
+    return t
+  end
+  -- The request begun at t0, once its attempt n (1 when nil) has ended
+  -- after `elapsed`; for n > 1, `history` holds the records of the
+  -- attempts before it (a load's driver made them) and previous_wait the
+  -- wait before it.
+  local function go_on(response, err, t0, elapsed, n, history, previous_wait)
     local status, stood = nil, false
+    n = n or 1
     if response then
       status = response.status -- a metamethod call: read once
-      stood = stands(response, status)
+      stood = n == 1 and stands(response, status)
     end
     -- record_of's record, made here for a response: its status is read
     -- already, and a call more costs 0.6k instructions a request.
-    local record = status and { attempt = 1, elapsed = elapsed,
+    local record = status and { attempt = n, elapsed = elapsed,
       status = status, resent = response.resent }
-      or record_of(1, elapsed, nil, err)
+      or record_of(n, elapsed, nil, err)
     if next(client.recorders) then report(client, record, response) end
     if stood then
       core.conclude(response, 1, { record }, elapsed)
       return response
     end
     local st = new_state(client, list, options, call, specs, t0)
+    if history then
+      st.history, st.n, st.previous_wait = history, n - 1, previous_wait
+    end
     st.given, st.plain = { response, err, record }, cached_reason
     return run_loop(client, st)
   end
@@ -502,17 +525,22 @@ local function sender(client, list, options, call, specs)
     local response, err = send_plain(client, spec, t0, 1)
     return go_on(response, err, t0, core.now() - t0)
   end
+  local waits = fixed_waits(options, MAX_DRIVEN_ATTEMPTS)
   return send, { spec = spec, stands = stands, go_on = go_on,
-    client = client }
+    client = client, waits = waits and #waits > 0 and waits or nil,
+    verdicts = verdicts }
 end
 
 -- The functions prepare made: they spawn no task, so a load can count a
 -- request's attempts by the coroutine that called it (load.lua). A plain
 -- one's value is its parts, for a load that runs its first attempts in C
--- (core.driver): the request table, `stands(response, status)`,
+-- (core.driver): the request table, `stands(response, status)` and
+-- `verdicts()` (stands' answer for every status 100 to 599),
 -- `go_on(response, err, t0, elapsed)`, the rest of a request from the
 -- outcome of its first attempt, as its function goes on, and the client
--- (whose counters the load adds the driver's requests and attempts to).
+-- (whose counters the load adds the driver's requests and attempts to),
+-- and `waits`, strategies.fixed_waits' list when there is one: the
+-- driver then makes the retries of a retried status itself.
 local prepared = setmetatable({}, { __mode = "k" })
 
 local function prepare(client, list, options, call, specs)

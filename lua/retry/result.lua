@@ -183,33 +183,35 @@ function Recorder:finished(at, latency, attempts, status, kind, message)
   end
 end
 
---- Requests the load's driver (core.driver) ran to a response that stood
--- at its first attempt, as one tally: `requests` of them ended in the
--- second `at` falls in; `statuses` is {status = count}, emptied here.
--- next_at (or nil): the driver records the next ones' latencies in the
--- second of next_at, which opens now.
-function Recorder:tally(at, requests, responses, failed, checks,
-    checks_failed, sent, resent, statuses, next_at)
-  if requests > 0 then
-    self.requests = self.requests + requests
-    add(self.attempts, 1, requests)
-    local entry, k = entry_at(self, at)
+--- What a load's driver (core.driver) counted since its last tally, all
+-- in the second t.at falls in: the requests that ended in a response that
+-- stood, their statuses ({status = count}) and attempts ({attempts =
+-- count}), the attempts that ended (t.sent, t.resent, t.retries). The
+-- driver records the latencies itself. t.next_at (or nil): the driver
+-- records the next ones' latencies in the second of next_at, which opens
+-- now.
+function Recorder:tally(t)
+  local requests = t.requests
+  if requests > 0 or t.sent > 0 then
+    local entry, k = entry_at(self, t.at)
     if k > self.open_second then
       close_second(self)
       self.open_second = k
     end
     entry.requests = entry.requests + requests
-    self.responses = self.responses + responses
-    self.failed = self.failed + failed
-    for status, n in pairs(statuses) do
-      add(self.by_status, status, n)
-      statuses[status] = nil
-    end
-    self.checks = self.checks + checks
-    self.checks_failed = self.checks_failed + checks_failed
-    self.attempts_sent = self.attempts_sent + sent
-    self.resent = self.resent + resent
+    entry.retries = entry.retries + t.retries
+    self.requests = self.requests + requests
+    for n, count in pairs(t.attempts) do add(self.attempts, n, count) end
+    self.responses = self.responses + t.responses
+    self.failed = self.failed + t.failed
+    for status, n in pairs(t.statuses) do add(self.by_status, status, n) end
+    self.checks = self.checks + t.checks
+    self.checks_failed = self.checks_failed + t.checks_failed
+    self.attempts_sent = self.attempts_sent + t.sent
+    self.resent = self.resent + t.resent
+    self.retries = self.retries + t.retries
   end
+  local next_at = t.next_at
   if next_at then
     local _, k = entry_at(self, next_at)
     if k > self.open_second then
@@ -219,11 +221,22 @@ function Recorder:tally(at, requests, responses, failed, checks,
   end
 end
 
---- `n` requests in flight were cut by the load at `at`, each at its first
--- attempt: errors of `kind` with `message`, no latency recorded.
-function Recorder:cut(n, at, kind, message)
-  self.attempts_sent = self.attempts_sent + n
-  for _ = 1, n do self:finished(at, nil, 1, nil, kind, message) end
+--- `n` requests were cut by the load at `at`, as errors of `kind` with
+-- `message` and no latency: `in_flight` of them had an attempt out
+-- (`retries` of those a retry), and `attempts` = {attempts = count}.
+function Recorder:cut(n, at, kind, message, in_flight, retries, attempts)
+  self.attempts_sent = self.attempts_sent + in_flight
+  if retries > 0 then
+    self.retries = self.retries + retries
+    local entry = entry_at(self, at)
+    entry.retries = entry.retries + retries
+  end
+  local left = n
+  for k, count in pairs(attempts) do
+    for _ = 1, count do self:finished(at, nil, k, nil, kind, message) end
+    left = left - count
+  end
+  assert(left == 0, "Recorder:cut: the attempts do not add up to n")
 end
 
 --- A check ran on a response: passed, or failed (with why, when it raised).

@@ -493,4 +493,34 @@ M.DecorrelatedJitterRetry = define("DecorrelatedJitterRetry", {
   return math.min(self.max_timeout, base + random(self) * (3 * previous - base))
 end, { order = { "base", "max_timeout" } })
 
+-- The strategies whose wait depends on the attempt's number alone (an
+-- ExponentialRetry without jitter).
+local FIXED = {
+  [getmetatable(M.ExponentialRetry{})] = function(o) return o.jitter == "none" end,
+  [getmetatable(M.ListRetry{ 0 })] = true,
+  [getmetatable(M.FibonacciRetry{})] = true,
+}
+
+--- The waits of `options` before attempts 2 to n ({} for one attempt),
+-- when get_timeout depends on nothing but the attempt's number (a
+-- built-in strategy without randomness, and get_timeout not replaced) and
+-- n is at most `most`; nil otherwise. A load's driver (src/lua_drive.c)
+-- retries with them in C.
+function M.fixed_waits(options, most)
+  local fixed = FIXED[getmetatable(options)]
+  if not fixed or rawget(options, "get_timeout") ~= nil
+      or (fixed ~= true and not fixed(options)) then
+    return nil
+  end
+  local n = as_integer(options.attempts)
+  if not n or n < 1 or n > most then return nil end
+  local waits = {}
+  for k = 1, n - 1 do
+    local ok, w = pcall(options.get_timeout, options, k)
+    if not ok or not SECONDS.ok(w) then return nil end
+    waits[k] = w
+  end
+  return waits
+end
+
 return M

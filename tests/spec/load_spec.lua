@@ -393,6 +393,140 @@ describe("retry.load of a url, its requests run in C", function()
     end)
   end)
 
+  -- A prepared request on a client of its own with `strategy`, as
+  -- `lretry load` makes it.
+  local function prepared(strategy, url)
+    local client = retry.RetryClient{ retry_options = strategy, limit = 0 }
+    return client, require("retry.client").prepare(client, "GET", url)
+  end
+
+  it("makes the retries of a retried status in C, with the strategy's "
+    .. "waits, as the server saw them", function()
+    retry.run(function()
+      -- The key's first 4 hits get a 503: the first request spends its 3
+      -- attempts on them, the second gets a 200 at its second attempt.
+      local key = h.key("driven-retry")
+      local url = h.url("/fail?n=4&status=503&key=" .. key)
+      local client, send = prepared(retry.ListRetry{ timeouts = { 0.05, 0.1 },
+        attempts = 3 }, url)
+      local seen = {}
+      local r = retry.load(quiet{ client = client, request = send,
+        concurrency = 1, requests = 4,
+        check = function(resp)
+          local h1 = resp.history[1]
+          seen[#seen + 1] = { status = resp.status, attempts = resp.attempts,
+            elapsed = resp.elapsed, history = resp.history,
+            first = { status = h1.status, reason = h1.reason, wait = h1.wait } }
+          return resp.status == 200
+        end })
+      assert.equal(7, h.hits(retry, key))
+      assert.equal(7, r.attempts_sent)
+      assert.equal(3, r.retries)
+      assert.same({ [3] = 1, [2] = 1, [1] = 2 }, r.attempts)
+      assert.same({ [503] = 1, [200] = 3 }, r.by_status)
+      assert.equal(1, r.checks_failed)
+      local retries = 0
+      for _, e in ipairs(r.timeline) do retries = retries + e.retries end
+      assert.equal(3, retries)
+      local stats = client:stats()
+      assert.equal(4, stats.requests)
+      assert.equal(7, stats.attempts)
+      assert.equal(3, stats.retries)
+      assert.same({ status = 3 }, stats.retries_by_reason)
+      -- What the check saw: each attempt's record, the waits in them.
+      local first, second = seen[1], seen[2]
+      assert.equal(503, first.status)
+      assert.equal(3, first.attempts)
+      assert.equal(3, #first.history)
+      for i, rec in ipairs(first.history) do
+        assert.equal(i, rec.attempt)
+        assert.equal(503, rec.status)
+        assert.is_true(rec.elapsed > 0)
+      end
+      assert.same({ "status", "status" },
+        { first.history[1].reason, first.history[2].reason })
+      assert.same({ 0.05, 0.1 }, { first.history[1].wait,
+        first.history[2].wait })
+      assert.is_nil(first.history[3].reason)
+      assert.is_true(first.elapsed >= 0.15, tostring(first.elapsed))
+      assert.equal(2, second.attempts)
+      assert.same({ status = 503, reason = "status", wait = 0.05 },
+        second.first)
+      assert.equal(200, second.history[2].status)
+      assert.is_true(second.elapsed >= 0.05, tostring(second.elapsed))
+      assert.equal(1, seen[3].attempts)
+    end)
+  end)
+
+  it("leaves a Retry-After to the retry loop", function()
+    retry.run(function()
+      local url, key = h.counted("/status/503?retry_after=1", "driven-ra")
+      local client, send = prepared(retry.ListRetry{ timeouts = { 0 },
+        attempts = 2 }, url)
+      local seen = {}
+      local r = retry.load(quiet{ client = client, request = send,
+        concurrency = 1, requests = 2,
+        check = function(resp)
+          seen[#seen + 1] = { elapsed = resp.elapsed,
+            reason = resp.history[1].reason, wait = resp.history[1].wait }
+          return true
+        end })
+      assert.equal(4, h.hits(retry, key))
+      assert.same({ [2] = 2 }, r.attempts)
+      for _, s in ipairs(seen) do
+        assert.equal("retry_after", s.reason)
+        assert.equal(1, s.wait)
+        assert.is_true(s.elapsed >= 1, tostring(s.elapsed))
+      end
+    end)
+  end)
+
+  it("hands a request to the retry loop after a retried status, when an "
+    .. "attempt fails", function()
+    retry.run(function()
+      local url, key = h.counted("/flaky?drop=20&fail=40", "driven-flaky")
+      local client, send = prepared(retry.ListRetry{ timeouts = { 0, 0.001 },
+        attempts = 3 }, url)
+      local r = retry.load(quiet{ client = client, request = send,
+        concurrency = 8, requests = 600 })
+      assert.equal(600, r.requests)
+      assert.equal(r.requests, r.responses + r.errors)
+      assert.is_true((r.by_error.network or 0) > 0)
+      assert.equal(h.settled_hits(retry, key), r.attempts_sent + r.resent)
+      local n, sent = 0, 0
+      for k, c in pairs(r.attempts) do
+        assert.is_true(k >= 1 and k <= 3)
+        n, sent = n + c, sent + k * c
+      end
+      assert.equal(600, n)
+      assert.equal(r.attempts_sent, sent)
+      assert.equal(r.attempts_sent - 600, r.retries)
+      local stats = client:stats()
+      assert.equal(600, stats.requests)
+      assert.equal(r.attempts_sent, stats.attempts)
+      assert.equal(r.retries, stats.retries)
+    end)
+  end)
+
+  it("cuts the requests waiting between attempts, counting what they sent",
+    function()
+    retry.run(function()
+      local url, key = h.counted("/status/503", "driven-wait-cut")
+      local client, send = prepared(retry.ListRetry{ timeouts = { 5 },
+        attempts = 2 }, url)
+      local t0 = retry.now()
+      local r = retry.load(quiet{ client = client, request = send,
+        concurrency = 4, duration = 0.2, grace = 0.1 })
+      assert.is_true(retry.now() - t0 < 2)
+      assert.equal(4, r.requests)
+      assert.same({ cancelled = 4 }, r.by_error)
+      assert.same({ [1] = 4 }, r.attempts)
+      assert.equal(4, r.attempts_sent)
+      assert.equal(0, r.retries)
+      assert.equal(4, h.settled_hits(retry, key))
+    end)
+  end)
+
   it("accounts at the server for every attempt on a closed connection",
     function()
     retry.run(function()
