@@ -13,17 +13,19 @@
 #   through src/loop.c, reused easy handles, no Lua); lretry's transfers
 #   with a Lua check called from C and no task per request
 #   (tests/bench/engine.c: what a request path in C could do); curl -Z;
-#   `lretry load` (closed model, a Lua check per response); bare
+#   `lretry load` (closed model, --expect 200); retry.load with a url and
+#   a Lua check per response (bench_load.lua); bare
 #   `retry.request` and RetryClient loops; the floor under both
 #   (bench_client.lua floor: the core's calls in a Lua task, one resume per
 #   request, no retry layer); the 503 route with 3 attempts per request
-#   (attempts/s); `lretry load --threads 2` when lretry has it; one request
+#   (attempts/s, a Lua check per response as bench_load.lua's);
+#   `lretry load --threads 2` when lretry has it; one request
 #   at a time (ceiling, curl, lretry); memory (100,000 requests, 10,000
 #   requests in backoff, 10,000 in flight against nginx's echo_sleep route,
 #   what is left after that burst); timer lateness under load; CPU of a 10
 #   requests/s load; connections opened (nginx stub_status). Then, once, the
 #   instructions one request costs (callgrind) in the ceiling, the engine,
-#   the floor, the two loops and `lretry load`: the figures that do not
+#   the floor, the two loops and both loads: the figures that do not
 #   drift.
 # It ends with one line per target: `target NAME: met|NOT met (value vs
 # target)`.
@@ -234,6 +236,8 @@ bench_round() {
   curl_run curl "$conc" "$dir/urls.total" "$total"
   counted load "$lretry" load "$url" -c "$conc" -n "$total" --expect 200 --quiet
   rec load "$(load_rate load "$total")"
+  counted lload "$lretry" scripts/bench_load.lua "$url" "$total" "$conc"
+  rec lload "$(rate_of lload)"
   counted request "$lretry" scripts/bench_client.lua "$url" "$total" "$conc" bare
   rec request "$(rate_of request)"
   counted floor "$lretry" scripts/bench_client.lua "$url" "$total" "$conc" floor
@@ -318,6 +322,7 @@ instr floor "$lretry" scripts/bench_client.lua "$url" N "$conc" floor
 instr request "$lretry" scripts/bench_client.lua "$url" N "$conc" bare
 instr client "$lretry" scripts/bench_client.lua "$url" N "$conc"
 instr load "$lretry" load "$url" -c "$conc" -n N --expect 200 --quiet
+instr lload "$lretry" scripts/bench_load.lua "$url" N "$conc"
 
 # --- the table ---------------------------------------------------------------
 
@@ -326,6 +331,7 @@ row() { printf '  %-44s %9.0f %-10s %s\n' "$@" | sed 's/ *$//'; }
 wrk1=$(med wrk1)
 ceil=$(med ceiling)
 load=$(med load)
+lload=$(med lload)
 c1_ceiling=$(med c1_ceiling)
 c1_curl=$(med c1_curl)
 c1_load=$(med c1_load)
@@ -346,6 +352,8 @@ row "curl -Z --parallel-max $conc" "$(med curl)" req/s \
   "$(ratio "$(med curl)" "$ceil") x ceiling  connections $(med curl.conns)"
 row "lretry load -c$conc -n$total --expect 200" "$load" req/s \
   "$(ratio "$load" "$ceil") x ceiling  peak RSS $(kib_mib "$(med load.rss)")  connections $(med load.conns)"
+row "retry.load{url}, Lua check (bench_load.lua)" "$lload" req/s \
+  "$(ratio "$lload" "$ceil") x ceiling  peak RSS $(kib_mib "$(med lload.rss)")  connections $(med lload.conns)"
 row "retry.request loop (bench_client.lua bare)" "$(med request)" req/s \
   "$(ratio "$(med request)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med request.rss)")  connections $(med request.conns)"
 row "core calls in a task (bench_client floor)" "$(med floor)" req/s \
@@ -353,7 +361,7 @@ row "core calls in a task (bench_client floor)" "$(med floor)" req/s \
 row "RetryClient loop (bench_client.lua)" "$(med client)" req/s \
   "$(ratio "$(med client)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med client.rss)")  connections $(med client.conns)"
 row "503 route, 3 attempts (bench_503.lua)" "$(med r503)" attempts/s \
-  "$(ratio "$(med r503)" "$load") x lretry load  connections $(med r503.conns)"
+  "$(ratio "$(med r503)" "$lload") x bench_load  connections $(med r503.conns)"
 if [ "$threads" = yes ]; then
   row "lretry load --threads 2" "$(med threads)" req/s \
     "$(ratio "$(med threads)" "$load") x lretry load  connections $(med threads.conns)"
@@ -376,6 +384,7 @@ kinstr "core calls in a task (bench_client floor)" floor x
 kinstr "retry.request loop (bench_client.lua bare)" request x
 kinstr "RetryClient loop (bench_client.lua)" client x
 kinstr "lretry load -c$conc --expect 200" load x
+kinstr "retry.load{url}, Lua check (bench_load.lua)" lload x
 echo "one request at a time, $c1_total GETs:"
 row "C ceiling, concurrency 1" "$c1_ceiling" req/s ""
 row "curl -Z --parallel-max 1" "$c1_curl" req/s \
@@ -411,8 +420,9 @@ target() {
 raw() { awk -v a="$1" -v b="$2" 'BEGIN {print a / b}'; }
 echo
 target "lretry load vs C ceiling" "$(raw "$load" "$ceil")" ">=" 0.85 "%.2f"
+target "retry.load with a Lua check vs C ceiling" "$(raw "$lload" "$ceil")" ">=" 0.85 "%.2f"
 target "retry.request vs C ceiling" "$(raw "$(med request)" "$ceil")" ">=" 0.9 "%.2f"
-target "503 attempts/s vs 200 req/s" "$(raw "$(med r503)" "$load")" ">=" 0.9 "%.2f"
+target "503 attempts/s vs 200 req/s (Lua checks)" "$(raw "$(med r503)" "$lload")" ">=" 0.9 "%.2f"
 target "connections opened by lretry load" "$(med load.conns)" "==" "$conc" "%d"
 if [ "$threads" = yes ]; then
   target "--threads 2 vs one thread" "$(raw "$(med threads)" "$load")" ">=" 1.6 "%.2f"

@@ -5,8 +5,8 @@
 -- (--strategy list starts at 0.1 s), hence this script; the load is the
 -- one the CLI builds: a client of its own with no limit, its request
 -- prepared once (retry.client's prepare, internal: a measuring tool, not
--- an example) and the check `--expect 503` makes (load.status_check), as
--- the 200 route's `lretry load --expect 200` has.
+-- an example) and a Lua check per response, as scripts/bench_load.lua's
+-- 200 route has.
 -- Usage: lretry scripts/bench_503.lua URL [REQUESTS] [CONCURRENCY] [ATTEMPTS]
 -- Prints: "bench_503: R requests, A attempts in S s, X attempts/s"
 local retry = require("retry")
@@ -26,7 +26,7 @@ local client <close> = retry.RetryClient{
 local r = retry.load{
   client = client, concurrency = concurrency, requests = requests,
   request = require("retry.client").prepare(client, "GET", url),
-  check = require("retry.load").status_check({ [503] = true }),
+  check = function(response) return response.status == 503 end,
   quiet = true,
 }
 print(("bench_503: %d requests, %d attempts in %.2f s, %.0f attempts/s"):format(
