@@ -9,7 +9,8 @@
  *   claim            a function that returns nil once the load's requests
  *                    are all claimed (a worker thread's share); nil for none
  *   started          the recorder's start, which the seconds count from
- *   check            the load's check function, or nil
+ *   check            the load's check (any value but nil: Lua calls it on
+ *                    "check" events), or nil
  *   codes            {status = true}: check a response by its status alone,
  *                    without calling `check`
  *   stands           {status = boolean}: whether a first response of that
@@ -45,9 +46,11 @@
  *       a request that ended in a standing response, counted in the
  *       tally, for the Lua check (opts.check, unless opts.codes) to see;
  *       the slot is lent until d:free(slot)
- *   "cut", n, at, in_flight, retries, attempts
+ *   "cut", n, at, in_flight, resent, retries, attempts
  *       n requests were cut by a cancel: in_flight of them with an attempt
- *       out (retries of those a retry), attempts = {attempts = count}
+ *       whose request had gone out (resent of those sent twice by
+ *       libcurl, retries of them a retry), attempts = {attempts = count},
+ *       counting only attempts that went out
  *   nil               every request has ended, and no slot is lent
  */
 #include "lua_drive.h"
@@ -89,7 +92,7 @@ static const char drive_key = 'd';
 #define TURN_NS 20000
 
 /* The driver's user values. */
-enum { KEEP_CHECK = 1, KEEP_CLAIM, KEEP_OPTS, KEEP_TASK, KEEP_COUNT = 4 };
+enum { KEEP_CLAIM = 1, KEEP_OPTS, KEEP_TASK, KEEP_COUNT = 3 };
 
 enum slot_state {
   SLOT_IDLE,    /* its requests are over */
@@ -164,9 +167,9 @@ struct rt_drive_s {
   int stopped;
   int cancelled;
   int parked;    /* the owner waits in d:next */
-  int has_check; /* a Lua check function */
+  int has_check; /* a Lua check, which "check" events are for */
   int has_codes; /* a check by status codes */
-  lua_Integer cut, cut_in_flight, cut_retries;
+  lua_Integer cut, cut_in_flight, cut_resent, cut_retries;
   lua_Integer cut_attempts[MAX_ATTEMPTS + 1];
   double cut_at;
   long open_second; /* the recorder's open second, as last told */
@@ -325,12 +328,20 @@ static void cancel_all(rt_drive_t *d) {
       rt_clock_disarm(d->clock, &s->wait);
     } else if (s->state == SLOT_BUSY ||
                (s->state == SLOT_ENDED && s->xfer != NULL)) {
-      /* An attempt out, or ended and not yet seen: cut in flight. */
+      /* An attempt out, or ended and not yet seen: cut in flight. It
+       * counts, as the retry loop counts one, only if its request went
+       * out on a connection. */
+      if (s->xfer->went_out) {
+        d->cut_in_flight++;
+        if (s->xfer->result.resent)
+          d->cut_resent++;
+        if (s->attempt > 1)
+          d->cut_retries++;
+      } else {
+        done--;
+      }
       rt_xfer_release(s->xfer);
       s->xfer = NULL;
-      d->cut_in_flight++;
-      if (s->attempt > 1)
-        d->cut_retries++;
     } else if (s->state == SLOT_ENDED) {
       if (s->start_error != 0)
         done--; /* an attempt that never started */
@@ -609,8 +620,8 @@ static int settle(lua_State *L, rt_drive_t *d, int driver_idx, slot_t *s) {
     d->touched[d->touched_count++] = (short)status;
   d->busy--;
   if (d->has_check) {
-    /* The owner's Lua calls it, where it may wait as a request's check
-     * can; the slot starts again at d:free. */
+    /* Lua calls it, in a task that may wait as a request's check can; the
+     * slot starts again at d:free. */
     lua_pushliteral(L, "check");
     lua_pushinteger(L, (lua_Integer)(s - d->slots) + 1);
     push_concluded(L, s);
@@ -634,8 +645,13 @@ static int settle(lua_State *L, rt_drive_t *d, int driver_idx, slot_t *s) {
 /* What d:next returns now without waiting; 0 when it must wait, -1 when
  * its turn is over (TURN_NS). */
 static int next_event(lua_State *L, rt_drive_t *d, int driver_idx) {
-  while (d->fresh < d->slot_count)
+  /* A turn at a time, as the ended ones: ten thousand slots started in
+   * one go would hold up the loop (and every timer) for as long. */
+  while (d->fresh < d->slot_count) {
+    if (uv_hrtime() - d->turn_started >= TURN_NS)
+      return -1;
     start_slot(L, d, driver_idx, &d->slots[d->fresh++]);
+  }
   while (d->ended_head != NULL) {
     slot_t *s = d->ended_head;
     const rt_xfer_result_t *res;
@@ -685,10 +701,11 @@ static int next_event(lua_State *L, rt_drive_t *d, int driver_idx) {
     lua_pushinteger(L, d->cut);
     lua_pushnumber(L, d->cut_at);
     lua_pushinteger(L, d->cut_in_flight);
+    lua_pushinteger(L, d->cut_resent);
     lua_pushinteger(L, d->cut_retries);
     push_counts(L, d->cut_attempts, MAX_ATTEMPTS);
-    d->cut = d->cut_in_flight = d->cut_retries = 0;
-    return 6;
+    d->cut = d->cut_in_flight = d->cut_resent = d->cut_retries = 0;
+    return 7;
   }
   if (d->busy == 0 && d->lent == 0) {
     lua_pushnil(L);
@@ -996,8 +1013,8 @@ void rt_drive_new(lua_State *L, const rt_request_t *req, int opts_idx,
   read_stands(L, d, opts);
   read_waits(L, d, opts);
   lua_getfield(L, opts, "check");
-  d->has_check = !d->has_codes && lua_isfunction(L, -1);
-  lua_setiuservalue(L, -2, KEEP_CHECK);
+  d->has_check = !d->has_codes && !lua_isnil(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, opts, "claim");
   d->has_claim = !lua_isnil(L, -1);
   lua_setiuservalue(L, -2, KEEP_CLAIM);

@@ -11,9 +11,9 @@
  * load's task adds to its recorder). Everything else goes back to that task
  * as an event, the slot lent to Lua until it is freed: an error, a status
  * the driver has not been told stands (`learn`). Lua runs for a standing
- * response only to call the load's check function (in the owner task, so
- * that the check may wait as any other can), and not at all for a check
- * by status codes. README "Performance".
+ * response only to call the load's check function (in a task of its own,
+ * so that the check may wait as any other can), and not at all for a
+ * check by status codes. README "Performance".
  *
  * The Lua side, load.lua's driven worker (the only user):
  *   core.driver(request, opts) -> driver, owned by the calling task

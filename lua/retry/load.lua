@@ -292,7 +292,7 @@ runs in C: a driver (core.driver, src/lua_drive.c) starts `slots`
 requests at a time. A request whose attempts end in responses the policy
 retries (with waits that depend on the attempt's number alone: parts.waits)
 or lets stand needs no task at all; the driver records it and hands its
-counts over as tallies (and the response to this worker's task, when the
+counts over as tallies (and the response to a checker task, when the
 load's check is a Lua function, which may wait as any check can). Any
 other attempt (an error, a status not yet learned, a Retry-After) goes on
 in a task of its own, driven_request, as the rest of its request, while
@@ -317,6 +317,38 @@ local function driven_request(L, d, parts, slot, started, elapsed, n,
   pcall(record, L, started, ok, r)
   L.live[me] = nil
   d:free(slot)
+end
+
+-- A task that runs the load's check on the responses the driver hands it,
+-- then waits for the next: a check that waits holds up its own slot only,
+-- as in a load whose requests run in Lua, while the driver's task goes on.
+-- Idle checkers wait in L.checkers; nothing more to check ends them.
+local function checker(L, d, slot, r)
+  local me = task.current()
+  L.live[me] = true
+  while slot do
+    check(L, r)
+    r:close()
+    d:free(slot)
+    local idle = L.checkers
+    idle[#idle + 1] = me.handle
+    local ok
+    ok, slot, r = pcall(core.park, "a load's check")
+    if not ok then break end
+  end
+  L.live[me] = nil
+end
+
+-- Give a "check" event's response to an idle checker, or a new one.
+local function hand_check(L, d, slot, r)
+  local idle = L.checkers
+  for i = #idle, 1, -1 do
+    local handle = idle[i]
+    idle[i] = nil
+    -- One that a cancel woke is no longer waiting.
+    if core.wake(handle, slot, r) then return end
+  end
+  task.spawn(checker, L, d, slot, r)
 end
 
 -- One event of the driver, as pcall(d.next, d) gives it; false once every
@@ -347,13 +379,10 @@ local function on_driver_event(L, d, parts, ok, event, ...)
   elseif event == "slow" then
     task.spawn(driven_request, L, d, parts, ...)
   elseif event == "check" then
-    local slot, r = ...
-    check(L, r)
-    r:close()
-    d:free(slot)
+    hand_check(L, d, ...)
   elseif event == "cut" then
-    local n, at, in_flight, retries, attempts = ...
-    rec:cut(n, at, "cancelled", L.cancelled_why, in_flight, retries,
+    local n, at, in_flight, resent, retries, attempts = ...
+    rec:cut(n, at, "cancelled", L.cancelled_why, in_flight, resent, retries,
       attempts)
   end
   return true
@@ -369,9 +398,10 @@ local function driven_worker(L, parts, slots_count)
     latency = rec.latency, attempt_latency = rec.attempt_latency,
     second_latency = rec.second_latency,
   })
-  L.driver = d
+  L.driver, L.checkers = d, {}
   if L.stopping then d:stop() end
   while on_driver_event(L, d, parts, pcall(d.next, d)) do end
+  for _, handle in ipairs(L.checkers) do core.wake(handle) end
 end
 
 local function open_request(L, i, due)

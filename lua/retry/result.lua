@@ -222,10 +222,13 @@ function Recorder:tally(t)
 end
 
 --- `n` requests were cut by the load at `at`, as errors of `kind` with
--- `message` and no latency: `in_flight` of them had an attempt out
--- (`retries` of those a retry), and `attempts` = {attempts = count}.
-function Recorder:cut(n, at, kind, message, in_flight, retries, attempts)
+-- `message` and no latency: `in_flight` of them had an attempt whose
+-- request had gone out (`resent` of those sent twice by libcurl,
+-- `retries` of them a retry), and `attempts` = {attempts = count}.
+function Recorder:cut(n, at, kind, message, in_flight, resent, retries,
+    attempts)
   self.attempts_sent = self.attempts_sent + in_flight
+  self.resent = self.resent + resent
   if retries > 0 then
     self.retries = self.retries + retries
     local entry = entry_at(self, at)
