@@ -533,14 +533,15 @@ end
 
 -- The functions prepare made: they spawn no task, so a load can count a
 -- request's attempts by the coroutine that called it (load.lua). A plain
--- one's value is its parts, for a load that runs its first attempts in C
+-- one's value is its parts, for a load that runs its requests in C
 -- (core.driver): the request table, `stands(response, status)` and
 -- `verdicts()` (stands' answer for every status 100 to 599),
--- `go_on(response, err, t0, elapsed)`, the rest of a request from the
--- outcome of its first attempt, as its function goes on, and the client
--- (whose counters the load adds the driver's requests and attempts to),
--- and `waits`, strategies.fixed_waits' list when there is one: the
--- driver then makes the retries of a retried status itself.
+-- `go_on(response, err, t0, elapsed, n, history, previous_wait)`, the
+-- rest of a request from the outcome of its attempt n, as its function
+-- goes on, the client (whose counters the load adds the driver's
+-- requests and attempts to), and `waits`, strategies.fixed_waits' list
+-- when there is one: the driver then makes the retries of a retried
+-- status itself.
 local prepared = setmetatable({}, { __mode = "k" })
 
 local function prepare(client, list, options, call, specs)

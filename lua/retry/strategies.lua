@@ -496,7 +496,9 @@ end, { order = { "base", "max_timeout" } })
 -- The strategies whose wait depends on the attempt's number alone (an
 -- ExponentialRetry without jitter).
 local FIXED = {
-  [getmetatable(M.ExponentialRetry{})] = function(o) return o.jitter == "none" end,
+  [getmetatable(M.ExponentialRetry{})] = function(o)
+    return o.jitter == "none"
+  end,
   [getmetatable(M.ListRetry{ 0 })] = true,
   [getmetatable(M.FibonacciRetry{})] = true,
 }
