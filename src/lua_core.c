@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -756,6 +757,18 @@ static int l_counts(lua_State *L) {
   return 1;
 }
 
+/* core.open_file_limit() -> the process's limit on open files (its soft
+ * RLIMIT_NOFILE, which the host raises to the hard one at start), or nil
+ * when there is none */
+static int l_open_file_limit(lua_State *L) {
+  struct rlimit lim;
+
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY)
+    return 0;
+  lua_pushinteger(L, (lua_Integer)lim.rlim_cur);
+  return 1;
+}
+
 /* core.is_response(v) -> whether v is a Response */
 static int l_is_response(lua_State *L) {
   lua_pushboolean(L, rt_response_is(L, 1));
@@ -807,6 +820,7 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"ended", l_ended},
                                       {"enter", l_enter},
                                       {"is_response", l_is_response},
+                                      {"open_file_limit", l_open_file_limit},
                                       {"keep", l_keep},
                                       {"leave", l_leave},
                                       {"loop", l_loop},

@@ -906,6 +906,28 @@ local function conclude(r, path)
   return r
 end
 
+-- Open files a process needs beside its connections (its standard
+-- streams, the loop's, a JSON file, the resolver's).
+M.OPEN_FILES_SPARE = 32
+
+-- A load of a url (or `lretry load`'s) at a concurrency over what the
+-- open-file limit leaves for connections: each request in flight needs
+-- one (HTTP/1.1), and those beyond would fail to connect. Said on stderr
+-- rather than refused: the limit may be raised before the load gets there.
+local function warn_open_files(s, concurrency)
+  if s.url == nil and not client_mod.is_prepared(s.request) then return end
+  if s.rate == nil and s.requests then
+    concurrency = math.min(concurrency, s.requests)
+  end
+  local limit = core.open_file_limit()
+  if limit and concurrency > limit - M.OPEN_FILES_SPARE then
+    io.stderr:write(("retry.load: warning: concurrency %d needs as many "
+      .. "connections, and the open-file limit (ulimit -n) is %d: "
+      .. "requests beyond some %d in flight will fail to connect\n"):format(
+      concurrency, limit, math.max(0, limit - M.OPEN_FILES_SPARE)))
+  end
+end
+
 --- Run a load; returns a Result (lua/retry/result.lua). See the README,
 -- "Load checks".
 function M.load(spec)
@@ -933,6 +955,7 @@ function M.load(spec)
       .. "(%d): each thread runs at least one request at a time"):format(
       threads, concurrency))
   end
+  warn_open_files(s, concurrency)
   local path = s.json or M.defaults.json
   if path and path ~= "-" then
     -- Found now rather than after the whole load has run, leaving a file

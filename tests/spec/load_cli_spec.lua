@@ -23,6 +23,23 @@ describe("lretry load", function()
     end)
   end)
 
+  it("warns when -c needs more connections than the open-file limit "
+    .. "allows", function()
+    -- Each request in flight holds a connection, and a file for it. The
+    -- load still runs: the limit may be raised before it gets there.
+    local code, out, err = h.sh("ulimit -n 200 && " .. h.lretry .. " load "
+      .. q(h.url("/hello")) .. " -c 300 -n 300 --quiet")
+    assert.equal(0, code, err)
+    assert.is_truthy(err:find("concurrency 300 needs as many connections, "
+      .. "and the open-file limit (ulimit -n) is 200", 1, true), err)
+    assert.is_truthy(out:find("requests%s+300"), out)
+    -- Under the limit, or with fewer requests than -c, nothing is said.
+    code, out, err = h.sh("ulimit -n 200 && " .. h.lretry .. " load "
+      .. q(h.url("/hello")) .. " -c 300 -n 100 --quiet")
+    assert.equal(0, code, err)
+    assert.equal("", err)
+  end)
+
   it("exits 2 when a threshold is crossed, 0 when all hold", function()
     local url = h.url("/delay/20")
     local code, out = lretry("load " .. q(url) .. " -n 20 -c 2 --quiet "
