@@ -916,9 +916,13 @@ M.OPEN_FILES_SPARE = 32
 -- rather than refused: the limit may be raised before the load gets there.
 local function warn_open_files(s, concurrency)
   if s.url == nil and not client_mod.is_prepared(s.request) then return end
-  if s.rate == nil and s.requests then
-    concurrency = math.min(concurrency, s.requests)
-  end
+  -- An open model's default cap says nothing of what its rate needs.
+  if s.rate ~= nil and s.concurrency == nil then return end
+  -- The most that can be in flight: no more than the requests, nor than
+  -- a script's client lets through.
+  if s.requests then concurrency = math.min(concurrency, s.requests) end
+  local client_limit = s.client and s.client.limit or 0
+  if client_limit > 0 then concurrency = math.min(concurrency, client_limit) end
   local limit = core.open_file_limit()
   if limit and concurrency > limit - M.OPEN_FILES_SPARE then
     io.stderr:write(("retry.load: warning: concurrency %d needs as many "

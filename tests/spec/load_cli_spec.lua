@@ -33,11 +33,30 @@ describe("lretry load", function()
     assert.is_truthy(err:find("concurrency 300 needs as many connections, "
       .. "and the open-file limit (ulimit -n) is 200", 1, true), err)
     assert.is_truthy(out:find("requests%s+300"), out)
-    -- Under the limit, or with fewer requests than -c, nothing is said.
-    code, out, err = h.sh("ulimit -n 200 && " .. h.lretry .. " load "
-      .. q(h.url("/hello")) .. " -c 300 -n 100 --quiet")
+    -- Under the limit, or with fewer requests than -c, nothing is said;
+    -- nor for an open model's default cap on requests in flight, nor when
+    -- a script's client lets fewer through.
+    for _, args in ipairs({ " -c 300 -n 100", " -r 10 -n 5", " -r 10 -d 0.2",
+        " -r 10 -c 300 -n 100" }) do
+      code, out, err = h.sh("ulimit -n 200 && " .. h.lretry .. " load "
+        .. q(h.url("/hello")) .. args .. " --quiet")
+      assert.equal(0, code, err)
+      assert.equal("", err, args)
+    end
+    local script = h.write_script([[
+      local retry = require("retry")
+      local c = retry.RetryClient{ limit = 100 }
+      local r = retry.load{ client = c, concurrency = 300, requests = 300,
+        quiet = true, request = require("retry.client").prepare(c, "GET",
+          arg[1]) }
+      print(r.requests, r.errors)
+    ]])
+    code, out, err = h.sh("ulimit -n 200 && " .. h.lretry .. " "
+      .. q(script) .. " " .. q(h.url("/hello")))
+    os.remove(script)
     assert.equal(0, code, err)
     assert.equal("", err)
+    assert.equal("300\t0\n", out)
   end)
 
   it("exits 2 when a threshold is crossed, 0 when all hold", function()
