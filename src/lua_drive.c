@@ -442,24 +442,37 @@ static int push_tally(lua_State *L, rt_drive_t *d, double next_at) {
   return 2;
 }
 
-/* Push the history record of attempt n (1-based) of slot s's request, one
- * the driver retried. */
-static void push_record(lua_State *L, const slot_t *s, int n) {
-  const attempt_rec_t *r = &s->history[n - 1];
-
-  lua_createtable(L, 0, 6);
+/* Push an attempt's history record, as the retry loop makes it, with room
+ * for `fields` fields. */
+static void push_attempt(lua_State *L, int n, double elapsed, long status,
+                         int resent, int fields) {
+  lua_createtable(L, 0, fields);
   set_integer(L, "attempt", n);
-  lua_pushnumber(L, r->elapsed);
+  lua_pushnumber(L, elapsed);
   lua_setfield(L, -2, "elapsed");
-  set_integer(L, "status", r->status);
-  if (r->resent) {
+  set_integer(L, "status", status);
+  if (resent) {
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "resent");
   }
-  lua_pushliteral(L, "status");
-  lua_setfield(L, -2, "reason");
-  lua_pushnumber(L, r->wait);
-  lua_setfield(L, -2, "wait");
+}
+
+/* Push the history of slot s's request before its current attempt: the
+ * records of the attempts the driver retried, with room for one more. */
+static void push_history(lua_State *L, const slot_t *s) {
+  int i;
+
+  lua_createtable(L, s->attempt, 0);
+  for (i = 1; i < s->attempt; i++) {
+    const attempt_rec_t *r = &s->history[i - 1];
+
+    push_attempt(L, i, r->elapsed, r->status, r->resent, 6);
+    lua_pushliteral(L, "status");
+    lua_setfield(L, -2, "reason");
+    lua_pushnumber(L, r->wait);
+    lua_setfield(L, -2, "wait");
+    lua_rawseti(L, -2, i);
+  }
 }
 
 /* The Response of slot s's transfer, told what the retry loop tells the
@@ -467,26 +480,14 @@ static void push_record(lua_State *L, const slot_t *s, int n) {
  * request's elapsed. */
 static void push_concluded(lua_State *L, slot_t *s) {
   const rt_xfer_result_t *res = &s->xfer->result;
-  int n = s->attempt, i;
 
   rt_xfer_push_outcome(L, s->xfer);
   lua_getiuservalue(L, -1, 1);
-  set_integer(L, "attempts", n);
-  lua_createtable(L, n, 0);
-  for (i = 1; i < n; i++) {
-    push_record(L, s, i);
-    lua_rawseti(L, -2, i);
-  }
-  lua_createtable(L, 0, 4);
-  set_integer(L, "attempt", n);
-  lua_pushnumber(L, res->timings.finished_at - s->attempt_started);
-  lua_setfield(L, -2, "elapsed");
-  set_integer(L, "status", res->status);
-  if (res->resent) {
-    lua_pushboolean(L, 1);
-    lua_setfield(L, -2, "resent");
-  }
-  lua_rawseti(L, -2, n);
+  set_integer(L, "attempts", s->attempt);
+  push_history(L, s);
+  push_attempt(L, s->attempt, res->timings.finished_at - s->attempt_started,
+               res->status, res->resent, 4);
+  lua_rawseti(L, -2, s->attempt);
   lua_setfield(L, -2, "history");
   lua_pushnumber(L, now_seconds() - s->started);
   lua_setfield(L, -2, "elapsed");
@@ -495,7 +496,7 @@ static void push_concluded(lua_State *L, slot_t *s) {
 
 /* Slot s's attempt goes to Lua: push the "slow" event and lend it. */
 static int push_slow(lua_State *L, rt_drive_t *d, slot_t *s) {
-  int n = s->attempt, i;
+  int n = s->attempt, outcome;
 
   lua_pushliteral(L, "slow");
   lua_pushinteger(L, (lua_Integer)(s - d->slots) + 1);
@@ -503,11 +504,7 @@ static int push_slow(lua_State *L, rt_drive_t *d, slot_t *s) {
   lua_pushnumber(L, now_seconds() - s->attempt_started);
   lua_pushinteger(L, n);
   if (n > 1) {
-    lua_createtable(L, n, 0);
-    for (i = 1; i < n; i++) {
-      push_record(L, s, i);
-      lua_rawseti(L, -2, i);
-    }
+    push_history(L, s);
     lua_pushnumber(L, s->history[n - 2].wait);
   } else {
     lua_pushnil(L);
@@ -518,16 +515,16 @@ static int push_slow(lua_State *L, rt_drive_t *d, slot_t *s) {
     lua_pushliteral(L, "invalid");
     lua_pushfstring(L, "could not start the transfer (%s)",
                     uv_strerror(s->start_error));
-    i = 3;
+    outcome = 3;
   } else {
-    i = rt_xfer_push_outcome(L, s->xfer);
+    outcome = rt_xfer_push_outcome(L, s->xfer);
     rt_xfer_release(s->xfer);
     s->xfer = NULL;
   }
   d->busy--;
   d->lent++;
   s->state = SLOT_LENT;
-  return 7 + i;
+  return 7 + outcome;
 }
 
 /* What to do with slot s's attempt, which ended with result res. */

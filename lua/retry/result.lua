@@ -127,6 +127,17 @@ local function close_second(self)
   h:reset()
 end
 
+-- entry_at for a request that ends at `at`, whose latency goes into the
+-- second it falls in: a later second than the open one opens now.
+local function ending_at(self, at)
+  local entry, k = entry_at(self, at)
+  if k > self.open_second then
+    close_second(self)
+    self.open_second = k
+  end
+  return entry
+end
+
 --- An attempt ended (the client's recorder hook): `record` is the
 -- attempt's history record, `response` its Response or nil; `cut` when the
 -- load itself cancelled it (its latency is not recorded).
@@ -157,11 +168,7 @@ end
 function Recorder:finished(at, latency, attempts, status, kind, message)
   self.requests = self.requests + 1
   add(self.attempts, attempts, 1)
-  local entry, k = entry_at(self, at)
-  if k > self.open_second then
-    close_second(self)
-    self.open_second = k
-  end
+  local entry = ending_at(self, at)
   entry.requests = entry.requests + 1
   if status then
     self.responses = self.responses + 1
@@ -193,11 +200,7 @@ end
 function Recorder:tally(t)
   local requests = t.requests
   if requests > 0 or t.sent > 0 then
-    local entry, k = entry_at(self, t.at)
-    if k > self.open_second then
-      close_second(self)
-      self.open_second = k
-    end
+    local entry = ending_at(self, t.at)
     entry.requests = entry.requests + requests
     entry.retries = entry.retries + t.retries
     self.requests = self.requests + requests
@@ -211,14 +214,7 @@ function Recorder:tally(t)
     self.resent = self.resent + t.resent
     self.retries = self.retries + t.retries
   end
-  local next_at = t.next_at
-  if next_at then
-    local _, k = entry_at(self, next_at)
-    if k > self.open_second then
-      close_second(self)
-      self.open_second = k
-    end
-  end
+  if t.next_at then ending_at(self, t.next_at) end
 end
 
 --- `n` requests were cut by the load at `at`, as errors of `kind` with
