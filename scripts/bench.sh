@@ -7,8 +7,12 @@
 #                                              directory; default build/
 #
 # Every contender runs once per round, in turn, for three rounds, and the
-# table shows the median of each; ratios are taken between medians of the
-# same run only (machines like this drift by 15% from run to run):
+# table shows the median of each. A ratio is the median of three paired
+# ones: each round runs the figure a contender is held against (the C
+# ceiling, or bench_load for the 503 route, or lretry load for --threads 2)
+# right before it, since machines like this drift by 15% from run to run
+# and in spells of a minute or more, longer than a round's seconds
+# between two contenders:
 #   wrk -t1 and -t2; the C ceiling (tests/bench/ceiling.c: libcurl on libuv
 #   through src/loop.c, reused easy handles, no Lua); lretry's transfers
 #   with a Lua check called from C and no task per request
@@ -194,6 +198,14 @@ counted() {
   rec "$key.conns" $(($(accepted) - before - 1))
 }
 
+# last KEY: this round's figure for KEY so far; vs KEY BASE: KEY's last
+# figure over BASE's, as KEY.vs (BASE ran just before KEY).
+last() { tail -n1 "$dir/fig.$1"; }
+raw() { awk -v a="$1" -v b="$2" 'BEGIN {print a / b}'; }
+vs() { rec "$1.vs" "$(raw "$(last "$1")" "$(last "$2")")"; }
+# medvs KEY: the median of KEY's ratios, as the table shows it.
+medvs() { printf '%.2f' "$(med "$1.vs")"; }
+
 # The rate in the lines the lretry scripts and the ceiling print:
 # "... in S s, R req/s" (or attempts/s): the last number but one.
 rate_of() { awk 'END {print $(NF-1)}' "$dir/$1.out"; }
@@ -220,6 +232,15 @@ curl_run() {
 
 # --- the rounds ------------------------------------------------------------
 
+ceiling_run() {
+  timed ceiling "$ceiling" "$url" "$total" "$conc"
+  rec ceiling "$(rate_of ceiling)"
+}
+load_run() {
+  counted load "$lretry" load "$url" -c "$conc" -n "$total" --expect 200 --quiet
+  rec load "$(load_rate load "$total")"
+}
+
 wrk -t1 -c"$conc" -d3s "$url" >/dev/null  # warm-up
 
 bench_round() {
@@ -229,29 +250,45 @@ bench_round() {
     wrk -t"$t" -c"$conc" -d5s "$url" >"$dir/wrk$t.out"
     rec "wrk$t" "$(awk '/Requests\/sec/ {print $2}' "$dir/wrk$t.out")"
   done
-  timed ceiling "$ceiling" "$url" "$total" "$conc"
-  rec ceiling "$(rate_of ceiling)"
+  # Each contender runs right after the figure it is held against, so that
+  # the ratio of the two is taken within seconds, not across the round.
+  ceiling_run
   timed engine "$engine" "$url" "$total" "$conc"
   rec engine "$(rate_of engine)"
+  vs engine ceiling
+  ceiling_run
   curl_run curl "$conc" "$dir/urls.total" "$total"
-  counted load "$lretry" load "$url" -c "$conc" -n "$total" --expect 200 --quiet
-  rec load "$(load_rate load "$total")"
+  vs curl ceiling
+  ceiling_run
+  load_run
+  vs load ceiling
+  ceiling_run
   counted lload "$lretry" scripts/bench_load.lua "$url" "$total" "$conc"
   rec lload "$(rate_of lload)"
-  counted request "$lretry" scripts/bench_client.lua "$url" "$total" "$conc" bare
-  rec request "$(rate_of request)"
-  counted floor "$lretry" scripts/bench_client.lua "$url" "$total" "$conc" floor
-  rec floor "$(rate_of floor)"
-  counted client "$lretry" scripts/bench_client.lua "$url" "$total" "$conc"
-  rec client "$(rate_of client)"
+  vs lload ceiling
   # A third of the requests, three attempts each: as many attempts as
   # the 200 route's requests.
   counted r503 "$lretry" scripts/bench_503.lua "$url503" $((total / 3)) "$conc" 3
   rec r503 "$(rate_of r503)"
+  vs r503 lload
+  ceiling_run
+  counted request "$lretry" scripts/bench_client.lua "$url" "$total" "$conc" bare
+  rec request "$(rate_of request)"
+  vs request ceiling
+  ceiling_run
+  counted floor "$lretry" scripts/bench_client.lua "$url" "$total" "$conc" floor
+  rec floor "$(rate_of floor)"
+  vs floor ceiling
+  ceiling_run
+  counted client "$lretry" scripts/bench_client.lua "$url" "$total" "$conc"
+  rec client "$(rate_of client)"
+  vs client ceiling
   if [ "$threads" = yes ]; then
+    load_run
     counted threads "$lretry" load "$url" -c "$conc" -n "$total" --threads 2 \
       --expect 200 --quiet
     rec threads "$(load_rate threads "$total")"
+    vs threads load
   fi
 
   # One request at a time.
@@ -347,24 +384,24 @@ row "wrk -t1 -c$conc -d5s" "$wrk1" req/s ""
 row "wrk -t2 -c$conc -d5s" "$(med wrk2)" req/s "$(ratio "$(med wrk2)" "$wrk1") x wrk -t1"
 row "C ceiling (lretry-ceiling)" "$ceil" req/s "$(ratio "$ceil" "$wrk1") x wrk -t1"
 row "request path in C, Lua check (lretry-engine)" "$(med engine)" req/s \
-  "$(ratio "$(med engine)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med engine.rss)")"
+  "$(medvs engine) x ceiling  peak RSS $(kib_mib "$(med engine.rss)")"
 row "curl -Z --parallel-max $conc" "$(med curl)" req/s \
-  "$(ratio "$(med curl)" "$ceil") x ceiling  connections $(med curl.conns)"
+  "$(medvs curl) x ceiling  connections $(med curl.conns)"
 row "lretry load -c$conc -n$total --expect 200" "$load" req/s \
-  "$(ratio "$load" "$ceil") x ceiling  peak RSS $(kib_mib "$(med load.rss)")  connections $(med load.conns)"
+  "$(medvs load) x ceiling  peak RSS $(kib_mib "$(med load.rss)")  connections $(med load.conns)"
 row "retry.load{url}, Lua check (bench_load.lua)" "$lload" req/s \
-  "$(ratio "$lload" "$ceil") x ceiling  peak RSS $(kib_mib "$(med lload.rss)")  connections $(med lload.conns)"
+  "$(medvs lload) x ceiling  peak RSS $(kib_mib "$(med lload.rss)")  connections $(med lload.conns)"
 row "retry.request loop (bench_client.lua bare)" "$(med request)" req/s \
-  "$(ratio "$(med request)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med request.rss)")  connections $(med request.conns)"
+  "$(medvs request) x ceiling  peak RSS $(kib_mib "$(med request.rss)")  connections $(med request.conns)"
 row "core calls in a task (bench_client floor)" "$(med floor)" req/s \
-  "$(ratio "$(med floor)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med floor.rss)")  connections $(med floor.conns)"
+  "$(medvs floor) x ceiling  peak RSS $(kib_mib "$(med floor.rss)")  connections $(med floor.conns)"
 row "RetryClient loop (bench_client.lua)" "$(med client)" req/s \
-  "$(ratio "$(med client)" "$ceil") x ceiling  peak RSS $(kib_mib "$(med client.rss)")  connections $(med client.conns)"
+  "$(medvs client) x ceiling  peak RSS $(kib_mib "$(med client.rss)")  connections $(med client.conns)"
 row "503 route, 3 attempts (bench_503.lua)" "$(med r503)" attempts/s \
-  "$(ratio "$(med r503)" "$lload") x bench_load  connections $(med r503.conns)"
+  "$(medvs r503) x bench_load  connections $(med r503.conns)"
 if [ "$threads" = yes ]; then
   row "lretry load --threads 2" "$(med threads)" req/s \
-    "$(ratio "$(med threads)" "$load") x lretry load  connections $(med threads.conns)"
+    "$(medvs threads) x lretry load  connections $(med threads.conns)"
 else
   printf '  %-44s %9s\n' "lretry load --threads 2" "not available (lretry load has no --threads)"
 fi
@@ -417,15 +454,14 @@ target() {
        : op == "<" ? v + 0 < l + 0 : v + 0 == l + 0
     printf "target %s: %s (" f " vs %s %s)\n", n, ok ? "met" : "NOT met", v, op, l }'
 }
-raw() { awk -v a="$1" -v b="$2" 'BEGIN {print a / b}'; }
 echo
-target "lretry load vs C ceiling" "$(raw "$load" "$ceil")" ">=" 0.85 "%.2f"
-target "retry.load with a Lua check vs C ceiling" "$(raw "$lload" "$ceil")" ">=" 0.85 "%.2f"
-target "retry.request vs C ceiling" "$(raw "$(med request)" "$ceil")" ">=" 0.9 "%.2f"
-target "503 attempts/s vs 200 req/s (Lua checks)" "$(raw "$(med r503)" "$lload")" ">=" 0.9 "%.2f"
+target "lretry load vs C ceiling" "$(med load.vs)" ">=" 0.85 "%.2f"
+target "retry.load with a Lua check vs C ceiling" "$(med lload.vs)" ">=" 0.85 "%.2f"
+target "retry.request vs C ceiling" "$(med request.vs)" ">=" 0.9 "%.2f"
+target "503 attempts/s vs 200 req/s (Lua checks)" "$(med r503.vs)" ">=" 0.9 "%.2f"
 target "connections opened by lretry load" "$(med load.conns)" "==" "$conc" "%d"
 if [ "$threads" = yes ]; then
-  target "--threads 2 vs one thread" "$(raw "$(med threads)" "$load")" ">=" 1.6 "%.2f"
+  target "--threads 2 vs one thread" "$(med threads.vs)" ">=" 1.6 "%.2f"
 else
   echo "target --threads 2 vs one thread: NOT met (no --threads vs >= 1.6)"
 fi

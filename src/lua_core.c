@@ -800,6 +800,7 @@ static int l_conclude(lua_State *L) {
     return rt_error_invalid(L, "core.conclude: expected a Response, got %s",
                             rt_error_typename(L, 1));
   lua_settop(L, 4);
+  rt_response_drop_trail(L, 1);
   lua_getiuservalue(L, 1, 1);
   lua_pushvalue(L, 2);
   lua_setfield(L, 5, "attempts");

@@ -64,6 +64,7 @@
 #include "error.h"
 #include "lua_histogram.h"
 #include "op.h"
+#include "response.h"
 #include "udata.h"
 
 #define DRIVE_MT "retry.Driver"
@@ -109,14 +110,6 @@ enum { STATUS_UNKNOWN, STATUS_STANDS, STATUS_RETRIED };
 /* What the driver does with an attempt that ended. */
 enum verdict { TO_LUA, STANDS, RETRY };
 
-/* An attempt of a request the driver retries, as its history tells it. */
-typedef struct attempt_rec_s {
-  double elapsed;
-  double wait; /* before the next attempt */
-  int status;
-  int resent;
-} attempt_rec_t;
-
 typedef struct rt_drive_s rt_drive_t;
 
 typedef struct slot_s {
@@ -128,8 +121,8 @@ typedef struct slot_s {
   int start_error;        /* the attempt could not start (a UV_E* code) */
   int retry_due;          /* ended: its wait is over, not its attempt */
   enum slot_state state;
-  attempt_rec_t *history; /* owned: attempts 1.. of a retried request */
-  rt_deadline_t wait;     /* the wait before the next attempt */
+  rt_attempt_t *history; /* owned: attempts 1.. of a retried request */
+  rt_deadline_t wait;    /* the wait before the next attempt */
   struct slot_s *next_ended;
 } slot_t;
 
@@ -442,56 +435,25 @@ static int push_tally(lua_State *L, rt_drive_t *d, double next_at) {
   return 2;
 }
 
-/* Push an attempt's history record, as the retry loop makes it, with room
- * for `fields` fields. */
-static void push_attempt(lua_State *L, int n, double elapsed, long status,
-                         int resent, int fields) {
-  lua_createtable(L, 0, fields);
-  set_integer(L, "attempt", n);
-  lua_pushnumber(L, elapsed);
-  lua_setfield(L, -2, "elapsed");
-  set_integer(L, "status", status);
-  if (resent) {
-    lua_pushboolean(L, 1);
-    lua_setfield(L, -2, "resent");
-  }
-}
-
-/* Push the history of slot s's request before its current attempt: the
- * records of the attempts the driver retried, with room for one more. */
-static void push_history(lua_State *L, const slot_t *s) {
-  int i;
-
-  lua_createtable(L, s->attempt, 0);
-  for (i = 1; i < s->attempt; i++) {
-    const attempt_rec_t *r = &s->history[i - 1];
-
-    push_attempt(L, i, r->elapsed, r->status, r->resent, 6);
-    lua_pushliteral(L, "status");
-    lua_setfield(L, -2, "reason");
-    lua_pushnumber(L, r->wait);
-    lua_setfield(L, -2, "wait");
-    lua_rawseti(L, -2, i);
-  }
-}
-
-/* The Response of slot s's transfer, told what the retry loop tells the
- * one it returns (core.conclude): its attempts, their records, the
- * request's elapsed. */
+/* The Response of slot s's transfer, given the trail of its request's
+ * attempts, which tells it what the retry loop tells the one it returns
+ * (core.conclude): its attempts, their records, the request's elapsed. A
+ * retried request's records go with it: the slot makes new ones when it
+ * next retries. */
 static void push_concluded(lua_State *L, slot_t *s) {
   const rt_xfer_result_t *res = &s->xfer->result;
+  rt_attempt_t one, *trail = s->attempt > 1 ? s->history : &one;
+  rt_attempt_t *last = &trail[s->attempt - 1];
 
   rt_xfer_push_outcome(L, s->xfer);
-  lua_getiuservalue(L, -1, 1);
-  set_integer(L, "attempts", s->attempt);
-  push_history(L, s);
-  push_attempt(L, s->attempt, res->timings.finished_at - s->attempt_started,
-               res->status, res->resent, 4);
-  lua_rawseti(L, -2, s->attempt);
-  lua_setfield(L, -2, "history");
-  lua_pushnumber(L, now_seconds() - s->started);
-  lua_setfield(L, -2, "elapsed");
-  lua_pop(L, 1);
+  last->elapsed = res->timings.finished_at - s->attempt_started;
+  last->wait = 0;
+  last->status = (int)res->status;
+  last->resent = res->resent;
+  rt_response_set_trail(lua_touserdata(L, -1), trail, s->attempt,
+                        now_seconds() - s->started);
+  if (trail == s->history)
+    s->history = NULL;
 }
 
 /* Slot s's attempt goes to Lua: push the "slow" event and lend it. */
@@ -504,7 +466,7 @@ static int push_slow(lua_State *L, rt_drive_t *d, slot_t *s) {
   lua_pushnumber(L, now_seconds() - s->attempt_started);
   lua_pushinteger(L, n);
   if (n > 1) {
-    push_history(L, s);
+    rt_response_push_history(L, s->history, n - 1, 0);
     lua_pushnumber(L, s->history[n - 2].wait);
   } else {
     lua_pushnil(L);
@@ -573,7 +535,7 @@ static void count_attempt(rt_drive_t *d, slot_t *s,
  * with attempts left: record it and wait before the next. */
 static void retry(lua_State *L, rt_drive_t *d, slot_t *s) {
   const rt_xfer_result_t *res = &s->xfer->result;
-  attempt_rec_t *r = &s->history[s->attempt - 1];
+  rt_attempt_t *r = &s->history[s->attempt - 1];
   double wait = d->waits[s->attempt - 1];
 
   count_attempt(d, s, res);

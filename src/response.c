@@ -45,10 +45,18 @@ static int resp_close(lua_State *L) {
   return 0;
 }
 
+static void free_trail(rt_response_t *r) {
+  if (r->trail != &r->trail_one)
+    free(r->trail);
+  r->trail = NULL;
+  r->trail_len = 0;
+}
+
 /* __gc: everything; safe on a half-made response. */
 static int resp_gc(lua_State *L) {
   rt_response_t *r = check_response(L, "__gc");
 
+  free_trail(r);
   free_body(r);
   free(r->head);
   r->head = NULL;
@@ -206,6 +214,78 @@ static int push_timings(lua_State *L, const rt_response_t *r) {
   return 1;
 }
 
+static void set_number(lua_State *L, const char *name, double v) {
+  lua_pushnumber(L, v);
+  lua_setfield(L, -2, name);
+}
+
+static void set_integer(lua_State *L, const char *name, lua_Integer v) {
+  lua_pushinteger(L, v);
+  lua_setfield(L, -2, name);
+}
+
+void rt_response_push_history(lua_State *L, const rt_attempt_t *attempts, int n,
+                              int last_stands) {
+  int i;
+
+  lua_createtable(L, last_stands ? n : n + 1, 0);
+  for (i = 1; i <= n; i++) {
+    const rt_attempt_t *a = &attempts[i - 1];
+    int retried = i < n || !last_stands;
+
+    lua_createtable(L, 0, retried ? 6 : 4);
+    set_integer(L, "attempt", i);
+    set_number(L, "elapsed", a->elapsed);
+    set_integer(L, "status", a->status);
+    if (a->resent) {
+      lua_pushboolean(L, 1);
+      lua_setfield(L, -2, "resent");
+    }
+    if (retried) {
+      lua_pushliteral(L, "status");
+      lua_setfield(L, -2, "reason");
+      set_number(L, "wait", a->wait);
+    }
+    lua_rawseti(L, -2, i);
+  }
+}
+
+/* Make r's trail into its fields (the table at index f) as the retry loop
+ * sets them: attempts, history and elapsed. */
+static void unfold_trail(lua_State *L, rt_response_t *r, int f) {
+  rt_response_push_history(L, r->trail, r->trail_len, 1);
+  lua_setfield(L, f, "history");
+  lua_pushinteger(L, r->trail_len);
+  lua_setfield(L, f, "attempts");
+  lua_pushnumber(L, r->trail_elapsed);
+  lua_setfield(L, f, "elapsed");
+  free_trail(r);
+}
+
+static int is_trail_key(const char *key) {
+  return key != NULL &&
+         (strcmp(key, "history") == 0 || strcmp(key, "attempts") == 0 ||
+          strcmp(key, "elapsed") == 0);
+}
+
+void rt_response_set_trail(rt_response_t *r, rt_attempt_t *attempts, int n,
+                           double elapsed) {
+  if (n == 1) {
+    r->trail_one = attempts[0];
+    attempts = &r->trail_one;
+  }
+  r->trail = attempts;
+  r->trail_len = n;
+  r->trail_elapsed = elapsed;
+}
+
+void rt_response_drop_trail(lua_State *L, int idx) {
+  rt_response_t *r = rt_udata_test(L, idx, &response_key);
+
+  if (r != NULL)
+    free_trail(r);
+}
+
 static int resp_index(lua_State *L) {
   rt_response_t *r = check_response(L, "__index");
   const char *key;
@@ -241,6 +321,8 @@ static int resp_index(lua_State *L) {
   if (r->head != NULL && key != NULL &&
       (strcmp(key, "headers") == 0 || strcmp(key, "reason") == 0))
     parse_head(L, r, 3);
+  if (r->trail != NULL && is_trail_key(key))
+    unfold_trail(L, r, 3);
   lua_pushvalue(L, 2);
   lua_rawget(L, 3);
   return 1;
@@ -249,9 +331,9 @@ static int resp_index(lua_State *L) {
 /* Fields the Lua layer adds (attempts, history, elapsed) and a script's
  * own go to the fields table; status and ok come from C and stay put. */
 static int resp_newindex(lua_State *L) {
+  rt_response_t *r = check_response(L, "__newindex");
   const char *key;
 
-  check_response(L, "__newindex");
   key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
   if (key != NULL &&
       (strcmp(key, "status") == 0 || strcmp(key, "ok") == 0 ||
@@ -260,6 +342,9 @@ static int resp_newindex(lua_State *L) {
     return rt_error_invalid(L, "response.%s is read-only", key);
   lua_settop(L, 3);
   lua_getiuservalue(L, 1, 1);
+  /* The trail's other two fields stay as the request left them. */
+  if (r->trail != NULL && is_trail_key(key))
+    unfold_trail(L, r, 4);
   lua_insert(L, 2);
   lua_rawset(L, 2);
   return 0;

@@ -504,6 +504,57 @@ describe("retry.load of a url, its requests run in C", function()
     end)
   end)
 
+  -- The driver's responses make attempts, history and elapsed into Lua
+  -- values only when read (src/response.c): read after the load, from
+  -- responses kept unread, they are each request's own, as the retry loop
+  -- sets them, and behave as fields.
+  it("gives each kept response its own attempts, history and elapsed",
+    function()
+    retry.run(function()
+      local key = h.key("driven-trail")
+      local url = h.url("/fail?n=4&status=503&key=" .. key)
+      local client, send = prepared(retry.ListRetry{ timeouts = { 0.02, 0.03 },
+        attempts = 3 }, url)
+      local kept = {}
+      retry.load(quiet{ client = client, request = send, concurrency = 1,
+        requests = 4,
+        check = function(resp) kept[#kept + 1] = resp; return true end })
+      assert.equal(7, h.hits(retry, key))
+      local statuses = {}
+      for i, resp in ipairs(kept) do
+        statuses[i] = {}
+        for j, rec in ipairs(resp.history) do
+          assert.equal(j, rec.attempt)
+          assert.is_true(rec.elapsed > 0)
+          statuses[i][j] = rec.status
+        end
+        assert.equal(#resp.history, resp.attempts)
+        assert.equal("number", type(resp.elapsed))
+        assert.equal(resp.history, resp.history)
+      end
+      assert.same({ { 503, 503, 503 }, { 503, 200 }, { 200 }, { 200 } },
+        statuses)
+      assert.same({ "status", 0.02, "status", 0.03 },
+        { kept[1].history[1].reason, kept[1].history[1].wait,
+          kept[1].history[2].reason, kept[1].history[2].wait })
+      assert.is_nil(kept[1].history[3].reason)
+      assert.is_nil(kept[1].history[3].wait)
+      assert.is_true(kept[1].elapsed >= 0.05, tostring(kept[1].elapsed))
+      -- Set before it is read: the other two stay as the request left them.
+      kept[2].attempts = "mine"
+      assert.equal("mine", kept[2].attempts)
+      assert.same({ 503, 200 }, { kept[2].history[1].status,
+        kept[2].history[2].status })
+      assert.is_true(kept[2].elapsed >= 0.02, tostring(kept[2].elapsed))
+      kept[3].history = false
+      assert.is_false(kept[3].history)
+      assert.equal(1, kept[3].attempts)
+      kept[4].note = 1
+      assert.equal(1, kept[4].attempts)
+      assert.equal(1, kept[4].note)
+    end)
+  end)
+
   it("leaves a Retry-After to the retry loop", function()
     retry.run(function()
       local url, key = h.counted("/status/503?retry_after=1", "driven-ra")
