@@ -6,15 +6,21 @@
 -- requests sit in backoff together. Once they do, this reads the
 -- process's RSS (/proc/self/status); scripts/bench.sh also takes the peak
 -- RSS of the whole run from /usr/bin/time.
--- Usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT]
+-- With `floor`, each task makes one bare retry.request instead (at most
+-- 100 at a time, as the client's limit) and then sleeps WAIT seconds: no
+-- retry client, no retry state, the least a task that has made a request
+-- holds while it waits (its coroutine's stack grew to make the request).
+-- Usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT] [floor]
 -- Prints: "bench_sleepers: N in backoff at once, RSS X KiB (peak Y KiB)"
 local retry = require("retry")
 
 local url = arg[1] or error("usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT]")
 local n = math.tointeger(tonumber(arg[2] or 10000))
 local wait = tonumber(arg[3] or 3)
+local floor = arg[4] == "floor"
 assert(n and n > 0, "TASKS must be a positive integer")
 assert(wait and wait > 0, "WAIT must be seconds > 0")
+assert(arg[4] == nil or floor, "the fourth argument can only be floor")
 
 local function status_kib(field)
   local f <close> = assert(io.open("/proc/self/status"))
@@ -30,14 +36,31 @@ local client <close> = retry.RetryClient{
   retry_options = retry.ListRetry{ timeouts = { wait }, attempts = 2 },
 }
 
-local statuses, ended = 0, 0
+local statuses, ended, asleep = 0, 0, 0
 local tasks = {}
-for i = 1, n do
-  tasks[i] = retry.spawn(function()
-    local r <close> = client:get(url)
-    if r.status == 503 and r.attempts == 2 then statuses = statuses + 1 end
-    ended = ended + 1
-  end)
+if floor then
+  -- As the client's limit: 100 requests at a time.
+  local in_flight = 0
+  for i = 1, n do
+    while in_flight == 100 do retry.sleep(0.001) end
+    in_flight = in_flight + 1
+    tasks[i] = retry.spawn(function()
+      local r <close> = retry.request("GET", url)
+      in_flight = in_flight - 1
+      if r.status == 503 then statuses = statuses + 1 end
+      asleep = asleep + 1
+      retry.sleep(wait)
+      ended = ended + 1
+    end)
+  end
+else
+  for i = 1, n do
+    tasks[i] = retry.spawn(function()
+      local r <close> = client:get(url)
+      if r.status == 503 and r.attempts == 2 then statuses = statuses + 1 end
+      ended = ended + 1
+    end)
+  end
 end
 -- Wait until every request is in backoff (or the first waits end, or a
 -- request ended without one), and read the RSS then: within 10 ms of the
@@ -48,7 +71,7 @@ local polled = retry.now()
 while waiting < n and ended == 0 and (first == nil or retry.now() - first < wait) do
   retry.sleep(0.01)
   local now = retry.now()
-  waiting = client:stats().retries
+  waiting = floor and asleep or client:stats().retries
   if first == nil and waiting > 0 then first = polled end
   if waiting == n then last = now end
   polled = now
@@ -60,7 +83,8 @@ print(("bench_sleepers: %d in backoff at once, RSS %d KiB (peak %d KiB)"):format
   at_once and n or 0, rss, peak))
 if not at_once or statuses ~= n then
   io.stderr:write(("bench_sleepers: %d of %d entered backoff, %s; %d of %d "
-    .. "made 2 attempts and got 503\n"):format(waiting, n,
-    at_once and "all at once" or "not all at once", statuses, n))
+    .. "got 503 (%s)\n"):format(waiting, n,
+    at_once and "all at once" or "not all at once", statuses, n,
+    floor and "one request each" or "after 2 attempts"))
   os.exit(1)
 end
