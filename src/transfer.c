@@ -521,6 +521,40 @@ static int keeps_constant(const rt_request_t *req) {
          strchr(req->url, '@') == NULL;
 }
 
+/* Hand libcurl the request's URL already parsed when the handle's last
+ * request had the same one: libcurl parses a URL given as text at every
+ * transfer and writes it out again normalized (10k instructions for
+ * http://127.0.0.1:PORT/, callgrind), while a URL handle it only copies.
+ * Parsed with the flags libcurl uses for CURLOPT_URL, and given with the
+ * text libcurl would have made of it (the effective URL, response.url): a
+ * newer libcurl makes that text from the handle itself, 7.88 takes it as
+ * given. A URL that does not parse goes as text, for libcurl to refuse in
+ * its own words. */
+static int set_url(rt_xfer_t *xfer, const char *url) {
+  CURL *easy = xfer->easy;
+
+  if (xfer->parsed_url == NULL || strcmp(xfer->parsed_url, url) != 0) {
+    free(xfer->parsed_url);
+    xfer->parsed_url = NULL;
+    curl_free(xfer->normalized_url);
+    xfer->normalized_url = NULL;
+    if (xfer->parsed == NULL)
+      xfer->parsed = curl_url();
+    if (xfer->parsed == NULL ||
+        curl_url_set(xfer->parsed, CURLUPART_URL, url,
+                     CURLU_GUESS_SCHEME | CURLU_NON_SUPPORT_SCHEME) !=
+            CURLUE_OK ||
+        curl_url_get(xfer->parsed, CURLUPART_URL, &xfer->normalized_url, 0) !=
+            CURLUE_OK ||
+        (xfer->parsed_url = strdup(url)) == NULL)
+      return curl_easy_setopt(easy, CURLOPT_CURLU, NULL) != CURLE_OK ||
+             curl_easy_setopt(easy, CURLOPT_URL, url) != CURLE_OK;
+  }
+  return curl_easy_setopt(easy, CURLOPT_URL, xfer->normalized_url) !=
+             CURLE_OK ||
+         curl_easy_setopt(easy, CURLOPT_CURLU, xfer->parsed) != CURLE_OK;
+}
+
 static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
   CURL *easy = xfer->easy;
   CURLcode rc = CURLE_OK;
@@ -531,7 +565,8 @@ static int configure(rt_xfer_t *xfer, const rt_request_t *req) {
       return -1;
   }
   xfer->constant = keeps_constant(req);
-  rc |= curl_easy_setopt(easy, CURLOPT_URL, req->url);
+  if (set_url(xfer, req->url) != 0)
+    return -1;
   rc |= curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, req->timeout_ms);
   rc |= curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                          req->connect_timeout_ms);
@@ -560,6 +595,9 @@ static void free_on_close(uv_handle_t *handle) {
 
 static void xfer_free(rt_xfer_t *xfer) {
   curl_easy_cleanup(xfer->easy);
+  curl_url_cleanup(xfer->parsed);
+  free(xfer->parsed_url);
+  curl_free(xfer->normalized_url);
   rt_buf_free(&xfer->head);
   rt_buf_free(&xfer->body);
   uv_close((uv_handle_t *)&xfer->deadline, free_on_close);
@@ -762,7 +800,9 @@ static int follow_redirect(rt_xfer_t *xfer) {
     xfer->idempotent = 1;
   }
   /* curl copies the URL before the handle is added again, which is when
-   * `location` (curl's own memory) becomes invalid. */
+   * `location` (curl's own memory) becomes invalid. A URL handle would
+   * take precedence over it. */
+  curl_easy_setopt(easy, CURLOPT_CURLU, NULL);
   curl_easy_setopt(easy, CURLOPT_URL, location);
   if (xfer->timeout_ms > 0) {
     xfer->hop_timeout_ms = xfer->timeout_ms - (long)spent_ms;

@@ -106,7 +106,10 @@ struct rt_xfer_s {
   int is_head;      /* a HEAD: no body to limit */
   int discard_body; /* the current response is a redirect being followed */
   int in_flight;
-  int constant; /* holds configure_constant's options: no reset needed */
+  int constant;     /* holds configure_constant's options: no reset needed */
+  CURLU *parsed;    /* owned: parsed_url parsed, for CURLOPT_CURLU */
+  char *parsed_url; /* owned: the URL of the handle's last request */
+  char *normalized_url; /* owned (curl_free): parsed written out again */
   rt_xfer_done_cb done; /* borrowed */
   void *done_arg;       /* borrowed */
   rt_xfer_t *next_idle; /* pool link */

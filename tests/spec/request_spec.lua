@@ -257,6 +257,27 @@ describe("a request", function()
     end)
   end)
 
+  -- One request at a time reuses one easy handle, which keeps its last
+  -- URL parsed (src/transfer.c set_url): each request still goes where it
+  -- says, after another URL and after a redirect, as the server counts.
+  it("sends each request to its own URL on a reused handle", function()
+    run(function()
+      local a, key_a = h.counted("/status/200", "url-a")
+      local b, key_b = h.counted("/status/200", "url-b")
+      local target, key_t = h.counted("/status/200", "url-target")
+      local red = h.url("/redirect?to=" .. target:gsub("[^%w/:._-]",
+        function(c) return ("%%%02X"):format(c:byte()) end))
+      local order = { a, a, b, a, red, a, red, red, b }
+      for _, url in ipairs(order) do
+        local r <close> = retry.request("GET", url)
+        assert.equal(200, r.status)
+        assert.equal(url == red and target or url, r.url)
+      end
+      assert.same({ 4, 2, 3 }, { h.hits(retry, key_a), h.hits(retry, key_b),
+        h.hits(retry, key_t) })
+    end)
+  end)
+
   it("carries large bodies intact", function()
     run(function()
       local r = retry.request("GET", h.url("/bytes/3000000"))
