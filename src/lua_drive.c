@@ -121,7 +121,8 @@ typedef struct slot_s {
   int start_error;        /* the attempt could not start (a UV_E* code) */
   int retry_due;          /* ended: its wait is over, not its attempt */
   enum slot_state state;
-  rt_attempt_t *history; /* owned: attempts 1.. of a retried request */
+  rt_attempt_t *history; /* owned: attempts 1.. of a retried request,
+                            until its Response takes them */
   rt_deadline_t wait;    /* the wait before the next attempt */
   struct slot_s *next_ended;
 } slot_t;
