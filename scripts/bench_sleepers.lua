@@ -14,7 +14,7 @@
 -- Prints: "bench_sleepers: N in backoff at once, RSS X KiB (peak Y KiB)"
 local retry = require("retry")
 
-local url = arg[1] or error("usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT]")
+local url = arg[1] or error("usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT] [floor]")
 local n = math.tointeger(tonumber(arg[2] or 10000))
 local wait = tonumber(arg[3] or 3)
 local floor = arg[4] == "floor"
