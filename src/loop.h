@@ -27,15 +27,21 @@ typedef void (*rt_loop_done_cb)(rt_loop_job_t *job, CURLcode result);
 
 struct rt_loop_job_s {
   rt_loop_done_cb done;
+  /* The loop's own, while the job waits to be handed to curl. */
+  CURL *easy;
+  rt_loop_job_t *prev, *next;
+  int queued;
 };
 
 /* Called by the tidy timer with how many idle easy handles are worth
  * keeping; the pool's owner frees the rest. */
 typedef void (*rt_loop_trim_cb)(rt_loop_t *loop, unsigned keep);
 
-/* Called after each socket event has been handed to curl, outside curl:
- * one I/O phase may read dozens of responses, and whatever is due meanwhile
- * (a backoff's end) need not wait for all of them. May run Lua. */
+/* Called after each socket event has been handed to curl, and after each
+ * batch of new transfers curl has started, outside curl: one I/O phase may
+ * read dozens of responses, and one kick may send dozens of requests, and
+ * whatever is due meanwhile (a backoff's end) need not wait for all of
+ * them. May run Lua. */
 typedef void (*rt_loop_between_cb)(void *data);
 
 struct rt_loop_s {
@@ -55,18 +61,26 @@ struct rt_loop_s {
   int shrunk;            /* the caches let go of much since the last tidy */
   rt_loop_between_cb between; /* may be NULL */
   void *between_data;
+  rt_loop_job_t *waiting_head; /* added, not yet handed to curl (FIFO) */
+  rt_loop_job_t *waiting_tail;
 };
 
 /* Initialise the uv loop and the multi handle. Returns 0 or a negative
  * UV_E* code; on failure nothing needs closing. */
 int rt_loop_init(rt_loop_t *loop);
 
-/* Start an easy handle whose CURLOPT_PRIVATE is an rt_loop_job_t. Returns 0,
- * or -1 when curl refuses it (the done hook then never runs). */
-int rt_loop_add(rt_loop_t *loop, CURL *easy);
+/* Start the transfer of easy, whose CURLOPT_PRIVATE is job. Returns 0, or
+ * -1 when curl refuses it (the done hook then never runs).
+ *
+ * With a between hook, the transfer waits for the next loop iteration and
+ * is handed to curl there, a few at a time with the hook run in between:
+ * curl sends every request it was given in one call, and sixty of them
+ * hold the loop for a millisecond and more. A transfer curl then refuses
+ * ends through the done hook with CURLE_OUT_OF_MEMORY. */
+int rt_loop_add(rt_loop_t *loop, rt_loop_job_t *job, CURL *easy);
 
-/* Stop an easy handle that has not finished; its done hook never runs. */
-void rt_loop_remove(rt_loop_t *loop, CURL *easy);
+/* Stop a transfer that has not finished; its done hook never runs. */
+void rt_loop_remove(rt_loop_t *loop, rt_loop_job_t *job, CURL *easy);
 
 /* Close every idle connection and free every pooled easy handle, so none
  * outlives a run of the loop. Nothing may be in flight. */

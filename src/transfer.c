@@ -814,7 +814,7 @@ static int follow_redirect(rt_xfer_t *xfer) {
   xfer->discard_body = 0;
   xfer->result.redirects++;
   xfer->hop_started_ns = uv_hrtime();
-  if (rt_loop_add(xfer->loop, easy) != 0) {
+  if (rt_loop_add(xfer->loop, &xfer->job, easy) != 0) {
     stop_with(xfer, RT_STOP_NOMEM,
               "could not start the request of a %ld redirect", status);
     return 0;
@@ -891,7 +891,7 @@ static void on_deadline(uv_timer_t *timer) {
 
   if (!xfer->in_flight)
     return;
-  rt_loop_remove(xfer->loop, xfer->easy);
+  rt_loop_remove(xfer->loop, &xfer->job, xfer->easy);
   xfer->in_flight = 0;
   snprintf(xfer->note, sizeof(xfer->note),
            "the attempt took longer than its timeout (%ld ms)",
@@ -931,7 +931,7 @@ int rt_xfer_start(rt_loop_t *loop, const rt_request_t *req,
   xfer->done_arg = arg;
   xfer->started_ns = uv_hrtime();
   xfer->hop_started_ns = xfer->started_ns;
-  if (rt_loop_add(loop, xfer->easy) != 0) {
+  if (rt_loop_add(loop, &xfer->job, xfer->easy) != 0) {
     xfer_put(xfer);
     return UV_EINVAL;
   }
@@ -946,7 +946,7 @@ int rt_xfer_start(rt_loop_t *loop, const rt_request_t *req,
 void rt_xfer_release(rt_xfer_t *xfer) {
   uv_timer_stop(&xfer->deadline);
   if (xfer->in_flight) {
-    rt_loop_remove(xfer->loop, xfer->easy);
+    rt_loop_remove(xfer->loop, &xfer->job, xfer->easy);
     xfer->in_flight = 0;
     xfer->constant = 0;
   }

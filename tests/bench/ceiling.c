@@ -41,7 +41,7 @@ static void start(struct worker *w) {
   struct run *run = w->run;
 
   run->started++;
-  if (rt_loop_add(&run->loop, w->easy) != 0) {
+  if (rt_loop_add(&run->loop, &w->job, w->easy) != 0) {
     run->done++;
     run->failed++;
   }

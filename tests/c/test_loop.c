@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "loop.h"
@@ -370,6 +371,97 @@ static void test_between_runs_outside_curl(rt_loop_t *loop) {
   loop->between = NULL;
 }
 
+static int count_waiting(const rt_loop_t *loop) {
+  const rt_loop_job_t *job;
+  int n = 0;
+
+  for (job = loop->waiting_head; job != NULL; job = job->next)
+    n++;
+  return n;
+}
+
+struct batches {
+  rt_loop_t *loop;
+  int calls;
+  int waiting[8]; /* transfers not yet given to curl, at each call */
+};
+
+static void note_waiting(void *data) {
+  struct batches *b = data;
+
+  if (b->calls < 8)
+    b->waiting[b->calls] = count_waiting(b->loop);
+  b->calls++;
+}
+
+/* With a between hook, transfers wait for the loop and go to curl eight at
+ * a time, the hook run after each batch: curl sends every request it is
+ * given in one call, and a timer due meanwhile must not wait for them all. */
+static void test_new_transfers_go_in_batches(rt_loop_t *loop) {
+  enum { count = 20 };
+  static struct outcome outs[count];
+  struct batches b = {0};
+  int ok = 0, i;
+
+  memset(outs, 0, sizeof(outs));
+  b.loop = loop;
+  loop->between = note_waiting;
+  loop->between_data = &b;
+  for (i = 0; i < count; i++)
+    CHECK(start(loop, "GET", "/hello", 5000, &outs[i]) != NULL);
+  CHECK(count_waiting(loop) == count);
+  CHECK(loop->in_flight == count);
+  CHECK(uv_is_active((uv_handle_t *)&loop->curl_kick));
+  /* One iteration runs the kick: three batches, the hook after the two
+   * that leave transfers waiting. */
+  uv_run(&loop->uv, UV_RUN_NOWAIT);
+  CHECK(count_waiting(loop) == 0);
+  CHECK(b.calls >= 2);
+  CHECK(b.waiting[0] == 12);
+  CHECK(b.waiting[1] == 4);
+  CHECK(run_until(loop, &completed, count, 5000));
+  for (i = 0; i < count; i++)
+    ok += outs[i].calls == 1 && outs[i].status == 200;
+  CHECK(ok == count);
+  loop->between = NULL;
+}
+
+static void do_nothing(void *data) {
+  (void)data;
+}
+
+/* A transfer cancelled before curl was given it never reaches the server
+ * nor its done hook; the others are not held up. */
+static void test_cancel_while_waiting(rt_loop_t *loop) {
+  struct outcome a = {0}, b = {0}, c = {0}, hits = {0};
+  rt_xfer_t *second;
+  int never = 0;
+  char path[128];
+
+  /* A key of its own: the ASan build runs this against the same server. */
+  snprintf(path, sizeof(path), "/hello?key=waiting-%ld-%lu", (long)getpid(),
+           (unsigned long)uv_hrtime());
+  loop->between = do_nothing;
+  CHECK(start(loop, "GET", "/hello", 5000, &a) != NULL);
+  second = start(loop, "GET", path, 5000, &b);
+  CHECK(second != NULL);
+  CHECK(start(loop, "GET", "/hello", 5000, &c) != NULL);
+  rt_xfer_release(second);
+  CHECK(count_waiting(loop) == 2);
+  CHECK(loop->in_flight == 2);
+  CHECK(run_until(loop, &completed, 2, 5000));
+  CHECK(a.status == 200 && c.status == 200);
+  CHECK(!run_until(loop, &never, 1, 100));
+  CHECK(b.calls == 0);
+  CHECK(loop->in_flight == 0);
+  memcpy(path, "/hits?", 6); /* "/hello?key=..." -> "/hits?key=..." */
+  memmove(path + 6, path + 7, strlen(path + 7) + 1);
+  CHECK(start(loop, "GET", path, 5000, &hits) != NULL);
+  CHECK(run_until(loop, &hits.calls, 1, 5000));
+  CHECK(strstr(hits.body, "\"hits\":0,") != NULL);
+  loop->between = NULL;
+}
+
 /* rt_loop_reset closes kept-alive connections and empties the handle pool;
  * the loop serves new transfers afterwards on new connections. */
 static void test_reset_closes_idle(rt_loop_t *loop) {
@@ -441,6 +533,10 @@ static const struct test_case cases[] = {
     {"handle pool shrinks after a burst", test_pool_shrinks_after_burst},
     {"the between hook runs after socket events, outside curl",
      test_between_runs_outside_curl},
+    {"with a between hook, new transfers go to curl in batches",
+     test_new_transfers_go_in_batches},
+    {"a transfer cancelled before curl had it never runs",
+     test_cancel_while_waiting},
 };
 
 int main(void) {
