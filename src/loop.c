@@ -196,7 +196,7 @@ static void on_curl_kick(uv_idle_t *idle) {
     hand_over(loop);
     socket_action(loop, CURL_SOCKET_TIMEOUT, 0);
     /* What the hook runs may add more: they go in this kick too. */
-    if (loop->waiting_head != NULL)
+    if (loop->waiting_head != NULL && loop->between != NULL)
       loop->between(loop->between_data);
   } while (loop->waiting_head != NULL);
 }

@@ -2,8 +2,9 @@
  *
  * The only module that knows both libuv and libcurl. It owns the multi
  * handle, one uv_poll per socket curl asks about, one uv_timer for curl's
- * timeout and an idle handle that runs curl's 0 ms timeouts on the next loop
- * iteration. It knows nothing about Lua or about what a transfer means: an
+ * timeout and an idle handle (the kick) that runs curl's 0 ms timeouts on
+ * the next loop iteration and hands curl the transfers waiting for it. It
+ * knows nothing about Lua or about what a transfer means: an
  * easy handle added here carries, as CURLOPT_PRIVATE, a pointer to an
  * rt_loop_job_t whose done hook is called once the transfer has ended.
  *
