@@ -177,11 +177,14 @@ static void hand_over(rt_loop_t *loop) {
 
   for (n = 0; n < HAND_OVER_BATCH && loop->waiting_head != NULL; n++) {
     rt_loop_job_t *job = loop->waiting_head;
+    CURLMcode rc;
 
     dequeue(loop, job);
-    if (curl_multi_add_handle(loop->multi, job->easy) != CURLM_OK) {
+    rc = curl_multi_add_handle(loop->multi, job->easy);
+    if (rc != CURLM_OK) {
       loop->in_flight--;
-      job->done(job, CURLE_OUT_OF_MEMORY);
+      job->refused = (int)rc;
+      job->done(job, CURLE_FAILED_INIT);
     }
   }
 }
@@ -329,6 +332,7 @@ int rt_loop_init(rt_loop_t *loop) {
 
 int rt_loop_add(rt_loop_t *loop, rt_loop_job_t *job, CURL *easy) {
   job->queued = 0;
+  job->refused = 0;
   if (loop->between == NULL) {
     /* curl calls on_timeout with 0 ms from here; the kick starts the
      * transfer on the next iteration, outside whatever code is adding it. */

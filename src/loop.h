@@ -32,6 +32,10 @@ struct rt_loop_job_s {
   CURL *easy;
   rt_loop_job_t *prev, *next;
   int queued;
+  /* curl_multi_add_handle's CURLMcode when done runs because curl refused
+   * the transfer at hand-over (else 0): it never ran, and what its handle
+   * reports is its last transfer's. */
+  int refused;
 };
 
 /* Called by the tidy timer with how many idle easy handles are worth
@@ -77,7 +81,7 @@ int rt_loop_init(rt_loop_t *loop);
  * is handed to curl there, a few at a time with the hook run in between:
  * curl sends every request it was given in one call, and sixty of them
  * hold the loop for a millisecond and more. A transfer curl then refuses
- * ends through the done hook with CURLE_OUT_OF_MEMORY. */
+ * ends through the done hook with job->refused set. */
 int rt_loop_add(rt_loop_t *loop, rt_loop_job_t *job, CURL *easy);
 
 /* Stop a transfer that has not finished; its done hook never runs. */

@@ -872,10 +872,16 @@ static void finish(rt_xfer_t *xfer, CURLcode code) {
                  : xfer->errbuf[0] != '\0' ? xfer->errbuf
                                            : curl_easy_strerror(code);
   }
-  curl_easy_getinfo(xfer->easy, CURLINFO_RESPONSE_CODE, &r->status);
-  curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_URL, &r->url);
-  curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_METHOD, &r->method);
-  record_times(xfer);
+  if (xfer->stop == RT_STOP_REFUSED) {
+    /* The handle's figures are its last transfer's: none are this one's. */
+    r->timings.total = (double)(uv_hrtime() - xfer->started_ns) / 1e9;
+    r->timings.finished_at = (double)uv_hrtime() / 1e9;
+  } else {
+    curl_easy_getinfo(xfer->easy, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_URL, &r->url);
+    curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_METHOD, &r->method);
+    record_times(xfer);
+  }
   xfer->done(xfer, xfer->done_arg);
 }
 
@@ -903,6 +909,16 @@ static void on_done(rt_loop_job_t *job, CURLcode code) {
   rt_xfer_t *xfer = (rt_xfer_t *)job;
 
   xfer->in_flight = 0;
+  if (job->refused != 0) {
+    snprintf(xfer->note, sizeof(xfer->note),
+             "libcurl would not start the %s: %s",
+             xfer->result.redirects > 0 ? "request of a redirect" : "transfer",
+             curl_multi_strerror((CURLMcode)job->refused));
+    job->refused = 0;
+    xfer->stop = RT_STOP_REFUSED;
+    finish(xfer, code);
+    return;
+  }
   if (code == CURLE_OK && xfer->stop == RT_STOP_NONE && follow_redirect(xfer))
     return;
   finish(xfer, code);

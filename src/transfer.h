@@ -46,7 +46,8 @@ enum rt_xfer_stop {
   RT_STOP_REDIRECT_SCHEME, /* a redirect to something not http or https */
   RT_STOP_REDIRECT_URL,    /* a redirect to a URL libcurl cannot parse */
   RT_STOP_TIMEOUT,         /* the timeout ran out between redirects */
-  RT_STOP_NOMEM
+  RT_STOP_NOMEM,
+  RT_STOP_REFUSED /* libcurl would not start it: it never ran */
 };
 
 /* When the phases of an attempt ended, in seconds from its start; a phase

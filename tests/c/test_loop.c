@@ -462,6 +462,56 @@ static void test_cancel_while_waiting(rt_loop_t *loop) {
   loop->between = NULL;
 }
 
+/* A transfer libcurl will not take at hand-over (here: its handle is in
+ * another multi handle, as out of memory would also make it) ends with an
+ * error that says so, and nothing of the handle's last transfer. */
+struct refusal {
+  int calls;
+  long status;
+  char kind[32];
+  char message[256];
+};
+
+static void record_refusal(rt_xfer_t *xfer, void *arg) {
+  struct refusal *out = arg;
+
+  out->calls++;
+  out->status = xfer->result.status;
+  snprintf(out->kind, sizeof(out->kind), "%s",
+           xfer->result.kind != NULL ? xfer->result.kind : "");
+  snprintf(out->message, sizeof(out->message), "%s",
+           xfer->result.message != NULL ? xfer->result.message : "");
+  rt_xfer_release(xfer);
+}
+
+static void test_refused_at_hand_over(rt_loop_t *loop) {
+  struct outcome first = {0};
+  struct refusal out = {0};
+  CURLM *other = curl_multi_init();
+  rt_xfer_t *xfer;
+
+  loop->between = do_nothing;
+  /* The pooled handle then holds a 503's status and timings. */
+  CHECK(start(loop, "GET", "/fail?n=1", 5000, &first) != NULL);
+  CHECK(run_until(loop, &first.calls, 1, 5000));
+  CHECK(first.status == 503);
+  xfer = start(loop, "GET", "/hello", 5000, NULL);
+  CHECK(xfer != NULL);
+  CHECK(xfer->easy == first.easy);
+  CHECK(curl_multi_add_handle(other, xfer->easy) == CURLM_OK);
+  xfer->done = record_refusal;
+  xfer->done_arg = &out;
+  CHECK(run_until(loop, &out.calls, 1, 5000));
+  printf("#   %s: %s\n", out.kind, out.message);
+  CHECK(out.status == 0);
+  CHECK(strcmp(out.kind, "network") == 0);
+  CHECK(strstr(out.message, "libcurl would not start the transfer") != NULL);
+  CHECK(loop->in_flight == 0);
+  curl_multi_remove_handle(other, first.easy);
+  curl_multi_cleanup(other);
+  loop->between = NULL;
+}
+
 /* rt_loop_reset closes kept-alive connections and empties the handle pool;
  * the loop serves new transfers afterwards on new connections. */
 static void test_reset_closes_idle(rt_loop_t *loop) {
@@ -537,6 +587,8 @@ static const struct test_case cases[] = {
      test_new_transfers_go_in_batches},
     {"a transfer cancelled before curl had it never runs",
      test_cancel_while_waiting},
+    {"a transfer curl refuses at hand-over ends with an error saying so",
+     test_refused_at_hand_over},
 };
 
 int main(void) {
