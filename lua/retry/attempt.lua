@@ -152,6 +152,20 @@ local function cancel_all(ops)
   for i = 1, #ops do core.cancel_op(ops[i]) end
 end
 
+-- How many of the copies beyond the first (all[2], ...) went out, added to
+-- the client's `hedges`: a copy cancelled before libcurl sent it (the
+-- first answer came meanwhile) was never a request the server could see.
+local function count_hedges(counters, all)
+  local sent = 0
+  if all then
+    for i = 2, #all do
+      if core.went_out(all[i]) then sent = sent + 1 end
+    end
+    counters.hedges = counters.hedges + sent
+  end
+  return sent
+end
+
 local DEFAULT_PORTS = { http = "80", https = "443" }
 
 -- The origin of an http(s) URL, for limit_per_host: scheme://host:port,
@@ -203,8 +217,8 @@ end
 
 --[[ Send one attempt: one transfer, or with hedging several copies, the
 first acceptable answer winning and the others cancelled in flight. The
-deadline cuts it. Returns response or nil, err, how many copies went
-beyond the first, and when the deadline cut it whether any copy had gone
+deadline cuts it. Returns response or nil, err, how many copies beyond
+the first went out, and when the deadline cut it whether any copy had gone
 out. ]]
 local function send(client, spec, started, st)
   local method = spec.method
@@ -215,7 +229,7 @@ local function send(client, spec, started, st)
   local all -- every copy started, finished ones too, once there are two
   local hedge = st.hedge
   if hedge and not IDEMPOTENT[method] then hedge = nil end
-  local extra = 0
+  local extra = 0 -- copies started beyond the first
   local last_response, last_err
   while true do
     local limit
@@ -233,7 +247,7 @@ local function send(client, spec, started, st)
         local cut = deadline_error(st, spec)
         local went, resent = sent_state(all or ops)
         cut.resent = resent or nil
-        return nil, cut, extra, went
+        return nil, cut, count_hedges(counters, all), went
       end
       local copy, copy_err = start(spec)
       if copy then
@@ -242,7 +256,6 @@ local function send(client, spec, started, st)
         all[#all + 1] = copy
         if started then started[#started + 1] = copy end
         extra = extra + 1
-        counters.hedges = counters.hedges + 1
       else
         hedge = nil -- a copy cannot start: the ones out must do
         last_err = last_err or copy_err
@@ -253,6 +266,7 @@ local function send(client, spec, started, st)
       if response == nil and e.kind == "cancelled" and client.closed then
         cancel_all(ops)
         if last_response then last_response:close() end
+        count_hedges(counters, all)
         error(closed_error(spec), 0)
       end
       local acceptable = #ops == 0
@@ -264,6 +278,7 @@ local function send(client, spec, started, st)
           cancel_all(ops)
           if response then response:close() end
           if last_response then last_response:close() end
+          count_hedges(counters, all)
           error(reason, 0)
         end
         acceptable = reason == nil
@@ -273,7 +288,7 @@ local function send(client, spec, started, st)
         if last_response and last_response ~= response then
           last_response:close()
         end
-        return response, e, extra
+        return response, e, count_hedges(counters, all)
       end
       -- Not good enough while other copies may still do better.
       if last_response then last_response:close() end

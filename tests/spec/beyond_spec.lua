@@ -275,6 +275,31 @@ describe("hedging", function()
     end)
   end)
 
+  it("counts as hedges the copies that went out, as the server counts them", function()
+    -- Copies due a fraction of a millisecond after their first: many are
+    -- started in the loop turn whose answer wins, and cancelled before
+    -- libcurl was given them.
+    retry.run(function()
+      local url, key = counted("/hello")
+      local client = retry.RetryClient{ limit = 0,
+        hedge = { delay = 0.0003, max = 3 } }
+      local copies = 0
+      local tasks = {}
+      for i = 1, 600 do
+        tasks[i] = retry.spawn(function()
+          local r <close> = client:get(url)
+          copies = copies + 1 + (r.history[1].hedges or 0)
+        end)
+      end
+      retry.gather(tasks)
+      local stats = client:stats()
+      local hits = h.hits(retry, key)
+      assert.equal(hits, copies)
+      assert.equal(hits, stats.attempts + stats.hedges)
+      assert.is_true(stats.hedges > 0, "no copy went out: nothing was tested")
+    end)
+  end)
+
   it("sends no copy when the answer comes within the delay, nor for POST", function()
     retry.run(function()
       local url, key = counted("/delay/10")
