@@ -462,9 +462,6 @@ static void test_cancel_while_waiting(rt_loop_t *loop) {
   loop->between = NULL;
 }
 
-/* A transfer libcurl will not take at hand-over (here: its handle is in
- * another multi handle, as out of memory would also make it) ends with an
- * error that says so, and nothing of the handle's last transfer. */
 struct refusal {
   int calls;
   long status;
@@ -484,6 +481,9 @@ static void record_refusal(rt_xfer_t *xfer, void *arg) {
   rt_xfer_release(xfer);
 }
 
+/* A transfer libcurl will not take at hand-over (here: its handle is in
+ * another multi handle, as out of memory would also make it) ends with an
+ * error that says so, and nothing of the handle's last transfer. */
 static void test_refused_at_hand_over(rt_loop_t *loop) {
   struct outcome first = {0};
   struct refusal out = {0};
