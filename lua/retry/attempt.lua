@@ -238,7 +238,13 @@ local function send(client, spec, started, st)
       local left = math.max(0, st.deadline - core.now())
       if limit == nil or left < limit then limit = left end
     end
-    local i = wait_ops(client, limit, ops)
+    local waited, i = pcall(wait_ops, client, limit, ops)
+    if not waited then
+      -- The task was cancelled: its copies end with it, and those that
+      -- went out were requests all the same.
+      count_hedges(counters, all)
+      error(i, 0)
+    end
     if i == nil then
       if st.deadline and core.now() >= st.deadline then
         cancel_all(ops)
