@@ -145,6 +145,58 @@ static int l_spawn(lua_State *L) {
   return 2;
 }
 
+/* The rest of task_main once fn has returned or raised (status LUA_YIELD:
+ * it returned after waiting). Stack: task, handler, fn's results or its
+ * error. Calls finish(task, ok, ...). */
+static int task_main_end(lua_State *L, int status, lua_KContext ctx) {
+  int n = lua_gettop(L) - 2;
+
+  (void)ctx;
+  luaL_checkstack(L, 3, "task results");
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_pushboolean(L, status == LUA_OK || status == LUA_YIELD);
+  lua_rotate(L, 3, 3);
+  lua_call(L, n + 2, 0);
+  return 0;
+}
+
+/* Where every task's coroutine starts, with task, fn, args...: fn(args...)
+ * under the message handler, then finish(task, ok, ...) (upvalues 1 and 2).
+ * One C frame at the bottom of the task's stack; a Lua wrapper calling
+ * xpcall was two, with a dozen more slots under every wait. It ends the
+ * task also when a script resumed its plain coroutine.yield to the end. */
+static int task_main(lua_State *L) {
+  int nargs = lua_gettop(L) - 2;
+  rt_task_t *t;
+
+  lua_getfield(L, 1, "handle");
+  t = rt_task_from(L, -1);
+  lua_pop(L, 1);
+  if (t != NULL && rt_task_take_cancel(L, t) == 1) {
+    /* Cancelled before it started: it never runs. */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, -4);
+    lua_call(L, 3, 0);
+    return 0;
+  }
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_insert(L, 2);
+  return task_main_end(
+      L, lua_pcallk(L, nargs, LUA_MULTRET, 2, 0, task_main_end), 0);
+}
+
+/* core.task_main(finish, handler) -> the function tasks start in (above) */
+static int l_task_main(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  lua_pushcclosure(L, task_main, 2);
+  return 1;
+}
+
 /* core.park(what) -> values given to core.wake */
 static int l_park(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
@@ -832,6 +884,7 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"sleep", l_sleep},
                                       {"seal", l_seal},
                                       {"spawn", l_spawn},
+                                      {"task_main", l_task_main},
                                       {"start", l_start},
                                       {"take_cancel", l_take_cancel},
                                       {"timer", l_timer},

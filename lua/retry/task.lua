@@ -28,19 +28,25 @@ local function new_scope()
   return { live = {}, failed = {} }
 end
 
+-- The traceback from level 2 without its last line, the C function every
+-- task starts in (task_main, below), which says nothing to a script.
+local function traceback(message)
+  return (debug.traceback(message, 3):gsub("\n\t%[C%]: in %?$", ""))
+end
+
 -- Message handler: keep the traceback of where the error happened. Error
 -- objects get a `traceback` field; strings get it appended, once.
 local function with_traceback(e)
   if errors.is_error(e) then
     if rawget(e, "traceback") == nil then
-      e.traceback = debug.traceback("", 2):gsub("^\n", "")
+      e.traceback = traceback(""):gsub("^\n", "")
     end
     return e
   end
   if type(e) == "string" or type(e) == "number" then
     e = tostring(e)
     if not e:find("\nstack traceback:", 1, true) then
-      return debug.traceback(e, 2)
+      e = traceback(e) -- not a tail call: it counts this frame as level 2
     end
   end
   return e
@@ -79,12 +85,10 @@ local function finish(task, ok, ...)
   if task == run.main and not ok then cancel_all(run.live) end
 end
 
-local function task_body(task, fn, ...)
-  -- Cancelled before it started: it never runs.
-  local pending = core.take_cancel(task.handle)
-  if pending ~= nil then return finish(task, false, pending) end
-  return finish(task, xpcall(fn, with_traceback, ...))
-end
+-- Where every task's coroutine starts (in C): fn(...) under with_traceback,
+-- then finish(task, ok, ...); a task cancelled before it started ends with
+-- its pending error and never runs.
+local task_main = core.task_main(finish, with_traceback)
 
 --- Start `fn(...)` as a concurrent task; returns a Task.
 function M.spawn(fn, ...)
@@ -102,7 +106,7 @@ function M.spawn(fn, ...)
   -- `waiters`, the handles of the tasks awaiting it, comes with the first.
   local task = setmetatable({ done = false, run = run, scope = scope,
     parent = parent, serial = spawned }, Task)
-  local handle, thread = core.spawn(task_body, task, fn, ...)
+  local handle, thread = core.spawn(task_main, task, fn, ...)
   task.handle = handle
   by_thread[thread] = task
   run.live[task] = true

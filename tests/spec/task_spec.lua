@@ -22,6 +22,28 @@ describe("retry.run", function()
     assert.matches("stack traceback:", err)
   end)
 
+  it("ends a task's traceback at the task's function, none of lretry's own", function()
+    local function fails() local t = nil; return t.field end
+    local ok, err = pcall(retry.run, function()
+      local task = retry.spawn(function() retry.sleep(0); fails() end)
+      return task:await()
+    end)
+    assert.is_false(ok)
+    local tb = err:match("stack traceback:.*$")
+    assert.matches("task_spec.lua:%d+: in [%a ]*'fails'", tb)
+    assert.matches("task_spec.lua:%d+: in function <", tb)
+    -- The last line is the task's function, not the C frame tasks start in.
+    assert.matches("task_spec.lua:%d+: in function <[^\n]*>$", tb)
+    assert.not_matches("retry/task.lua", tb)
+    assert.not_matches("xpcall", tb)
+    local _, e = pcall(retry.run, function()
+      return retry.spawn(function()
+        retry.request("GET", "http://127.0.0.1:1/")
+      end):await()
+    end)
+    assert.matches("task_spec.lua:%d+: in function <[^\n]*>$", e.traceback)
+  end)
+
   it("nested in a task, runs fn there and waits for the tasks it spawned", function()
     local log = {}
     local a, b = retry.run(function()
