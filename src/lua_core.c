@@ -170,6 +170,8 @@ static int task_main(lua_State *L) {
   int nargs = lua_gettop(L) - 2;
   rt_task_t *t;
 
+  if (nargs < 0 || lua_type(L, 1) != LUA_TTABLE)
+    return rt_error_invalid(L, "a task starts with its Task and function");
   lua_getfield(L, 1, "handle");
   t = rt_task_from(L, -1);
   lua_pop(L, 1);

@@ -28,10 +28,18 @@ local function new_scope()
   return { live = {}, failed = {} }
 end
 
+local gsub = string.gsub
+
 -- The traceback from level 2 without its last line, the C function every
--- task starts in (task_main, below), which says nothing to a script.
+-- task starts in (task_main, below), which says nothing to a script; all
+-- of it when that line is all there is (the task's function could not be
+-- called), or when a script's own debug.traceback gives something else.
 local function traceback(message)
-  return (debug.traceback(message, 3):gsub("\n\t%[C%]: in %?$", ""))
+  local tb = debug.traceback(message, 3)
+  if type(tb) ~= "string" then return tb end
+  local without = gsub(tb, "\n\t%[C%]: in %?$", "")
+  if without:sub(-16) == "stack traceback:" then return tb end
+  return without
 end
 
 -- Message handler: keep the traceback of where the error happened. Error
@@ -39,7 +47,8 @@ end
 local function with_traceback(e)
   if errors.is_error(e) then
     if rawget(e, "traceback") == nil then
-      e.traceback = traceback(""):gsub("^\n", "")
+      local tb = traceback("")
+      e.traceback = type(tb) == "string" and gsub(tb, "^\n", "") or tb
     end
     return e
   end

@@ -42,6 +42,12 @@ describe("retry.run", function()
       end):await()
     end)
     assert.matches("task_spec.lua:%d+: in function <[^\n]*>$", e.traceback)
+    -- A function that cannot be called keeps the frame that tried.
+    local _, bad = pcall(retry.run, function()
+      return retry.spawn(setmetatable({}, { __call = 5 })):await()
+    end)
+    assert.matches("attempt to call", bad)
+    assert.matches("stack traceback:\n\t%[C%]", bad)
   end)
 
   it("nested in a task, runs fn there and waits for the tasks it spawned", function()
