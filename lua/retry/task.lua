@@ -28,7 +28,7 @@ local function new_scope()
   return { live = {}, failed = {} }
 end
 
-local gsub = string.gsub
+local gsub, sub = string.gsub, string.sub
 
 -- The traceback from level 2 without its last line, the C function every
 -- task starts in (task_main, below), which says nothing to a script; all
@@ -38,7 +38,7 @@ local function traceback(message)
   local tb = debug.traceback(message, 3)
   if type(tb) ~= "string" then return tb end
   local without = gsub(tb, "\n\t%[C%]: in %?$", "")
-  if without:sub(-16) == "stack traceback:" then return tb end
+  if sub(without, -16) == "stack traceback:" then return tb end
   return without
 end
 
