@@ -25,8 +25,8 @@
 #   (attempts/s, a Lua check per response as bench_load.lua's);
 #   `lretry load --threads 2` when lretry has it; one request
 #   at a time (ceiling, curl, lretry); memory (100,000 requests, 10,000
-#   requests in backoff, and the floor under them: 10,000 tasks asleep
-#   after one bare request each; 10,000 in flight against nginx's echo_sleep route,
+#   requests in backoff, and the floors under them: 10,000 tasks asleep
+#   after one bare request each, and 10,000 that only sleep; 10,000 in flight against nginx's echo_sleep route,
 #   what is left after that burst); timer lateness under load; CPU of a 10
 #   requests/s load; connections opened (nginx stub_status). Then, once, the
 #   instructions one request costs (callgrind) in the ceiling, the engine,
@@ -305,6 +305,8 @@ bench_round() {
   timed sleepers "$lretry" scripts/bench_sleepers.lua "$url503" "$sleepers" "$backoff_s"
   rec sleepers.now "$(awk '{print $(NF-4)}' "$dir/sleepers.out")"
   timed sleepers_floor "$lretry" scripts/bench_sleepers.lua "$url503" "$sleepers" "$backoff_s" floor
+  timed sleepers_bare "$lretry" scripts/bench_sleepers.lua "$url503" "$sleepers" "$backoff_s" sleep
+  rec sleepers_bare.now "$(awk '{print $(NF-4)}' "$dir/sleepers_bare.out")"
   timed burst_ceiling "$ceiling" "$slow_url" "$inflight" "$inflight"
   timed burst "$lretry" scripts/bench_burst.lua "$slow_url" "$inflight"
   rec burst.after "$(awk '{print $(NF-1)}' "$dir/burst.out")"
@@ -439,6 +441,8 @@ printf '  %-44s %s\n' \
     "$(kib_mib "$(med sleepers.rss)"), $(kib_mib "$(med sleepers.now)") while all wait" \
   "  floor: $sleepers tasks asleep after a request" \
     "$(kib_mib "$(med sleepers_floor.rss)") (bench_sleepers floor: one bare retry.request each, no retry state)" \
+  "  $sleepers tasks that only sleep" \
+    "$(kib_mib "$(med sleepers_bare.now)") while all sleep, peak $(kib_mib "$(med sleepers_bare.rss)") (bench_sleepers sleep: no request)" \
   "$inflight in flight: C ceiling" \
     "$(kib_mib "$burst_ceiling_rss"), $(per_req "$burst_ceiling_rss" "$(med c1_ceiling.rss)") bytes per request" \
   "$inflight in flight: lretry (bench_burst)" \

@@ -10,17 +10,22 @@
 -- 100 at a time, as the client's limit) and then sleeps WAIT seconds: no
 -- retry client, no retry state, the least a task that has made a request
 -- holds while it waits (its coroutine's stack grew to make the request).
--- Usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT] [floor]
+-- With `sleep`, each task only sleeps WAIT seconds and makes no request
+-- (URL503 is not used): what TASKS waiting coroutines cost before any
+-- request or retry state is added.
+-- Usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT] [floor|sleep]
 -- Prints: "bench_sleepers: N in backoff at once, RSS X KiB (peak Y KiB)"
 local retry = require("retry")
 
-local url = arg[1] or error("usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT] [floor]")
+local url = arg[1] or error("usage: lretry scripts/bench_sleepers.lua URL503 [TASKS] [WAIT] [floor|sleep]")
 local n = math.tointeger(tonumber(arg[2] or 10000))
 local wait = tonumber(arg[3] or 3)
 local floor = arg[4] == "floor"
+local sleep_only = arg[4] == "sleep"
 assert(n and n > 0, "TASKS must be a positive integer")
 assert(wait and wait > 0, "WAIT must be seconds > 0")
-assert(arg[4] == nil or floor, "the fourth argument can only be floor")
+assert(arg[4] == nil or floor or sleep_only,
+  "the fourth argument can only be floor or sleep")
 
 local function status_kib(field)
   local f <close> = assert(io.open("/proc/self/status"))
@@ -38,7 +43,15 @@ local client <close> = retry.RetryClient{
 
 local statuses, ended, asleep = 0, 0, 0
 local tasks = {}
-if floor then
+if sleep_only then
+  for i = 1, n do
+    tasks[i] = retry.spawn(function()
+      asleep = asleep + 1
+      retry.sleep(wait)
+      ended = ended + 1
+    end)
+  end
+elseif floor then
   -- As the client's limit: 100 requests at a time.
   local in_flight = 0
   for i = 1, n do
@@ -77,7 +90,7 @@ local polled = retry.now()
 while waiting < n and ended == 0 and (first == nil or retry.now() - first < wait) do
   retry.sleep(0.01)
   local now = retry.now()
-  waiting = floor and asleep or client:stats().retries
+  waiting = (floor or sleep_only) and asleep or client:stats().retries
   if first == nil and waiting > 0 then first = polled end
   if waiting == n then last = now end
   polled = now
@@ -87,10 +100,11 @@ local at_once = last ~= nil and retry.now() - first < wait
 retry.gather(tasks)
 print(("bench_sleepers: %d in backoff at once, RSS %d KiB (peak %d KiB)"):format(
   at_once and n or 0, rss, peak))
-if not at_once or statuses ~= n then
+if not at_once or (statuses ~= n and not sleep_only) then
   io.stderr:write(("bench_sleepers: %d of %d entered backoff, %s; %d of %d "
     .. "got 503 (%s)\n"):format(waiting, n,
     at_once and "all at once" or "not all at once", statuses, n,
-    floor and "one request each" or "after 2 attempts"))
+    sleep_only and "no request" or floor and "one request each"
+      or "after 2 attempts"))
   os.exit(1)
 end
