@@ -17,6 +17,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <uv.h>
 
 #include "error.h"
 #include "task.h"
@@ -37,6 +38,7 @@ struct rt_worker_s {
   char *result;     /* under group->mu: the result's JSON, owned */
   char *error;      /* under group->mu: why it failed, owned */
   int ended;        /* under group->mu: its state is closed */
+  int at_start;     /* under group->mu: at the start line, or ended */
   atomic_llong requests, errors, retries, started; /* published progress */
 };
 
@@ -48,6 +50,14 @@ struct rt_group_s {
   atomic_llong claimed; /* requests claimed so far */
   const rt_threads_host_t *host;
   rt_wakeup_t done; /* worker -> main: fired as each ends */
+  /* The common start (w.start): under mu. Every thread's load counts its
+   * duration, schedule and timeline from the moment the last one was
+   * ready, so that a slow start (more threads than cores) neither
+   * stretches the load past its duration nor inflates its rate. */
+  pthread_cond_t start_cv;
+  int at_start;      /* workers at the start line or ended */
+  int stopping;      /* group:stop() came */
+  uint64_t start_ns; /* uv_hrtime() of the start, 0 until then */
   rt_worker_t workers[];
 };
 
@@ -67,6 +77,7 @@ static void group_free(rt_group_t *g) {
     rt_wakeup_destroy(&w->stop);
   }
   rt_wakeup_destroy(&g->done);
+  pthread_cond_destroy(&g->start_cv);
   pthread_mutex_destroy(&g->mu);
   free(g);
 }
@@ -91,6 +102,20 @@ static void set_error(rt_worker_t *w, const char *message) {
   pthread_mutex_unlock(&g->mu);
 }
 
+/* Under g->mu: w is at the start line (ready, or ended without getting
+ * there); the last of them starts the load for every thread. */
+static void reach_start(rt_worker_t *w) {
+  rt_group_t *g = w->group;
+
+  if (w->at_start)
+    return;
+  w->at_start = 1;
+  if (++g->at_start == g->count && g->start_ns == 0) {
+    g->start_ns = uv_hrtime();
+    pthread_cond_broadcast(&g->start_cv);
+  }
+}
+
 static void *worker_main(void *arg) {
   rt_worker_t *w = arg;
   rt_group_t *g = w->group;
@@ -101,6 +126,7 @@ static void *worker_main(void *arg) {
                "and must reach the same load");
   pthread_mutex_lock(&g->mu);
   w->ended = 1;
+  reach_start(w);
   pthread_mutex_unlock(&g->mu);
   /* The userdata's reference holds the group until this thread is joined. */
   rt_wakeup_fire(&g->done);
@@ -118,6 +144,10 @@ static rt_group_t *check_group(lua_State *L) {
 static void stop_all(rt_group_t *g) {
   int i;
 
+  pthread_mutex_lock(&g->mu);
+  g->stopping = 1;
+  pthread_cond_broadcast(&g->start_cv);
+  pthread_mutex_unlock(&g->mu);
   for (i = 0; i < g->count; i++)
     rt_wakeup_fire(&g->workers[i].stop);
 }
@@ -189,6 +219,7 @@ static int l_start(lua_State *L) {
   if (g == NULL)
     return luaL_error(L, "threads.start: out of memory");
   pthread_mutex_init(&g->mu, NULL);
+  pthread_cond_init(&g->start_cv, NULL);
   g->refs = 1;
   g->count = (int)n;
   g->requests = requests;
@@ -230,6 +261,7 @@ static int l_start(lua_State *L) {
     set_error(w, "the thread could not be started");
     pthread_mutex_lock(&g->mu);
     w->ended = 1;
+    reach_start(w);
     pthread_mutex_unlock(&g->mu);
     rt_wakeup_fire(&g->done);
   }
@@ -372,6 +404,26 @@ static int w_wait_stop(lua_State *L) {
   return rt_wakeup_wait(L, t, &w->stop, 0);
 }
 
+/* w.start() -> the load's start in core.now() seconds, the same in every
+ * thread: the moment the last worker was ready to start its share (or had
+ * ended without reaching it). Blocks this thread until then, before its
+ * load has begun: nothing of its own waits meanwhile. A stop (Ctrl-C, a
+ * failed thread) releases it at once, with the time of the release. */
+static int w_start(lua_State *L) {
+  rt_worker_t *w = worker_of(L);
+  rt_group_t *g = w->group;
+  uint64_t start;
+
+  pthread_mutex_lock(&g->mu);
+  reach_start(w);
+  while (g->start_ns == 0 && !g->stopping)
+    pthread_cond_wait(&g->start_cv, &g->mu);
+  start = g->start_ns != 0 ? g->start_ns : uv_hrtime();
+  pthread_mutex_unlock(&g->mu);
+  lua_pushnumber(L, (lua_Number)start / 1e9);
+  return 1;
+}
+
 /* w.claim() -> the number of the next request of the load to start
  * (1-based, across all threads), or nil when `requests` have all been
  * claimed: the threads of a closed model share the count out as they go,
@@ -401,17 +453,16 @@ static int w_publish(lua_State *L) {
 
 static int enter_worker(lua_State *L) {
   rt_worker_t *w = lua_touserdata(L, 1);
-  static const luaL_Reg fns[] = {{"hand_over", w_hand_over},
-                                 {"wait_stop", w_wait_stop},
-                                 {"publish", w_publish},
-                                 {"claim", w_claim},
-                                 {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"hand_over", w_hand_over}, {"wait_stop", w_wait_stop},
+      {"publish", w_publish},     {"claim", w_claim},
+      {"start", w_start},         {NULL, NULL}};
 
   lua_getglobal(L, "require");
   lua_pushliteral(L, "retry.load");
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "become_worker");
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushinteger(L, w->index);
   lua_setfield(L, -2, "index");
   lua_pushinteger(L, w->group->count);

@@ -24,7 +24,9 @@
  *                                        (also on collection: stop, join)
  * In a worker's state, load.become_worker(w) gets w = {index, count, share,
  * hand_over(json), wait_stop(task_handle), publish(requests, errors,
- * retries, started), claim() -> the next request's number, or nil}.
+ * retries, started), claim() -> the next request's number, or nil,
+ * start() -> the load's start in core.now() seconds, common to all threads
+ * (blocks until every worker is ready or has ended, or the load stopped)}.
  */
 #ifndef RT_THREADS_H
 #define RT_THREADS_H

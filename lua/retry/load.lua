@@ -71,7 +71,8 @@ M.calls = 0
 
 --- In a worker thread of a load with `threads` (set by become_worker):
 -- { index, count, share = {seq, concurrency, requests, rate, progress},
--- hand_over, wait_stop, publish } (src/threads.h). nil in the main thread.
+-- hand_over, wait_stop, publish, claim, start } (src/threads.h). nil in
+-- the main thread.
 M.worker = nil
 
 --- What a worker thread's script ends with once its share is handed over.
@@ -529,7 +530,7 @@ local function cancel_until_done(L, by, why, when, presses)
 end
 
 local function timekeeper(L)
-  core.sleep(L.duration)
+  core.sleep(math.max(0, L.ends - core.now()))
   stop(L, "duration")
   core.sleep(L.grace)
   cancel_until_done(L, "duration", ("still in flight %g s after the "
@@ -617,7 +618,8 @@ end
 -- claim (the closed model's request numbers, shared by the threads) or
 -- stride, offset and phase (the open model's: worker k of n starts the
 -- whole load's requests k, k + n..., numbered so, (k - 1) / rate after the
--- first). Returns the Result.
+-- first), and start (the threads' common start, src/threads.c). Returns
+-- the Result.
 local function run(s, o)
   local open = o.rate ~= nil
   local concurrency, duration = o.concurrency, o.duration
@@ -707,8 +709,11 @@ local function run(s, o)
     end
   end
   -- The clock starts once the workers exist (none has run yet): making
-  -- 100,000 of them takes a while, which must not eat the duration.
-  local started = core.now()
+  -- 100,000 of them takes a while, which must not eat the duration. In a
+  -- worker thread it starts when every thread is ready (o.start blocks
+  -- until then), so that the threads' durations, schedules and timelines
+  -- are one run's, however late the last thread got going.
+  local started = o.start and o.start() or core.now()
   L.started, L.recorder = started, result.recorder(started)
   L.ends = duration and started + duration
   local ok, err = pcall(await_all, L)
@@ -879,7 +884,8 @@ local function worker_load(s, w)
   local r = run(s, { concurrency = share.concurrency,
     requests = share.requests, rate = share.rate, duration = duration_of(s),
     quiet = true, publish = share.progress == 1,
-    claim = not share.rate and w.claim or nil, stride = w.count,
+    claim = not share.rate and w.claim or nil, start = w.start,
+    stride = w.count,
     offset = w.index, phase = s.rate and (w.index - 1) / s.rate })
   w.hand_over(r:to_json())
   w.finished = true

@@ -252,6 +252,43 @@ describe("retry.load{threads = N} in a script", function()
       end)
     end)
 
+  it("starts every thread's share together, however late one got ready",
+    function()
+      -- The second worker to reach the load sleeps 1.5 s first. Each
+      -- thread's 1 s must still be the same second: both at the server
+      -- at once (peak 2), and the duration and rate the run's own.
+      local url, key = h.counted("/delay/100", "threads-start")
+      local order = os.tmpname()
+      local script = write_script(([[
+        local retry = require("retry")
+        local f = assert(io.open(%q, "a")); f:write("x\n"); f:close()
+        local n = 0
+        for _ in io.lines(%q) do n = n + 1 end
+        if n == 3 then retry.sleep(1.5) end
+        local r = retry.load{ url = %q, duration = 1, concurrency = 2,
+          threads = 2, quiet = true }
+        print(("%%d %%.3f %%.1f"):format(r.requests, r.duration, r.rps))
+      ]]):format(order, order, url))
+      local code, out, err = lretry(script)
+      os.remove(script)
+      os.remove(order)
+      assert.equal(0, code, err)
+      local requests, duration, rps = out:match("^(%d+) (%S+) (%S+)\n$")
+      requests, duration, rps = tonumber(requests), tonumber(duration),
+        tonumber(rps)
+      assert.is_truthy(requests, out)
+      assert.is_true(duration >= 1 and duration < 1.4, out)
+      -- Two at a time, 100 ms each: some 20 in the second, not 10 in
+      -- each of two seconds reported as one.
+      assert.is_true(requests >= 14 and requests <= 24, out)
+      assert.is_true(rps <= 24, out)
+      retry.run(function()
+        local c = h.counts(retry, key)
+        assert.equal(requests, c.hits)
+        assert.equal(2, c.peak)
+      end)
+    end)
+
   it("numbers the requests across the threads, each number once",
     function()
       local prefix = h.key("threads-i")
