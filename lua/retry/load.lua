@@ -766,6 +766,14 @@ local function threads_view(group, s, o)
   })
 end
 
+-- A script's client's limit on connections, `limit` or `limit_per_host`
+-- (0: none, or no client). The client checks its settings before its
+-- first request; here anything but a count is 0.
+local function client_limit_of(s, field)
+  local limit = s.client and s.client[field or "limit"]
+  return math.type(limit) == "integer" and limit > 0 and limit or 0
+end
+
 -- The main thread of a load with threads: start one OS thread per share,
 -- each running this same script in a Lua state of its own (the host's
 -- src/threads.c), watch Ctrl-C and draw the progress line while they run,
@@ -850,16 +858,10 @@ local function threaded_load(s, o)
   r.merged, r.threads = nil, n
   r.concurrency, r.rate, r.label = o.concurrency, s.rate, describe_load(s)
   r.interrupted = r.interrupted or interrupted
-  -- The client's limit capped the load when it capped every thread.
-  local capped = 0
-  for _, t in ipairs(results) do
-    if t.capped_by == nil then
-      capped = nil
-      break
-    end
-    capped = capped + t.capped_by
-  end
-  r.capped_by = capped
+  -- The threads split the client's limit as they split the concurrency
+  -- (worker_load): it capped the load as it would have capped one thread.
+  local limit = client_limit_of(s)
+  if limit > 0 and limit < o.concurrency then r.capped_by = limit end
   return r
 end
 
@@ -880,6 +882,14 @@ local function worker_load(s, w)
       .. "script has threads = %s: every thread must run the same loads in "
       .. "the same order"):format(w.index, w.count, M.calls,
       tostring(s.threads)))
+  end
+  -- Each thread makes its own client: together they keep to its limit,
+  -- split as the concurrency is (M.load refused a limit under threads).
+  for _, field in ipairs({ "limit", "limit_per_host" }) do
+    local limit = client_limit_of(s, field)
+    if limit > 0 then
+      s.client[field] = math.max(1, part(limit, w.count, w.index))
+    end
   end
   local r = run(s, { concurrency = share.concurrency,
     requests = share.requests, rate = share.rate, duration = duration_of(s),
@@ -964,6 +974,14 @@ function M.load(spec)
     invalid(("retry.load: threads (%d) must be at most the concurrency "
       .. "(%d): each thread runs at least one request at a time"):format(
       threads, concurrency))
+  end
+  for _, field in ipairs({ "limit", "limit_per_host" }) do
+    local limit = client_limit_of(s, field)
+    if threads > 1 and limit > 0 and limit < threads then
+      invalid(("retry.load: threads (%d) must be at most the client's %s "
+        .. "(%d): each thread runs its share on a client of its own, with "
+        .. "its share of the %s"):format(threads, field, limit, field))
+    end
   end
   warn_open_files(s, concurrency)
   local path = s.json or M.defaults.json

@@ -347,6 +347,45 @@ describe("retry.load{threads = N} in a script", function()
       1, true), err)
   end)
 
+  it("keeps to the client's limit across the threads", function()
+    -- Each thread makes its own client; together they hold the limit
+    -- (split as the concurrency is), counted at the server.
+    local url, key = h.counted("/delay/100", "threads-limit")
+    local script = write_script(([[
+      local retry = require("retry")
+      local client = retry.RetryClient{ limit = 3 }
+      local r = retry.load{ client = client, url = %q, duration = 1,
+        concurrency = 8, threads = 2, quiet = true }
+      print(r.requests .. " " .. tostring(r.capped_by))
+    ]]):format(url))
+    local code, out, err = lretry(script)
+    os.remove(script)
+    assert.equal(0, code, err)
+    local requests, capped = out:match("^(%d+) (%S+)\n$")
+    assert.equal("3", capped, out)
+    retry.run(function()
+      local c = h.counts(retry, key)
+      assert.equal(tonumber(requests), c.hits)
+      assert.equal(3, c.peak)
+    end)
+  end)
+
+  it("refuses more threads than the client's limit", function()
+    for _, field in ipairs({ "limit", "limit_per_host" }) do
+      local script = write_script(([[
+        local retry = require("retry")
+        local client = retry.RetryClient{ %s = 2 }
+        retry.load{ client = client, url = %q, requests = 10,
+          concurrency = 8, threads = 3 }
+      ]]):format(field, h.url("/hello")))
+      local code, _, err = lretry(script)
+      os.remove(script)
+      assert.equal(1, code)
+      assert.is_truthy(err:find("threads (3) must be at most the client's "
+        .. field .. " (2)", 1, true), err)
+    end
+  end)
+
   it("needs the lretry program", function()
     retry.run(function()
       local ok, e = pcall(retry.load, { url = h.url("/hello"), requests = 4,
