@@ -66,8 +66,13 @@ function M.status_check(allowed)
 end
 
 --- retry.load calls so far in this state: a worker thread runs the share
--- of the call with the number the main thread gave it.
+-- of the call with the number the main thread gave it. A load started
+-- while another runs (from its request or check function) is not counted:
+-- it runs on its own thread's loop only.
 M.calls = 0
+
+--- Loads running in this state now.
+M.running = 0
 
 --- In a worker thread of a load with `threads` (set by become_worker):
 -- { index, count, share = {seq, concurrency, requests, rate, progress},
@@ -621,6 +626,10 @@ end
 -- first), and start (the threads' common start, src/threads.c). Returns
 -- the Result.
 local function run(s, o)
+  M.running = M.running + 1
+  local _ <close> = setmetatable({}, { __close = function()
+    M.running = M.running - 1
+  end })
   local open = o.rate ~= nil
   local concurrency, duration = o.concurrency, o.duration
   local client, own_client = s.client, false
@@ -766,6 +775,32 @@ local function threads_view(group, s, o)
   })
 end
 
+-- What every thread's share of a load must agree on, as "name=value"
+-- texts: the threads run the same script, whose loads must be the same in
+-- each (a script using threads is deterministic up to its loads).
+local function settings_of(s)
+  local function text(v)
+    if type(v) == "number" then return ("%.17g"):format(v) end
+    return v == nil and "none" or tostring(v)
+  end
+  return { "url = " .. text(s.url), "duration = " .. text(duration_of(s)),
+    "requests = " .. text(s.requests), "rate = " .. text(s.rate),
+    "concurrency = " .. text(s.concurrency), "grace = " .. text(s.grace),
+    "request = " .. type(s.request), "check = " .. type(s.check) }
+end
+
+-- Text <-> the one word of a share (src/threads.c passes it as is): hex
+-- after an "x", so that it neither splits nor reads as a number.
+local function to_word(text)
+  return "x" .. text:gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+end
+
+local function from_word(word)
+  return (word:sub(2):gsub("%x%x", function(h)
+    return string.char(tonumber(h, 16))
+  end))
+end
+
 -- A script's client's limit on connections, `limit` or `limit_per_host`
 -- (0: none, or no client). The client checks its settings before its
 -- first request; here anything but a count is 0.
@@ -789,6 +824,7 @@ local function threaded_load(s, o)
   local shares = {}
   for k = 1, n do
     local share = { "seq=" .. M.calls,
+      "load=" .. to_word(table.concat(settings_of(s), "\0")),
       "concurrency=" .. part(o.concurrency, n, k),
       "progress=" .. (tty and 1 or 0) }
     -- The closed model's threads claim the requests from one count as
@@ -891,6 +927,18 @@ local function worker_load(s, w)
       s.client[field] = math.max(1, part(limit, w.count, w.index))
     end
   end
+  local main = {}
+  for setting in (from_word(share.load) .. "\0"):gmatch("(.-)\0") do
+    main[#main + 1] = setting
+  end
+  for i, mine in ipairs(settings_of(s)) do
+    if mine ~= main[i] then
+      invalid(("retry.load: in worker thread %d of %d, load number %d of "
+        .. "the script has %s where the main thread's has %s: every thread "
+        .. "must run the same loads in the same order"):format(w.index,
+        w.count, M.calls, mine, tostring(main[i])))
+    end
+  end
   local r = run(s, { concurrency = share.concurrency,
     requests = share.requests, rate = share.rate, duration = duration_of(s),
     quiet = true, publish = share.progress == 1,
@@ -952,8 +1000,14 @@ end
 -- "Load checks".
 function M.load(spec)
   local s = check_spec(spec)
-  M.calls = M.calls + 1
-  if M.worker then return worker_load(s, M.worker) end
+  local nested = M.running > 0
+  if nested and (s.threads or 1) > 1 then
+    invalid("retry.load: a load with threads cannot start while another "
+      .. "load runs (from its request or check function, or beside it): "
+      .. "its threads would run the script from the start")
+  end
+  if not nested then M.calls = M.calls + 1 end
+  if M.worker and not nested then return worker_load(s, M.worker) end
   if M.interrupted then
     error(errors.new("cancelled", "retry.load: an earlier load was "
       .. "interrupted by Ctrl-C, so no more start"), 2)
@@ -984,6 +1038,12 @@ function M.load(spec)
     end
   end
   warn_open_files(s, concurrency)
+  if M.worker then
+    -- Started from this worker's share (its request or check function): a
+    -- load of this thread's own, whose result only the script sees.
+    return run(s, { concurrency = concurrency, requests = s.requests,
+      rate = s.rate, duration = duration_of(s), quiet = true })
+  end
   local path = s.json or M.defaults.json
   if path and path ~= "-" then
     -- Found now rather than after the whole load has run, leaving a file
@@ -1009,7 +1069,7 @@ end
 -- nowhere, and os.exit ends the worker's script, not the process.
 function M.become_worker(w)
   local share = {}
-  for k, v in w.share:gmatch("(%w+)=(%S+)") do share[k] = tonumber(v) end
+  for k, v in w.share:gmatch("(%w+)=(%S+)") do share[k] = tonumber(v) or v end
   w.share = share
   M.worker = w
   local null = assert(io.open("/dev/null", "w"))

@@ -386,6 +386,62 @@ describe("retry.load{threads = N} in a script", function()
     end
   end)
 
+  it("refuses a load whose settings differ between the threads", function()
+    -- The script runs again in each worker, where a file it made in the
+    -- main thread gives the load another duration.
+    local marker = os.tmpname()
+    os.remove(marker)
+    local script = write_script(([[
+      local retry = require("retry")
+      local seen = io.open(%q)
+      local duration = 1
+      if seen then seen:close(); duration = 2
+      else assert(io.open(%q, "w")):close() end
+      retry.load{ url = %q, duration = duration, concurrency = 2,
+        threads = 2, quiet = true }
+    ]]):format(marker, marker, h.url("/hello")))
+    local code, _, err = lretry(script)
+    os.remove(script)
+    os.remove(marker)
+    assert.equal(1, code)
+    assert.is_truthy(err:find("load number 1 of the script has duration = 2 "
+      .. "where the main thread's has duration = 1", 1, true), err)
+  end)
+
+  it("runs a load started by a worker's request as that thread's own",
+    function()
+      local url, key = h.counted("/hello", "threads-outer")
+      local inner_url, inner_key = h.counted("/hello", "threads-inner")
+      local script = write_script(([[
+        local retry = require("retry")
+        local r = retry.load{ url = %q, requests = 4, concurrency = 2,
+          threads = tonumber(arg[1]), quiet = true,
+          request = function(client, i)
+            local inner = retry.load{ url = %q, requests = 3,
+              concurrency = 2, threads = tonumber(arg[2]), quiet = true }
+            assert(inner.responses == 3)
+            return client:get(%q)
+          end }
+        print(r.responses .. " " .. r.errors)
+        for _, e in pairs(r.error_examples) do print(e) end
+      ]]):format(url, inner_url, url))
+      local code, out, err = lretry(script .. " 2 1")
+      assert.equal(0, code, err)
+      assert.equal("4 0\n", out)
+      retry.run(function()
+        assert.equal(4, h.hits(retry, key))
+        assert.equal(12, h.hits(retry, inner_key))
+      end)
+      -- A load with threads cannot start inside another: its threads
+      -- would run the script from the start.
+      code, out, err = lretry(script .. " 1 2")
+      os.remove(script)
+      assert.equal(0, code, err)
+      assert.is_truthy(out:find("^0 4\n"), out)
+      assert.is_truthy(out:find("a load with threads cannot start while "
+        .. "another load runs", 1, true), out)
+    end)
+
   it("needs the lretry program", function()
     retry.run(function()
       local ok, e = pcall(retry.load, { url = h.url("/hello"), requests = 4,
