@@ -6,6 +6,7 @@
  */
 #include "transfer.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -835,6 +836,28 @@ static double phase(CURL *easy, CURLINFO info, double offset) {
   return offset + (double)us / 1e6;
 }
 
+/* Whether the response's Retry-After is a number of seconds too large for
+ * libcurl's curl_off_t, which it reports as 0 ("now"): a server asking to
+ * be left alone for ages must not be retried at once. */
+static int retry_after_overflows(CURL *easy) {
+  struct curl_header *h;
+  const char *v;
+  int nonzero = 0;
+
+  if (curl_easy_header(easy, "Retry-After", 0, CURLH_HEADER, -1, &h) !=
+      CURLHE_OK)
+    return 0;
+  for (v = h->value; *v == ' ' || *v == '\t'; v++)
+    ;
+  if (*v == '\0')
+    return 0;
+  for (; *v >= '0' && *v <= '9'; v++)
+    nonzero = nonzero || *v != '0';
+  while (*v == ' ' || *v == '\t')
+    v++;
+  return nonzero && *v == '\0';
+}
+
 static void record_times(rt_xfer_t *xfer) {
   rt_xfer_result_t *r = &xfer->result;
   double offset = (double)(xfer->hop_started_ns - xfer->started_ns) / 1e9;
@@ -852,6 +875,8 @@ static void record_times(rt_xfer_t *xfer) {
   if (curl_easy_getinfo(xfer->easy, CURLINFO_RETRY_AFTER, &after) == CURLE_OK &&
       after > 0)
     r->retry_after = (double)after;
+  else if (after == 0 && retry_after_overflows(xfer->easy))
+    r->retry_after = HUGE_VAL;
 }
 
 static void finish(rt_xfer_t *xfer, CURLcode code) {

@@ -78,6 +78,30 @@ describe("Retry-After", function()
     end)
   end)
 
+  it("takes a number of seconds too large to read as over max_retry_after",
+    function()
+      retry.run(function()
+        -- libcurl reads both as 0 ("now"); the server asks for ages.
+        for _, ra in ipairs({ "99999999999999999999", "9223372036854775808" }) do
+          local url, key = counted("/fail?n=1&status=503&retry_after=" .. ra)
+          local client = retry.RetryClient{ retry_options = fast() }
+          local r = client:get(url)
+          assert.equal(503, r.status)
+          assert.equal(math.huge, r.retry_after)
+          assert.equal(1, r.attempts)
+          assert.equal(1, h.hits(retry, key))
+        end
+        -- Zero and what is not a number still mean no wait of its own.
+        for _, ra in ipairs({ "0", "000", "soon" }) do
+          local url, key = counted("/fail?n=1&status=503&retry_after=" .. ra)
+          local r = retry.RetryClient{ retry_options = fast() }:get(url)
+          assert.equal(200, r.status)
+          assert.equal("status", r.history[1].reason)
+          assert.equal(2, h.hits(retry, key))
+        end
+      end)
+    end)
+
   it("is ignored when respect_retry_after is false, and on other statuses", function()
     retry.run(function()
       local url, key = counted("/fail?n=1&status=503&retry_after=5")
