@@ -225,6 +225,10 @@ local function thresholds_of(command, list)
       usage_error(command, ("--threshold %s is a ratio from 0 to 1 "
         .. "(0.01, or 1%%), got %q"):format(name, limit))
     end
+    if out[name] ~= nil then
+      usage_error(command, ("--threshold %s is given twice: give each "
+        .. "threshold once"):format(name))
+    end
     out[name] = value
   end
   return out
