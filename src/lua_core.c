@@ -259,9 +259,9 @@ static double check_seconds(lua_State *L, int idx, const char *what,
       (!allow_huge && isinf(s)))
     rt_error_invalid(L, "%s must be a %snumber of seconds >= 0, got %s", what,
                      allow_huge ? "" : "finite ",
-                     lua_type(L, idx) == LUA_TNUMBER
-                         ? lua_pushfstring(L, "%f", (double)s)
-                         : luaL_typename(L, idx));
+                     lua_type(L, idx) != LUA_TNUMBER ? luaL_typename(L, idx)
+                     : isnan(s) ? "nan" /* not "-nan", by its sign bit */
+                                : lua_pushfstring(L, "%f", (double)s));
   return (double)s;
 }
 

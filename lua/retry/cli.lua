@@ -480,9 +480,10 @@ local function run_merge(args)
   end
   local merged = result.merge(results, limits)
   if opts.json then
-    local written, err = pcall(load.write_json, merged, opts.json)
+    local written, err = pcall(load.write_json, merged, opts.json,
+      "lretry merge")
     if not written then
-      io.stderr:write("lretry merge: ", tostring(err.message or err), "\n")
+      io.stderr:write(tostring(err.message or err), "\n")
       return 1
     end
   end

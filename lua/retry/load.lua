@@ -1083,15 +1083,17 @@ function M.become_worker(w)
   end
 end
 
---- Write a result's JSON to `path` ("-" for stdout).
-function M.write_json(r, path)
+--- Write a result's JSON to `path` ("-" for stdout); `who` names the
+-- writer in an error ("retry.load" unless given).
+function M.write_json(r, path, who)
+  who = who or "retry.load"
   local text = r:to_json()
   local f, err
   if path == "-" then
     f = io.stdout
   else
     f, err = io.open(path, "w")
-    if not f then invalid("retry.load: cannot write the JSON: " .. err) end
+    if not f then invalid(who .. ": cannot write the JSON: " .. err) end
   end
   -- A full disk shows only when the buffer is written out: a run whose
   -- JSON did not reach its file must not look as if it had.
@@ -1103,7 +1105,7 @@ function M.write_json(r, path)
     if ok and not closed then ok, err = closed, close_err end
   end
   if not ok then
-    invalid("retry.load: cannot write the JSON to " .. path .. ": "
+    invalid(who .. ": cannot write the JSON to " .. path .. ": "
       .. tostring(err))
   end
 end

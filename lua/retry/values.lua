@@ -38,6 +38,8 @@ function M.describe(v)
     if #v > 40 then v = v:sub(1, 37) .. "..." end
     return string.format("%q", v)
   end
+  -- NaN prints as "-nan" or "nan" by its sign bit, which says nothing.
+  if v ~= v then return "nan" end
   if t == "number" or t == "boolean" or t == "nil" then return tostring(v) end
   local mt = getmetatable(v)
   local name = type(mt) == "table" and rawget(mt, "__name")

@@ -226,3 +226,18 @@ describe("every public function, given bad input", function()
     assert.same({}, failures)
   end)
 end)
+
+describe("a NaN given where a number belongs", function()
+  it("is named nan, whichever its sign bit", function()
+    retry.run(function()
+      for _, nan in ipairs({ 0 / 0, -(0 / 0) }) do
+        local ok, e = pcall(retry.sleep, nan)
+        assert.is_false(ok)
+        assert.is_truthy(e.message:find("got nan$"), e.message)
+        ok, e = pcall(retry.load, { url = h.url("/hello"), threads = nan })
+        assert.is_false(ok)
+        assert.is_truthy(e.message:find("got nan$"), e.message)
+      end
+    end)
+  end)
+end)
