@@ -218,6 +218,10 @@ local function check(L, r)
   local checked, passed = pcall(L.check, r)
   if checked then
     L.recorder:check(passed and true or false)
+  elseif L.cancelled_why and errors.is_error(passed, "cancelled") then
+    -- Cut by the load itself (Ctrl-C, the end of its grace) before it
+    -- decided: not a check of the response, passed or failed.
+    return
   else
     L.recorder:check(false, "the check raised: " .. shown(passed))
   end

@@ -453,6 +453,24 @@ describe("retry.load{threads = N} in a script", function()
     end)
   end)
 
+  it("does not count checks that Ctrl-C cut as failed", function()
+    for _, threads in ipairs({ 1, 2 }) do
+      local script = write_script(([[
+        local retry = require("retry")
+        local r = retry.load{ url = %q, requests = 40, concurrency = 4,
+          threads = %d, quiet = true,
+          check = function(response) retry.sleep(60) return true end }
+        print(r.responses .. " " .. r.checks .. " " .. r.checks_failed)
+      ]]):format(h.url("/hello"), threads))
+      local code, out, err = h.sh("sh -c " .. q(h.lretry .. " " .. script
+        .. " & pid=$!; sleep 1; kill -INT $pid; wait $pid"))
+      os.remove(script)
+      assert.equal(130, code, out .. err)
+      -- Four responses, one a worker, each in a check Ctrl-C cut.
+      assert.equal("4 0 0\n", out)
+    end
+  end)
+
   it("stops on Ctrl-C and exits 130", function()
     local script = write_script(([[
       local retry = require("retry")
