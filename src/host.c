@@ -174,7 +174,8 @@ static int call_main(lua_State *L, rt_host_t *h) {
 }
 
 /* What a load asked the host to exit with (retry.load's exit_status):
- * 130 after Ctrl-C, 2 after a crossed threshold; 0 when no load ran. */
+ * 130 after Ctrl-C, 143 after SIGTERM, 2 after a crossed threshold; 0 when
+ * no load ran. */
 static int load_exit_status(lua_State *L) {
   int status = 0;
 
@@ -214,7 +215,7 @@ int rt_host_run(rt_host_t *h) {
   /* After Ctrl-C the script may end in an error (a later load refused to
    * start): the interrupt is still what the caller should see. */
   load_status = load_exit_status(L);
-  if (status == 0 || load_status == 130)
+  if (status == 0 || load_status > 128)
     status = load_status;
   /* Joins the worker threads of any load still holding them. */
   lua_close(L);

@@ -714,8 +714,9 @@ static int l_timer(lua_State *L) {
   return 1;
 }
 
-/* core.interrupt() -> operation: finishes on the first SIGINT (Ctrl-C);
- * until then SIGINT does not end the process. */
+/* core.interrupt() -> operation: finishes on the first SIGINT (Ctrl-C) or
+ * SIGTERM, its result the signal's number; until then neither ends the
+ * process. */
 static int l_interrupt(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
   rt_task_t *t = rt_task_check(L, &ctx->sched, "core.interrupt");

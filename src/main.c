@@ -29,7 +29,7 @@ static const char usage[] =
     "A script runs inside retry.run, so it can make requests at top level;\n"
     "`arg` holds its arguments as in lua. '-' reads the script from stdin.\n"
     "Exit status: 0; 1 an error; 2 bad usage, or a load crossed a\n"
-    "threshold; 130 a load was interrupted by Ctrl-C.\n";
+    "threshold; 130 a load was interrupted by Ctrl-C, 143 by SIGTERM.\n";
 
 static const char *const commands[] = {"load", "probe", "merge", NULL};
 

@@ -39,13 +39,16 @@ struct rt_op_s {
   rt_task_t *owner;    /* NULL once unlinked */
   enum op_type type;
   enum op_state state;
-  int waited;             /* the owner is parked waiting on it */
-  int went_out;           /* its transfer sent a request (kept past release) */
-  int resent;             /* and libcurl sent it again (kept past release) */
-  rt_xfer_t *xfer;        /* owned until released */
-  rt_deadline_t deadline; /* a timer's; armed only while owned */
-  uv_signal_t *signal;
+  int waited;              /* the owner is parked waiting on it */
+  int went_out;            /* its transfer sent a request (kept past release) */
+  int resent;              /* and libcurl sent it again (kept past release) */
+  rt_xfer_t *xfer;         /* owned until released */
+  rt_deadline_t deadline;  /* a timer's; armed only while owned */
+  uv_signal_t *signals[2]; /* an interrupt's: SIGINT and SIGTERM */
+  int signum;              /* the one that came */
 };
+
+static const int interrupt_signals[2] = {SIGINT, SIGTERM};
 
 static void free_on_close(uv_handle_t *handle) {
   free(handle);
@@ -59,10 +62,12 @@ static void release(rt_op_t *op) {
     rt_xfer_release(op->xfer);
     op->xfer = NULL;
   }
-  if (op->signal != NULL) {
-    /* Closing the last watcher gives SIGINT back its default action. */
-    uv_close((uv_handle_t *)op->signal, free_on_close);
-    op->signal = NULL;
+  for (int i = 0; i < 2; i++) {
+    /* Closing the last watcher gives the signal its default action back. */
+    if (op->signals[i] != NULL) {
+      uv_close((uv_handle_t *)op->signals[i], free_on_close);
+      op->signals[i] = NULL;
+    }
   }
   if (op->owner != NULL) {
     rt_clock_disarm(&op->owner->sched->clock, &op->deadline);
@@ -120,7 +125,7 @@ static void on_signal(uv_signal_t *handle, int signum) {
   rt_task_t *owner = op->owner;
   int waited = op->waited;
 
-  (void)signum;
+  op->signum = signum;
   release(op);
   finished(op, owner, waited, OP_DONE);
 }
@@ -209,16 +214,22 @@ void rt_op_start_timer(lua_State *L, rt_task_t *t, double seconds) {
 
 int rt_op_start_interrupt(lua_State *L, rt_task_t *t) {
   rt_op_t *op = push_op(L, t, OP_SIGNAL);
-  int rc;
+  int i, rc = 0;
 
-  op->signal = malloc(sizeof(*op->signal));
-  if (op->signal == NULL)
-    luaL_error(L, "retry: out of memory for a signal watcher");
-  uv_signal_init(t->sched->uv, op->signal);
-  op->signal->data = op;
-  /* One shot: the handler goes back to the default before ours runs, so a
-   * second Ctrl-C ends the process at once even while Lua is busy. */
-  rc = uv_signal_start_oneshot(op->signal, on_signal, SIGINT);
+  for (i = 0; i < 2 && rc == 0; i++) {
+    uv_signal_t *watcher = malloc(sizeof(*watcher));
+
+    if (watcher == NULL) {
+      release(op);
+      luaL_error(L, "retry: out of memory for a signal watcher");
+    }
+    uv_signal_init(t->sched->uv, watcher);
+    watcher->data = op;
+    op->signals[i] = watcher;
+    /* One shot: the handler goes back to the default before ours runs, so
+     * a second Ctrl-C ends the process at once even while Lua is busy. */
+    rc = uv_signal_start_oneshot(watcher, on_signal, interrupt_signals[i]);
+  }
   if (rc != 0) {
     release(op);
     lua_pop(L, 1);
@@ -384,6 +395,10 @@ int rt_op_push_result(lua_State *L, rt_op_t *op) {
     return push_cancelled(L, op);
   case OP_DONE:
     break;
+  }
+  if (op->type == OP_SIGNAL) {
+    lua_pushinteger(L, op->signum);
+    return 1;
   }
   if (op->type != OP_XFER) {
     lua_pushboolean(L, 1);

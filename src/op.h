@@ -30,10 +30,11 @@ int rt_op_start_xfer(lua_State *L, rt_task_t *t, rt_loop_t *loop,
 /* Start a timer owned by t that finishes after seconds, and push it. */
 void rt_op_start_timer(lua_State *L, rt_task_t *t, double seconds);
 
-/* Start an operation owned by t that finishes when SIGINT arrives, and
- * push it. While it runs, SIGINT does not end the process; once it has
- * fired (or is released) SIGINT has its default action again. Returns 0,
- * or a negative UV_E* code (nothing pushed). */
+/* Start an operation owned by t that finishes when SIGINT or SIGTERM
+ * arrives (its result: the signal's number), and push it. While it runs,
+ * neither ends the process; once it has fired (or is released) both have
+ * their default action again. Returns 0, or a negative UV_E* code
+ * (nothing pushed). */
 int rt_op_start_interrupt(lua_State *L, rt_task_t *t);
 
 /* The operation at idx, or an `invalid` error naming `what`. */

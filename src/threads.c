@@ -57,6 +57,7 @@ struct rt_group_s {
   pthread_cond_t start_cv;
   int at_start;      /* workers at the start line or ended */
   int stopping;      /* group:stop() came */
+  int stop_signal;   /* the signal that stopped it (0: none) */
   uint64_t start_ns; /* uv_hrtime() of the start, 0 until then */
   rt_worker_t workers[];
 };
@@ -245,10 +246,11 @@ static int l_start(lua_State *L) {
     if (g->workers[i].share == NULL)
       return luaL_error(L, "threads.start: out of memory");
   }
-  /* SIGINT goes to the main thread, whose load stops the workers' loads:
-   * the threads start with it blocked. */
+  /* SIGINT and SIGTERM go to the main thread, whose load stops the
+   * workers' loads: the threads start with them blocked. */
   sigemptyset(&block);
   sigaddset(&block, SIGINT);
+  sigaddset(&block, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &block, &old);
   for (i = 0; i < n; i++) {
     rt_worker_t *w = &g->workers[i];
@@ -301,8 +303,17 @@ static int l_failed(lua_State *L) {
   return 1;
 }
 
+/* group:stop([signum]): stop every worker's load; signum, the signal that
+ * interrupted the main thread's, is what w.stop_signal() then reads. */
 static int l_stop(lua_State *L) {
-  stop_all(check_group(L));
+  rt_group_t *g = check_group(L);
+  int signum = (int)luaL_optinteger(L, 2, 0);
+
+  pthread_mutex_lock(&g->mu);
+  if (g->stop_signal == 0)
+    g->stop_signal = signum;
+  pthread_mutex_unlock(&g->mu);
+  stop_all(g);
   return 0;
 }
 
@@ -424,6 +435,19 @@ static int w_start(lua_State *L) {
   return 1;
 }
 
+/* w.stop_signal() -> the signal that stopped the load (0: none, or not a
+ * signal): a worker names it in its requests' cancel. */
+static int w_stop_signal(lua_State *L) {
+  rt_group_t *g = worker_of(L)->group;
+  int signum;
+
+  pthread_mutex_lock(&g->mu);
+  signum = g->stop_signal;
+  pthread_mutex_unlock(&g->mu);
+  lua_pushinteger(L, signum);
+  return 1;
+}
+
 /* w.claim() -> the number of the next request of the load to start
  * (1-based, across all threads), or nil when `requests` have all been
  * claimed: the threads of a closed model share the count out as they go,
@@ -453,16 +477,19 @@ static int w_publish(lua_State *L) {
 
 static int enter_worker(lua_State *L) {
   rt_worker_t *w = lua_touserdata(L, 1);
-  static const luaL_Reg fns[] = {
-      {"hand_over", w_hand_over}, {"wait_stop", w_wait_stop},
-      {"publish", w_publish},     {"claim", w_claim},
-      {"start", w_start},         {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"hand_over", w_hand_over},
+                                 {"wait_stop", w_wait_stop},
+                                 {"publish", w_publish},
+                                 {"claim", w_claim},
+                                 {"start", w_start},
+                                 {"stop_signal", w_stop_signal},
+                                 {NULL, NULL}};
 
   lua_getglobal(L, "require");
   lua_pushliteral(L, "retry.load");
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "become_worker");
-  lua_createtable(L, 0, 7);
+  lua_createtable(L, 0, 8);
   lua_pushinteger(L, w->index);
   lua_setfield(L, -2, "index");
   lua_pushinteger(L, w->group->count);

@@ -15,7 +15,8 @@
  *   group:wait(task_handle, seen) -> n   park until more than `seen`
  *                                        workers have ended; n ended
  *   group:failed() -> bool               a worker ended without a result
- *   group:stop()                         stop every worker's load (Ctrl-C)
+ *   group:stop([signum])                 stop every worker's load (Ctrl-C:
+ *                                        2, SIGTERM: 15)
  *   group:progress() -> {requests, errors, retries, started}
  *                                        the workers' published counters
  *   group:results() -> {{result = json} | {error = message}, ...}
@@ -26,7 +27,8 @@
  * hand_over(json), wait_stop(task_handle), publish(requests, errors,
  * retries, started), claim() -> the next request's number, or nil,
  * start() -> the load's start in core.now() seconds, common to all threads
- * (blocks until every worker is ready or has ended, or the load stopped)}.
+ * (blocks until every worker is ready or has ended, or the load stopped),
+ * stop_signal() -> the signal group:stop was given, or 0}.
  */
 #ifndef RT_THREADS_H
 #define RT_THREADS_H

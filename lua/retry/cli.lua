@@ -56,8 +56,8 @@ error, checks, retries, attempts per request, latency percentiles.
       --quiet           no live progress line
   -h, --help            this help
 Exit status: 0; 2 a threshold was crossed (or bad usage); 130 interrupted
-by Ctrl-C (the partial summary is printed and the JSON written; a second
-Ctrl-C ends at once).
+by Ctrl-C, 143 by SIGTERM (the partial summary is printed and the JSON
+written; a second one ends at once).
 ]],
   probe = [[
 usage: lretry probe URL...

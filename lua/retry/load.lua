@@ -46,8 +46,9 @@ M.defaults = { json = nil, quiet = false }
 -- interrupted, else 2 after a load crossed a threshold, else 0.
 M.exit_status = 0
 
---- Set once a load was interrupted (Ctrl-C): later loads refuse to start,
--- so one Ctrl-C stops a script that runs several.
+--- Set once a load was interrupted (Ctrl-C or SIGTERM): later loads refuse
+-- to start, so one Ctrl-C stops a script that runs several. M.signal is
+-- the signal's number (2 or 15).
 M.interrupted = false
 
 --- The most threads a load may have (src/threads.c's limit).
@@ -547,19 +548,28 @@ local function timekeeper(L)
     "at the end of its grace", "Ctrl-C twice")
 end
 
--- Ctrl-C: the main thread watches SIGINT itself; a worker thread's load
--- is stopped by the main thread's (src/threads.c).
+-- What an interrupting signal is called in messages.
+local function signal_name(signum)
+  return signum == 15 and "SIGTERM" or "Ctrl-C"
+end
+
+-- Ctrl-C or SIGTERM: the main thread watches them itself; a worker
+-- thread's load is stopped by the main thread's (src/threads.c).
 local function on_interrupt(L)
+  local signum
   if M.worker then
     M.worker.wait_stop(task.current().handle)
+    signum = M.worker.stop_signal()
   else
     local op = core.interrupt()
     core.wait(nil, op)
-    M.interrupted = true
+    signum = core.result(op)
+    M.interrupted, M.signal = true, signum
   end
   L.interrupted = true
-  cancel_until_done(L, "interrupt", "cancelled by Ctrl-C", "on Ctrl-C",
-    "A second Ctrl-C")
+  local name = signal_name(signum)
+  cancel_until_done(L, "interrupt", "cancelled by " .. name, "on " .. name,
+    "A second " .. name)
 end
 
 -- A worker thread's counters, for the main thread's progress line.
@@ -848,7 +858,8 @@ local function threaded_load(s, o)
     local op = core.interrupt()
     core.wait(nil, op)
     interrupted, M.interrupted, view.stopping = true, true, true
-    group:stop()
+    M.signal = core.result(op)
+    group:stop(M.signal)
   end) }
   local line = not o.quiet and progress.new(view) or nil
   if line then helpers[#helpers + 1] = task.spawn(progress.run, line) end
@@ -960,7 +971,7 @@ end
 -- The exit status the host will use, and the JSON.
 local function conclude(r, path)
   if r.interrupted then
-    M.exit_status = 130
+    M.exit_status = 128 + (M.signal or 2)
   elseif not r.ok and M.exit_status == 0 then
     M.exit_status = 2
   end
@@ -1014,7 +1025,8 @@ function M.load(spec)
   if M.worker and not nested then return worker_load(s, M.worker) end
   if M.interrupted then
     error(errors.new("cancelled", "retry.load: an earlier load was "
-      .. "interrupted by Ctrl-C, so no more start"), 2)
+      .. "interrupted by " .. signal_name(M.signal) .. ", so no more start"),
+      2)
   end
   if task.current() == nil then
     invalid("retry.load must be called inside a task: wrap the code in "

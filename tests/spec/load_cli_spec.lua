@@ -282,6 +282,28 @@ describe("the progress line", function()
 end)
 
 describe("Ctrl-C during a load", function()
+  it("stops the same way on SIGTERM, exiting 143, with threads or without",
+    function()
+      for _, threads in ipairs({ 1, 2 }) do
+        local url, key = h.counted("/delay/300", "cli-term")
+        local path = os.tmpname()
+        local code, out = h.sh("sh -c " .. q(h.lretry .. " load " .. q(url)
+          .. " -c 8 -d 20s -t " .. threads .. " --json " .. path
+          .. " & pid=$!; sleep 1; kill -TERM $pid; wait $pid"))
+        assert.equal(143, code, out)
+        assert.is_truthy(out:find("INTERRUPTED", 1, true), out)
+        local j = require("cjson").decode(slurp(path))
+        os.remove(path)
+        assert.is_true(j.interrupted)
+        assert.equal(j.requests, j.responses + j.errors)
+        assert.equal(8, j.by_error.cancelled)
+        assert.equal("cancelled by SIGTERM", j.error_examples.cancelled)
+        retry.run(function()
+          assert.equal(j.attempts_sent, h.counts(retry, key).hits)
+        end)
+      end
+    end)
+
   it("cancels what is in flight, prints the partial summary, writes the "
     .. "JSON and exits 130", function()
       local url, key = h.counted("/delay/300", "cli-int")
