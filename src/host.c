@@ -112,6 +112,20 @@ static int set_load_defaults(lua_State *L, const char *json, int quiet) {
   return LUA_OK;
 }
 
+/* The standard libraries, lretry's modules and `arg`, set up in protected
+ * mode: running out of memory here (say, a thousand threads each making a
+ * state) fails this state with an error rather than aborting the process
+ * in Lua's panic handler. */
+static int open_libraries(lua_State *L) {
+  rt_host_t *h = lua_touserdata(L, 1);
+
+  luaL_openlibs(L);
+  preload_modules(L);
+  rt_threads_preload(L, &h->threads);
+  set_arg_table(L, h->argv, h->argc, h->script_index);
+  return 0;
+}
+
 /* A state with retry.run and the chunk on its stack, ready for call_main.
  * Returns a Lua status (the message on top when not LUA_OK); *out is NULL
  * when not even a state could be made. */
@@ -135,10 +149,11 @@ static int open_state(rt_host_t *h, lua_State **out) {
    * rather than 1.9 (1.7 MB less RSS for 100,000 requests), for 0.5% more
    * instructions a request. A script may change it. */
   lua_gc(L, LUA_GCINC, 120, 200, 10);
-  luaL_openlibs(L);
-  preload_modules(L);
-  rt_threads_preload(L, &h->threads);
-  set_arg_table(L, h->argv, h->argc, h->script_index);
+  lua_pushcfunction(L, open_libraries);
+  lua_pushlightuserdata(L, h);
+  status = lua_pcall(L, 1, 0, 0);
+  if (status != LUA_OK)
+    return status;
   lua_getglobal(L, "require");
   lua_pushliteral(L, "retry");
   status = lua_pcall(L, 1, 1, 0);

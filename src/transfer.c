@@ -836,26 +836,27 @@ static double phase(CURL *easy, CURLINFO info, double offset) {
   return offset + (double)us / 1e6;
 }
 
-/* Whether the response's Retry-After is a number of seconds too large for
- * libcurl's curl_off_t, which it reports as 0 ("now"): a server asking to
- * be left alone for ages must not be retried at once. */
+/* Whether the response's Retry-After starts with a number of seconds too
+ * large for libcurl's curl_off_t, which it reports as 0 ("now"), as it
+ * does a value it cannot read: a server asking to be left alone for ages
+ * must not be retried at once. libcurl reads the leading digits of the
+ * last Retry-After, so this does too. */
 static int retry_after_overflows(CURL *easy) {
   struct curl_header *h;
   const char *v;
-  int nonzero = 0;
 
   if (curl_easy_header(easy, "Retry-After", 0, CURLH_HEADER, -1, &h) !=
       CURLHE_OK)
     return 0;
+  if (h->amount > 1 && curl_easy_header(easy, "Retry-After", h->amount - 1,
+                                        CURLH_HEADER, -1, &h) != CURLHE_OK)
+    return 0;
   for (v = h->value; *v == ' ' || *v == '\t'; v++)
     ;
-  if (*v == '\0')
-    return 0;
-  for (; *v >= '0' && *v <= '9'; v++)
-    nonzero = nonzero || *v != '0';
-  while (*v == ' ' || *v == '\t')
+  while (*v == '0')
     v++;
-  return nonzero && *v == '\0';
+  /* libcurl read 0: leading digits that are not all zeros overflowed. */
+  return *v >= '1' && *v <= '9';
 }
 
 static void record_times(rt_xfer_t *xfer) {

@@ -75,6 +75,14 @@ M.calls = 0
 --- Loads running in this state now.
 M.running = 0
 
+-- Counts a load as running until the value it returns is closed.
+local function load_running()
+  M.running = M.running + 1
+  return setmetatable({}, { __close = function()
+    M.running = M.running - 1
+  end })
+end
+
 --- In a worker thread of a load with `threads` (set by become_worker):
 -- { index, count, share = {seq, concurrency, requests, rate, progress},
 -- hand_over, wait_stop, publish, claim, start } (src/threads.h). nil in
@@ -548,8 +556,10 @@ local function timekeeper(L)
     "at the end of its grace", "Ctrl-C twice")
 end
 
--- What an interrupting signal is called in messages.
+-- What an interrupting signal is called in messages (0: a worker thread's
+-- load stopped by the main thread for another reason, a failed thread).
 local function signal_name(signum)
+  if signum == 0 then return "the main thread" end
   return signum == 15 and "SIGTERM" or "Ctrl-C"
 end
 
@@ -569,7 +579,7 @@ local function on_interrupt(L)
   L.interrupted = true
   local name = signal_name(signum)
   cancel_until_done(L, "interrupt", "cancelled by " .. name, "on " .. name,
-    "A second " .. name)
+    "A second " .. (signum == 15 and "SIGTERM" or "Ctrl-C"))
 end
 
 -- A worker thread's counters, for the main thread's progress line.
@@ -640,10 +650,7 @@ end
 -- first), and start (the threads' common start, src/threads.c). Returns
 -- the Result.
 local function run(s, o)
-  M.running = M.running + 1
-  local _ <close> = setmetatable({}, { __close = function()
-    M.running = M.running - 1
-  end })
+  local _ <close> = load_running()
   local open = o.rate ~= nil
   local concurrency, duration = o.concurrency, o.duration
   local client, own_client = s.client, false
@@ -803,16 +810,25 @@ local function settings_of(s)
     "request = " .. type(s.request), "check = " .. type(s.check) }
 end
 
--- Text <-> the one word of a share (src/threads.c passes it as is): hex
--- after an "x", so that it neither splits nor reads as a number.
-local function to_word(text)
-  return "x" .. text:gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+-- Texts <-> the one word of a share (src/threads.c passes it as is):
+-- each text in hex, joined by dots, after an "x", so that the word
+-- neither splits nor reads as a number, whatever bytes the texts hold.
+local function to_word(texts)
+  local hex = {}
+  for i, text in ipairs(texts) do
+    hex[i] = text:gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+  end
+  return "x" .. table.concat(hex, ".")
 end
 
 local function from_word(word)
-  return (word:sub(2):gsub("%x%x", function(h)
-    return string.char(tonumber(h, 16))
-  end))
+  local texts = {}
+  for hex in word:sub(2):gmatch("[^.]*") do
+    texts[#texts + 1] = hex:gsub("%x%x", function(h)
+      return string.char(tonumber(h, 16))
+    end)
+  end
+  return texts
 end
 
 -- A script's client's limit on connections, `limit` or `limit_per_host`
@@ -828,6 +844,7 @@ end
 -- src/threads.c), watch Ctrl-C and draw the progress line while they run,
 -- and add up the results they hand back.
 local function threaded_load(s, o)
+  local _ <close> = load_running()
   local loaded, threads = pcall(require, "retry.threads")
   if not loaded then
     invalid("retry.load: threads need the lretry program, which runs each "
@@ -838,7 +855,7 @@ local function threaded_load(s, o)
   local shares = {}
   for k = 1, n do
     local share = { "seq=" .. M.calls,
-      "load=" .. to_word(table.concat(settings_of(s), "\0")),
+      "load=" .. to_word(settings_of(s)),
       "concurrency=" .. part(o.concurrency, n, k),
       "progress=" .. (tty and 1 or 0) }
     -- The closed model's threads claim the requests from one count as
@@ -851,16 +868,27 @@ local function threaded_load(s, o)
     end
     shares[k] = table.concat(share, " ")
   end
-  local group = threads.start(shares, not s.rate and s.requests or nil)
-  local view = threads_view(group, s, o)
+  local group, view
   local interrupted = false
   local helpers = { task.spawn(function()
     local op = core.interrupt()
     core.wait(nil, op)
-    interrupted, M.interrupted, view.stopping = true, true, true
+    interrupted, M.interrupted = true, true
     M.signal = core.result(op)
-    group:stop(M.signal)
+    if group then
+      view.stopping = true
+      group:stop(M.signal)
+    end
   end) }
+  -- The watcher takes Ctrl-C and SIGTERM before the threads start, which
+  -- takes a while with hundreds of them.
+  core.sleep(0)
+  group = threads.start(shares, not s.rate and s.requests or nil)
+  view = threads_view(group, s, o)
+  if interrupted then
+    view.stopping = true
+    group:stop(M.signal)
+  end
   local line = not o.quiet and progress.new(view) or nil
   if line then helpers[#helpers + 1] = task.spawn(progress.run, line) end
   -- os.exit now would tear libcurl down under the running threads.
@@ -942,10 +970,7 @@ local function worker_load(s, w)
       s.client[field] = math.max(1, part(limit, w.count, w.index))
     end
   end
-  local main = {}
-  for setting in (from_word(share.load) .. "\0"):gmatch("(.-)\0") do
-    main[#main + 1] = setting
-  end
+  local main = from_word(share.load)
   for i, mine in ipairs(settings_of(s)) do
     if mine ~= main[i] then
       invalid(("retry.load: in worker thread %d of %d, load number %d of "

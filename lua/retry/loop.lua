@@ -205,7 +205,9 @@ local function plan_retry(client, st, n, response, err, record)
     local ra = retry_after_of(options, response)
     if ra > 0 then
       local cap = options.max_retry_after or 120
-      if ra > cap then
+      -- A Retry-After too large to read is infinite: over any cap, even
+      -- math.huge (no wait could honour it).
+      if ra > cap or ra == math.huge then
         log(client, "debug", "Retry-After asks %g s, over max_retry_after "
           .. "(%g s): not retrying", ra, cap)
         record.reason = nil

@@ -41,7 +41,7 @@ M.THRESHOLDS = {
   mean = { value = latency_of("mean"), unit = "seconds", at_most = true },
   error_rate = { value = function(r) return r.error_rate end,
     unit = "ratio", at_most = true },
-  check_rate = { value = function(r) return r.check_rate or 0 end,
+  check_rate = { value = function(r) return r.check_rate end,
     unit = "ratio", at_most = false },
   retry_rate = { value = function(r) return r.retry_rate end,
     unit = "per request", at_most = true },

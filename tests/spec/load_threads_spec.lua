@@ -442,6 +442,49 @@ describe("retry.load{threads = N} in a script", function()
         .. "another load runs", 1, true), out)
     end)
 
+  it("refuses a load with threads beside one", function()
+    local url = h.url("/hello")
+    local script = write_script(([[
+      local retry = require("retry")
+      local beside = retry.spawn(function()
+        retry.sleep(0.2)
+        local ok, e = pcall(retry.load, { url = %q, duration = 0.2,
+          concurrency = 2, threads = 2, quiet = true })
+        print("threads beside: " .. tostring(e.message or e))
+      end)
+      retry.load{ url = %q, duration = 1, concurrency = 2, threads = 2,
+        quiet = true }
+      beside:await()
+    ]]):format(url, url))
+    local code, out, err = lretry(script)
+    os.remove(script)
+    assert.equal(0, code, err)
+    assert.is_truthy(out:find("threads beside: retry.load: a load with "
+      .. "threads cannot start while another load runs", 1, true), out)
+  end)
+
+  it("does not count the loads inside a load", function()
+    -- The load with threads is number 2 in every thread: the workers
+    -- never run the first load's requests, which start loads of their own.
+    local url, key = h.counted("/hello", "threads-inside")
+    local script = write_script(([[
+      local retry = require("retry")
+      retry.load{ url = %q, requests = 2, concurrency = 1, quiet = true,
+        request = function(client)
+          retry.load{ url = %q, requests = 1, concurrency = 1, quiet = true }
+          return client:get(%q)
+        end }
+      local r = retry.load{ url = %q, requests = 10, concurrency = 2,
+        threads = 2, quiet = true }
+      print("after: " .. r.requests)
+    ]]):format(url, url, url, url))
+    local code, out, err = lretry(script)
+    os.remove(script)
+    assert.equal(0, code, err)
+    assert.equal("after: 10\n", out)
+    retry.run(function() assert.equal(14, h.hits(retry, key)) end)
+  end)
+
   it("needs the lretry program", function()
     retry.run(function()
       local ok, e = pcall(retry.load, { url = h.url("/hello"), requests = 4,
@@ -458,16 +501,18 @@ describe("retry.load{threads = N} in a script", function()
       local script = write_script(([[
         local retry = require("retry")
         local r = retry.load{ url = %q, requests = 40, concurrency = 4,
-          threads = %d, quiet = true,
+          threads = %d, quiet = true, thresholds = { check_rate = 0.5 },
           check = function(response) retry.sleep(60) return true end }
-        print(r.responses .. " " .. r.checks .. " " .. r.checks_failed)
+        print(r.responses .. " " .. r.checks .. " " .. r.checks_failed .. " "
+          .. tostring(r.thresholds.check_rate.value))
       ]]):format(h.url("/hello"), threads))
       local code, out, err = h.sh("sh -c " .. q(h.lretry .. " " .. script
         .. " & pid=$!; sleep 1; kill -INT $pid; wait $pid"))
       os.remove(script)
       assert.equal(130, code, out .. err)
-      -- Four responses, one a worker, each in a check Ctrl-C cut.
-      assert.equal("4 0 0\n", out)
+      -- Four responses, one a worker, each in a check Ctrl-C cut: no
+      -- check, so no check_rate (a threshold on nothing is crossed).
+      assert.equal("4 0 0 nil\n", out)
     end
   end)
 
