@@ -317,6 +317,22 @@ static int l_stop(lua_State *L) {
   return 0;
 }
 
+/* group:start_time() -> the loads' common start (w.start) in core.now()
+ * seconds, or nil before it */
+static int l_start_time(lua_State *L) {
+  rt_group_t *g = check_group(L);
+  uint64_t start;
+
+  pthread_mutex_lock(&g->mu);
+  start = g->start_ns;
+  pthread_mutex_unlock(&g->mu);
+  if (start == 0)
+    lua_pushnil(L);
+  else
+    lua_pushnumber(L, (lua_Number)start / 1e9);
+  return 1;
+}
+
 /* group:progress() -> the workers' published counters, added up */
 static int l_progress(lua_State *L) {
   rt_group_t *g = check_group(L);
@@ -526,13 +542,11 @@ void rt_threads_worker_failed(rt_worker_t *w, const char *message) {
 /* ------------------------------------------------------------------ */
 
 static int luaopen_threads(lua_State *L) {
-  static const luaL_Reg methods[] = {{"wait", l_wait},
-                                     {"failed", l_failed},
-                                     {"stop", l_stop},
-                                     {"progress", l_progress},
-                                     {"results", l_results},
-                                     {"join", l_join},
-                                     {NULL, NULL}};
+  static const luaL_Reg methods[] = {
+      {"wait", l_wait},         {"failed", l_failed},
+      {"stop", l_stop},         {"start_time", l_start_time},
+      {"progress", l_progress}, {"results", l_results},
+      {"join", l_join},         {NULL, NULL}};
 
   if (luaL_newmetatable(L, GROUP_MT)) {
     lua_pushcfunction(L, group_gc);

@@ -17,6 +17,7 @@
  *   group:failed() -> bool               a worker ended without a result
  *   group:stop([signum])                 stop every worker's load (Ctrl-C:
  *                                        2, SIGTERM: 15)
+ *   group:start_time() -> seconds | nil  the workers' common start
  *   group:progress() -> {requests, errors, retries, started}
  *                                        the workers' published counters
  *   group:results() -> {{result = json} | {error = message}, ...}

@@ -783,15 +783,19 @@ end
 -- What progress.lua reads of a load, for the main thread of a load with
 -- threads: the counters the workers publish, added up.
 local function threads_view(group, s, o)
-  local started = core.now()
-  local view = { total = s.requests or math.huge, started = started,
-    ends = o.duration and started + o.duration, stopping = false }
+  local view = { total = s.requests or math.huge, stopping = false }
   view.recorder = setmetatable({}, {
     __index = function(_, k) return group:progress()[k] end,
   })
+  -- The load's clock starts when every thread is ready (w.start), which
+  -- takes a while with hundreds of them: until then it reads 0.
   return setmetatable(view, {
     __index = function(_, k)
       if k == "started_count" then return group:progress().started end
+      if k == "started" then return group:start_time() or core.now() end
+      if k == "ends" then
+        return o.duration and (group:start_time() or core.now()) + o.duration
+      end
     end,
   })
 end

@@ -18,7 +18,8 @@ local function draw(line)
   local L, now = line.load, core.now()
   local rec = L.recorder
   local done = rec.requests
-  local elapsed = now - L.started
+  -- At least 0: a load with threads reads its start after this `now`.
+  local elapsed = math.max(0, now - L.started)
   local since = now - (line.last_at or L.started)
   local rate = (done - line.last_done) / math.max(since, 1e-3)
   line.last_done, line.last_at = done, now

@@ -185,6 +185,21 @@ describe("lretry load --threads", function()
       end)
     end)
 
+  it("counts the progress line's time from the threads' common start",
+    function()
+      -- 128 threads take a while to start; the line's clock must not.
+      local code, out = h.sh("env -u LD_PRELOAD script -qec "
+        .. q(h.lretry .. " load " .. q(h.url("/delay/10")) .. " -c 128 "
+          .. "-t 128 -d 1") .. " /dev/null")
+      assert.equal(0, code, out)
+      local most, lines = 0, 0
+      for elapsed in out:gmatch("\r\27%[K([%d.]+)s  %d+ done") do
+        most, lines = math.max(most, tonumber(elapsed)), lines + 1
+      end
+      assert.is_true(lines >= 1, out)
+      assert.is_true(most <= 1.3, "the line read " .. most .. " s")
+    end)
+
   it("draws one progress line with every thread's counts", function()
     local code, out = h.sh("env -u LD_PRELOAD script -qec "
       .. q(h.lretry .. " load " .. q(h.url("/delay/10")) .. " -c 8 -t 2 "
