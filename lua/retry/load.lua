@@ -886,7 +886,11 @@ local function threaded_load(s, o)
   end) }
   -- The watcher takes Ctrl-C and SIGTERM before the threads start, which
   -- takes a while with hundreds of them.
-  core.sleep(0)
+  local turned, cancel = pcall(core.sleep, 0)
+  if not turned then -- this task was cancelled: no thread has started
+    end_helpers(helpers, false)
+    error(cancel, 0)
+  end
   group = threads.start(shares, not s.rate and s.requests or nil)
   view = threads_view(group, s, o)
   if interrupted then
