@@ -122,9 +122,9 @@ static void *worker_main(void *arg) {
   rt_group_t *g = w->group;
 
   g->host->run_worker(w, g->host->arg);
-  set_error(w, "its script ended without reaching the retry.load it was "
-               "started for: every thread runs the script from the start "
-               "and must reach the same load");
+  set_error(w, "its script ended before handing over its share of the "
+               "load: every thread runs the script from the start and must "
+               "reach the same retry.load and run it to its end");
   pthread_mutex_lock(&g->mu);
   w->ended = 1;
   reach_start(w);

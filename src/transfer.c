@@ -853,6 +853,8 @@ static int retry_after_overflows(CURL *easy) {
     return 0;
   for (v = h->value; *v == ' ' || *v == '\t'; v++)
     ;
+  if (*v == '+') /* as strtol, libcurl takes a sign */
+    v++;
   while (*v == '0')
     v++;
   /* libcurl read 0: leading digits that are not all zeros overflowed. */

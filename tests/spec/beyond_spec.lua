@@ -83,7 +83,7 @@ describe("Retry-After", function()
       retry.run(function()
         -- libcurl reads both as 0 ("now"); the server asks for ages.
         for _, ra in ipairs({ "99999999999999999999", "9223372036854775808",
-            "99999999999999999999x" }) do
+            "99999999999999999999x", "+99999999999999999999" }) do
           local url, key = counted("/fail?n=1&status=503&retry_after=" .. ra)
           -- Even a cap of math.huge: no wait could honour it.
           local client = retry.RetryClient{
