@@ -874,15 +874,16 @@ local function threaded_load(s, o)
   end
   local group, view
   local interrupted = false
+  local function stop_group()
+    view.stopping = true
+    group:stop(M.signal)
+  end
   local helpers = { task.spawn(function()
     local op = core.interrupt()
     core.wait(nil, op)
     interrupted, M.interrupted = true, true
     M.signal = core.result(op)
-    if group then
-      view.stopping = true
-      group:stop(M.signal)
-    end
+    if group then stop_group() end
   end) }
   -- The watcher takes Ctrl-C and SIGTERM before the threads start, which
   -- takes a while with hundreds of them.
@@ -893,10 +894,7 @@ local function threaded_load(s, o)
   end
   group = threads.start(shares, not s.rate and s.requests or nil)
   view = threads_view(group, s, o)
-  if interrupted then
-    view.stopping = true
-    group:stop(M.signal)
-  end
+  if interrupted then stop_group() end
   local line = not o.quiet and progress.new(view) or nil
   if line then helpers[#helpers + 1] = task.spawn(progress.run, line) end
   -- os.exit now would tear libcurl down under the running threads.

@@ -282,51 +282,48 @@ describe("the progress line", function()
 end)
 
 describe("Ctrl-C during a load", function()
+  -- `lretry load` of 8 requests that take 300 ms, ARGS added, sent SIGNAL
+  -- after 1 s: checks what every interrupted load shows (exit status,
+  -- summary, the 8 in flight cancelled with `message`, the JSON adding
+  -- up, attempts as the server counted them); returns the JSON, the
+  -- server's key and how long the run took.
+  local function interrupted_load(signal, status, message, args)
+    local url, key = h.counted("/delay/300", "cli-" .. signal)
+    local path = os.tmpname()
+    local t0 = retry.now()
+    local code, out = h.sh("sh -c " .. q(h.lretry .. " load " .. q(url)
+      .. " -c 8 -d 20s " .. args .. " --json " .. path .. " & pid=$!; "
+      .. "sleep 1; kill -" .. signal .. " $pid; wait $pid"))
+    local took = retry.now() - t0
+    assert.equal(status, code, out)
+    assert.is_truthy(out:find("INTERRUPTED", 1, true), out)
+    local j = require("cjson").decode(slurp(path))
+    os.remove(path)
+    assert.is_true(j.interrupted)
+    assert.equal(j.requests, j.responses + j.errors)
+    assert.equal(8, j.by_error.cancelled)
+    assert.equal(message, j.error_examples.cancelled)
+    retry.run(function()
+      assert.equal(j.attempts_sent, h.counts(retry, key).hits)
+    end)
+    return j, key, took
+  end
+
   it("stops the same way on SIGTERM, exiting 143, with threads or without",
     function()
       for _, threads in ipairs({ 1, 2 }) do
-        local url, key = h.counted("/delay/300", "cli-term")
-        local path = os.tmpname()
-        local code, out = h.sh("sh -c " .. q(h.lretry .. " load " .. q(url)
-          .. " -c 8 -d 20s -t " .. threads .. " --json " .. path
-          .. " & pid=$!; sleep 1; kill -TERM $pid; wait $pid"))
-        assert.equal(143, code, out)
-        assert.is_truthy(out:find("INTERRUPTED", 1, true), out)
-        local j = require("cjson").decode(slurp(path))
-        os.remove(path)
-        assert.is_true(j.interrupted)
-        assert.equal(j.requests, j.responses + j.errors)
-        assert.equal(8, j.by_error.cancelled)
-        assert.equal("cancelled by SIGTERM", j.error_examples.cancelled)
-        retry.run(function()
-          assert.equal(j.attempts_sent, h.counts(retry, key).hits)
-        end)
+        interrupted_load("TERM", 143, "cancelled by SIGTERM", "-t " .. threads)
       end
     end)
 
   it("cancels what is in flight, prints the partial summary, writes the "
     .. "JSON and exits 130", function()
-      local url, key = h.counted("/delay/300", "cli-int")
-      local path = os.tmpname()
-      local t0 = retry.now()
-      local code, out = h.sh("sh -c " .. q(h.lretry .. " load " .. q(url)
-        .. " -c 8 -d 20s --json " .. path .. " & pid=$!; sleep 1; "
-        .. "kill -INT $pid; wait $pid"))
-      local took = retry.now() - t0
-      assert.equal(130, code, out)
+      local j, key, took = interrupted_load("INT", 130, "cancelled by Ctrl-C",
+        "")
       assert.is_true(took < 3, tostring(took))
-      assert.is_truthy(out:find("INTERRUPTED", 1, true), out)
-      local j = require("cjson").decode(slurp(path))
-      os.remove(path)
-      assert.is_true(j.interrupted)
-      assert.equal(j.requests, j.responses + j.errors)
-      assert.equal(8, j.by_error.cancelled)
-      assert.equal("cancelled by Ctrl-C", j.error_examples.cancelled)
       -- Cut by the load, not answered by the server: no latency for them.
       assert.equal(j.requests - 8, j.histogram.count)
       retry.run(function()
-        local c = h.counts(retry, key)
-        assert.equal(j.attempts_sent, c.hits)
         -- The server sees the cancelled requests go away.
         local deadline = retry.now() + 2
         while h.counts(retry, key).aborted < 8 and retry.now() < deadline do
