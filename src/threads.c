@@ -36,7 +36,8 @@ struct rt_worker_s {
   char *share;      /* what the main state asked it to run; owned */
   rt_wakeup_t stop; /* main -> worker: stop the load */
   char *result;     /* under group->mu: the result's JSON, owned */
-  char *error;      /* under group->mu: why it failed, owned */
+  int failed;       /* under group->mu: it ended without a result */
+  char *error;      /* under group->mu: why, owned (NULL: no memory to say) */
   int ended;        /* under group->mu: its state is closed */
   int at_start;     /* under group->mu: at the start line, or ended */
   atomic_llong requests, errors, retries, started; /* published progress */
@@ -98,8 +99,13 @@ static void set_error(rt_worker_t *w, const char *message) {
   rt_group_t *g = w->group;
 
   pthread_mutex_lock(&g->mu);
-  if (w->error == NULL && w->result == NULL)
+  /* The first reason stands, even when there was no memory to copy it:
+   * a later one (the script ended, once the state had freed its memory)
+   * would hide it. */
+  if (!w->failed && w->result == NULL) {
+    w->failed = 1;
     w->error = strdup(message);
+  }
   pthread_mutex_unlock(&g->mu);
 }
 
@@ -297,7 +303,7 @@ static int l_failed(lua_State *L) {
 
   pthread_mutex_lock(&g->mu);
   for (i = 0; i < g->count; i++)
-    failed = failed || g->workers[i].error != NULL;
+    failed = failed || g->workers[i].failed;
   pthread_mutex_unlock(&g->mu);
   lua_pushboolean(L, failed);
   return 1;
@@ -378,7 +384,7 @@ static int l_results(lua_State *L) {
       lua_pushstring(L, w->result);
       lua_setfield(L, -2, "result");
     } else {
-      lua_pushstring(L, w->error != NULL ? w->error : "out of memory");
+      lua_pushstring(L, w->error != NULL ? w->error : "not enough memory");
       lua_setfield(L, -2, "error");
     }
     lua_rawseti(L, -2, i + 1);

@@ -508,6 +508,15 @@ local function run(command, args)
     io.stderr:write("lretry ", command, ": ", status.message, "\n")
     return 2
   end
+  -- A message lretry raised on purpose (with no file:line before it: a
+  -- thread that failed, memory that ran out) is the whole story; a
+  -- traceback is for an error in lretry's own code. In a worker thread
+  -- the error fails the thread, and the main thread tells why.
+  if type(status) == "string" and not load.worker
+    and not status:match("^[^\n]-:%d+: ") then
+    io.stderr:write("lretry ", command, ": ", status, "\n")
+    return 1
+  end
   error(status, 0)
 end
 

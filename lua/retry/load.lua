@@ -847,6 +847,42 @@ end
 -- each running this same script in a Lua state of its own (the host's
 -- src/threads.c), watch Ctrl-C and draw the progress line while they run,
 -- and add up the results they hand back.
+-- "3, 5-9, 12": thread numbers in ascending order, runs as ranges.
+local function number_ranges(numbers)
+  local parts, i = {}, 1
+  while i <= #numbers do
+    local j = i
+    while j < #numbers and numbers[j + 1] == numbers[j] + 1 do j = j + 1 end
+    parts[#parts + 1] = j > i + 1 and numbers[i] .. "-" .. numbers[j]
+      or j == i + 1 and numbers[i] .. ", " .. numbers[j] or tostring(numbers[i])
+    i = j + 1
+  end
+  return table.concat(parts, ", ")
+end
+
+-- One line per distinct reason, in the order of the first thread that gave
+-- it: when memory or the thread limit runs out, hundreds of threads fail
+-- for two or three reasons, and the ones stopped because of them all say
+-- the same. Lines after the first are indented under it.
+local function describe_failures(failures, n)
+  local order, threads_of = {}, {}
+  for _, f in ipairs(failures) do
+    if not threads_of[f.message] then
+      order[#order + 1] = f.message
+      threads_of[f.message] = {}
+    end
+    table.insert(threads_of[f.message], f.thread)
+  end
+  local lines = {}
+  for i, message in ipairs(order) do
+    local threads = threads_of[message]
+    lines[i] = ("%s %s of %d failed: %s"):format(
+      #threads == 1 and "thread" or "threads", number_ranges(threads), n,
+      message)
+  end
+  return table.concat(lines, "\n  ")
+end
+
 local function threaded_load(s, o)
   local _ <close> = load_running()
   local loaded, threads = pcall(require, "retry.threads")
@@ -929,14 +965,13 @@ local function threaded_load(s, o)
   local results, failures = {}, {}
   for k, item in ipairs(items) do
     if item.error then
-      failures[#failures + 1] = ("thread %d of %d failed: %s"):format(k, n,
-        item.error)
+      failures[#failures + 1] = { thread = k, message = item.error }
     else
       results[k] = result.from_json(item.result, "thread " .. k)
     end
   end
   if #failures > 0 then
-    error("retry.load: " .. table.concat(failures, "\n"), 0)
+    error("retry.load: " .. describe_failures(failures, n), 0)
   end
   -- One run, whose requests several threads made.
   local r = result.merge(results, s.limits)

@@ -506,6 +506,37 @@ describe("a JSON that cannot be written or read", function()
   end)
 end)
 
+describe("an error that ends a command", function()
+  -- A command of the CLI that fails as `lretry load` does when its threads
+  -- cannot start: the same path from the command to the exit status.
+  local function failing_command(raise)
+    local script = h.write_script(([[
+      local cli = require("retry.cli")
+      cli.COMMANDS.failing = function() %s end
+      cli.main("failing")
+    ]]):format(raise))
+    local code, out, err = lretry(script)
+    os.remove(script)
+    return code, out, err
+  end
+
+  it("is one line naming the command when lretry raised it on purpose",
+    function()
+      local code, out, err = failing_command(
+        [[error("retry.load: thread 2 of 2 failed: not enough memory", 0)]])
+      assert.equal(1, code, out .. err)
+      assert.equal("lretry failing: retry.load: thread 2 of 2 failed: not "
+        .. "enough memory\n", err)
+    end)
+
+  it("keeps its traceback when it is a fault in the code", function()
+    local code, out, err = failing_command([[local t = nil; return t.x]])
+    assert.equal(1, code, out .. err)
+    assert.is_truthy(err:find("attempt to index", 1, true), err)
+    assert.is_truthy(err:find("stack traceback:", 1, true), err)
+  end)
+end)
+
 describe("lretry --json with a script", function()
   it("writes the load's JSON and exits 2 on a crossed threshold", function()
     local script, path = os.tmpname(), os.tmpname()

@@ -350,6 +350,27 @@ describe("retry.load{threads = N} in a script", function()
       err)
   end)
 
+  it("tells each reason once when many threads fail", function()
+    -- Threads 2-4 and 6 fail alike, 5 another way: two lines, threads as
+    -- ranges, not one line per thread.
+    local script = write_script(([[
+      local retry = require("retry")
+      local worker = require("retry.load").worker
+      if worker and worker.index == 5 then error("odd one out", 0) end
+      if worker and worker.index >= 2 then error("no luck", 0) end
+      retry.load{ url = %q, duration = 5, concurrency = 6, threads = 6 }
+    ]]):format(h.url("/delay/50")))
+    local code, _, err = lretry(script)
+    os.remove(script)
+    assert.equal(1, code, err)
+    assert.is_truthy(err:find("retry.load: threads 2-4, 6 of 6 failed: no luck\n",
+      1, true), err)
+    assert.is_truthy(err:find("\n  thread 5 of 6 failed: odd one out\n", 1, true),
+      err)
+    local _, lines = err:gsub("failed:", "")
+    assert.equal(2, lines, err)
+  end)
+
   it("refuses more threads than the concurrency", function()
     local script = write_script(([[
       local retry = require("retry")
