@@ -32,14 +32,18 @@ local function status_kib(field)
   return tonumber(f:read("a"):match(field .. ":%s*(%d+) kB"))
 end
 
--- The client counts a retry just before its backoff wait: the requests
--- that entered it are its stats' `retries`, read at each poll below, not
--- counted by a before_retry hook, whose frame on top of the retry loop's
--- would grow every waiting request's stack (what this measures). All were
--- waiting at once when the last came in less than WAIT after the first.
-local client <close> = retry.RetryClient{
-  retry_options = retry.ListRetry{ timeouts = { wait }, attempts = 2 },
-}
+-- A request asks its strategy for the wait just before it starts waiting,
+-- with no yield between: the requests that asked are the ones in backoff,
+-- counted at each poll below. All were waiting at once when the last came
+-- in less than WAIT after the first.
+local planned = 0
+local strategy = retry.ListRetry{ timeouts = { wait }, attempts = 2 }
+local list_timeout = strategy.get_timeout
+function strategy:get_timeout(...)
+  planned = planned + 1
+  return list_timeout(self, ...)
+end
+local client <close> = retry.RetryClient{ retry_options = strategy }
 
 local statuses, ended, asleep = 0, 0, 0
 local tasks = {}
@@ -90,7 +94,7 @@ local polled = retry.now()
 while waiting < n and ended == 0 and (first == nil or retry.now() - first < wait) do
   retry.sleep(0.01)
   local now = retry.now()
-  waiting = (floor or sleep_only) and asleep or client:stats().retries
+  waiting = (floor or sleep_only) and asleep or planned
   if first == nil and waiting > 0 then first = polled end
   if waiting == n then last = now end
   polled = now

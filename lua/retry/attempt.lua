@@ -127,13 +127,24 @@ local function start(spec)
 end
 
 -- An attempt's first transfer, started and counted (and noted in `started`
--- for a load check), or nil and the error that kept it home.
-local function start_first(client, spec, started)
+-- for a load check), or nil and the error that kept it home. A retry
+-- counts here, once its transfer has started (`st.retrying`, the reason
+-- the retry loop gave it; st is nil for a first attempt): not when the
+-- breaker refused it, the request was cancelled or its client closed
+-- during the wait, or the deadline passed first.
+local function start_first(client, spec, started, st)
   local op, err = start(spec)
   if not op then return nil, err end
   if started then started[1] = op end
   local counters = client.counters
   counters.attempts = counters.attempts + 1
+  local reason = st and st.retrying
+  if reason then
+    st.retrying = nil
+    counters.retries = counters.retries + 1
+    local by = counters.retries_by_reason
+    by[reason] = (by[reason] or 0) + 1
+  end
   return op
 end
 
@@ -222,7 +233,7 @@ the first went out, and when the deadline cut it whether any copy had gone
 out. ]]
 local function send(client, spec, started, st)
   local method = spec.method
-  local first, err = start_first(client, spec, started)
+  local first, err = start_first(client, spec, started, st)
   if not first then return nil, err, 0 end
   local counters = client.counters
   local ops = { first }
@@ -288,6 +299,9 @@ local function send(client, spec, started, st)
           error(reason, 0)
         end
         acceptable = reason == nil
+        -- The retry loop takes this verdict as it is: asked again, a
+        -- callback could answer otherwise, or do twice what it does.
+        st.judged = acceptable
       end
       if acceptable then
         cancel_all(ops)
@@ -307,8 +321,8 @@ end
 -- Kept apart so that the common attempt runs no more code, and holds no
 -- more of its task's stack while it waits, than it needs (wait_ops for
 -- one operation, inline).
-local function send_one(client, spec, started)
-  local op, err = start_first(client, spec, started)
+local function send_one(client, spec, started, st)
+  local op, err = start_first(client, spec, started, st)
   if not op then return nil, err, 0 end
   client.ops[op] = true
   core.wait(nil, op)
@@ -350,6 +364,17 @@ local function record_of(n, elapsed, response, err)
   return { attempt = n, elapsed = elapsed, error = err, resent = err.resent }
 end
 
+-- Attempt n, which the deadline cut before it started: its outcome (a
+-- `timeout` error) and record, as send's for an attempt cut before it went
+-- out; no load check counts it.
+local function cut_before_sending(client, st, spec, n, trace)
+  st.deadline_passed = true
+  local err = deadline_error(st, spec)
+  local record = record_of(n, 0, nil, err)
+  if trace then trace_end(client, trace, nil, err) end
+  return nil, err, record
+end
+
 -- One attempt: trace, wait for a slot, send. Returns response or nil, err,
 -- plus the attempt's record. Waiting for a slot counts toward neither the
 -- attempt's timeout nor its elapsed.
@@ -372,6 +397,14 @@ local function attempt(client, st, p, spec, n)
   if client.closed then -- by a hook, or while this waited for a slot
     if limited then give_slots(client, host) end
     error(closed_error(spec), 0)
+  end
+  if st.deadline and core.now() >= st.deadline then
+    -- The deadline passed while this waited for a slot or in a hook: a
+    -- transfer started now would go out (on a kept-alive connection
+    -- libcurl writes the request at once) after the caller was told the
+    -- request timed out.
+    if limited then give_slots(client, host) end
+    return cut_before_sending(client, st, spec, n, trace)
   end
   local t0 = core.now()
   -- The copies a load check may need to look at if the attempt is cut.
@@ -410,8 +443,8 @@ or hedges (the request has none). Returns the Response, or nil and the
 error. A cancel in flight, or the client closed meanwhile, is reported to
 the load checks' recorders when the request went out, and raised, as
 attempt does. `t0` is when the attempt began. ]]
-local function send_plain(client, spec, t0, n)
-  local op, err = start_first(client, spec, nil)
+local function send_plain(client, spec, t0, n, st)
+  local op, err = start_first(client, spec, nil, st)
   if not op then return nil, err end
   local active = client.ops
   active[op] = true
@@ -435,9 +468,9 @@ end
 
 -- attempt, for a plain prepared request's attempts after its first (in
 -- run_loop): the outcome and its record, reported.
-local function attempt_plain(client, _, _, spec, n)
+local function attempt_plain(client, st, _, spec, n)
   local t0 = core.now()
-  local response, err = send_plain(client, spec, t0, n)
+  local response, err = send_plain(client, spec, t0, n, st)
   local record = record_of(n, core.now() - t0, response, err)
   if next(client.recorders) then report(client, record, response) end
   return response, err, record

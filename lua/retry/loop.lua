@@ -172,12 +172,6 @@ local function in_list(list, v)
   return false
 end
 
-local function count_retry(client, reason)
-  local c = client.counters
-  c.retries = c.retries + 1
-  c.retries_by_reason[reason] = (c.retries_by_reason[reason] or 0) + 1
-end
-
 -- The seconds a response's Retry-After asks to wait (0: none, or not
 -- for this status). A function of its own: the Response's fields are read
 -- through a metamethod, which runs at the top of its caller's frame, and
@@ -239,8 +233,17 @@ local function plan_retry(client, st, n, response, err, record)
     if st.deadline and core.now() + wait > st.deadline then return nil end
   end
   record.reason, record.wait = reason, wait
-  count_retry(client, reason)
+  st.retrying = reason -- counted when its attempt starts (attempt.lua)
   return wait
+end
+
+-- The retry planned after the last attempt was not made (the breaker
+-- refused it, or the request ended during its wait): its record says so
+-- by having no reason or wait, and no retry is counted.
+local function not_retried(st)
+  local last = st.history[st.n]
+  if last then last.reason, last.wait = nil, nil end
+  st.retrying = nil
 end
 
 -- A request ends with an error of its own: the response it kept is freed,
@@ -291,6 +294,7 @@ local function run_loop(client, st)
       local allowed, is_trial = breaker:allow(st.notify)
       if not allowed then
         st.n = st.n - 1
+        not_retried(st)
         if previous or previous_err then
           return conclude(st, previous, previous_err)
         end
@@ -332,11 +336,15 @@ local function run_loop(client, st)
     -- `ok` is used again, not declared again: every local here sits under
     -- the calls below (the strategy's get_timeout, before_retry, the wait).
     local reason
-    ok, reason = pcall(st.plain or retry_reason, st.options, spec.method,
-      response, err, st.raise, left or breaker ~= nil)
-    if not ok then
-      abandon(response, trial and breaker)
-      error(reason, 0)
+    if st.judged then
+      st.judged = nil -- send asked while other copies were out: it stands
+    else
+      ok, reason = pcall(st.plain or retry_reason, st.options, spec.method,
+        response, err, st.raise, left or breaker ~= nil)
+      if not ok then
+        abandon(response, trial and breaker)
+        error(reason, 0)
+      end
     end
     record.reason = reason
     local wait

@@ -167,6 +167,29 @@ describe("deadline", function()
     end)
   end)
 
+  it("sends nothing once it has passed while the request waited for a "
+    .. "connection slot", function()
+    retry.run(function()
+      local slow = counted("/delay/500")
+      local url, key = counted("/echo")
+      local client = retry.RetryClient{ limit = 1 }
+      -- A kept-alive connection, on which libcurl would write a request
+      -- the moment its transfer started.
+      client:get(h.url("/hello")):close()
+      local holder = retry.spawn(function() client:get(slow):close() end)
+      retry.sleep(0.05)
+      local took, err = elapsed(function()
+        return expect.raises("timeout", client.post, client, url,
+          { deadline = 0.2, data = "pay 100" })
+      end)
+      assert.matches("deadline", err.message)
+      assert.is_true(took < 0.5, tostring(took))
+      holder:await()
+      assert.equal(0, h.settled_hits(retry, key))
+      assert.equal(2, client:stats().attempts) -- /hello and the slow one
+    end)
+  end)
+
   it("refuses a deadline that is not a positive number", function()
     expect.invalid("deadline", retry.RetryClient, { deadline = 0 })
     retry.run(function()
@@ -299,6 +322,28 @@ describe("hedging", function()
       local stats = client:stats()
       assert.equal(1, stats.hedges)
       assert.equal(c.hits, stats.attempts + stats.hedges)
+    end)
+  end)
+
+  it("asks evaluate_response_callback once for the answer that wins", function()
+    retry.run(function()
+      local url, key = counted("/delay/100")
+      local asked = 0
+      -- Accepts every other response it is shown: asked twice about the
+      -- winner, it would reject it and retry.
+      local client = retry.RetryClient{ hedge = { delay = 0.02, max = 2 },
+        retry_options = fast{ attempts = 2,
+          evaluate_response_callback = function()
+            asked = asked + 1
+            return asked % 2 == 1
+          end } }
+      local r <close> = client:get(url)
+      assert.equal(200, r.status)
+      assert.equal(1, r.attempts)
+      assert.equal(1, asked)
+      assert.is_nil(r.history[1].reason)
+      assert.equal(2, h.settled_hits(retry, key)) -- the first and one copy
+      assert.equal(0, client:stats().retries)
     end)
   end)
 
@@ -452,6 +497,12 @@ describe("circuit breaker", function()
       assert.equal(503, r.status)
       assert.equal(1, r.attempts)
       assert.equal(1, h.hits(retry, key))
+      -- The retry planned was not made: neither its record nor the stats
+      -- say it was.
+      assert.is_nil(r.history[1].reason)
+      assert.is_nil(r.history[1].wait)
+      assert.equal(0, b:stats().retries)
+      assert.is_nil(next(b:stats().retries_by_reason))
     end)
   end)
 
@@ -500,6 +551,34 @@ describe("client:stats()", function()
       assert.equal(0, s.budget_refusals)
       assert.equal(0, s.hedges)
       assert.equal(0, s.breaker_opens)
+    end)
+  end)
+
+  it("counts a retry when its attempt starts, not when it is planned", function()
+    retry.run(function()
+      local client = retry.RetryClient{ retry_options = retry.ListRetry{
+        timeouts = { 5 }, attempts = 2 } }
+      local url, key = counted("/status/503")
+      -- Cancelled in its wait, and closed in its wait: neither retry is made.
+      local cancelled = retry.spawn(function() return client:get(url) end)
+      local closed = retry.RetryClient{ retry_options = retry.ListRetry{
+        timeouts = { 5 }, attempts = 2 } }
+      local other = retry.spawn(function() return closed:get(url) end)
+      while client:stats().attempts + closed:stats().attempts < 2 do
+        retry.sleep(0.01)
+      end
+      retry.sleep(0.1) -- both got their 503 and wait
+      cancelled:cancel()
+      closed:close()
+      expect.raises("cancelled", cancelled.await, cancelled)
+      expect.raises("cancelled", other.await, other)
+      assert.equal(2, h.hits(retry, key))
+      for _, c in ipairs{ client, closed } do
+        local s = c:stats()
+        assert.equal(1, s.attempts)
+        assert.equal(0, s.retries)
+        assert.is_nil(next(s.retries_by_reason))
+      end
     end)
   end)
 end)
