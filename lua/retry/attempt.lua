@@ -364,6 +364,28 @@ local function record_of(n, elapsed, response, err)
   return { attempt = n, elapsed = elapsed, error = err, resent = err.resent }
 end
 
+-- End a traced attempt with an error of lretry's that does not return an
+-- outcome (a cancel, the client closed): the hooks hear of it through
+-- on_request_exception, as of any failed attempt, so that every
+-- on_request_start has its end (as aiohttp's do for a cancelled request).
+-- An error a hook raises here would hide the one that ends the request,
+-- so it is dropped.
+local function fail(client, trace, e)
+  if trace and errors.is_error(e) then
+    pcall(trace_end, client, trace, nil, e)
+  end
+  error(e, 0)
+end
+
+-- take_slots, for an attempt that may be traced: a cancel during the wait
+-- for a slot ends the attempt as fail says.
+local function take_slots_traced(client, spec, trace)
+  if not trace then return take_slots(client, spec) end
+  local ok, host, queued = pcall(take_slots, client, spec)
+  if not ok then fail(client, trace, host) end
+  return host, queued
+end
+
 -- Attempt n, which the deadline cut before it started: its outcome (a
 -- `timeout` error) and record, as send's for an attempt cut before it went
 -- out; no load check counts it.
@@ -393,10 +415,10 @@ local function attempt(client, st, p, spec, n)
   end
   local limited = client.slots ~= nil or client.limit_per_host > 0
   local host, queued
-  if limited then host, queued = take_slots(client, spec) end
+  if limited then host, queued = take_slots_traced(client, spec, trace) end
   if client.closed then -- by a hook, or while this waited for a slot
     if limited then give_slots(client, host) end
-    error(closed_error(spec), 0)
+    fail(client, trace, closed_error(spec))
   end
   if st.deadline and core.now() >= st.deadline then
     -- The deadline passed while this waited for a slot or in a hook: a
@@ -423,7 +445,7 @@ local function attempt(client, st, p, spec, n)
       report(client, { attempt = n, elapsed = elapsed, error = response,
         resent = resent or nil })
     end
-    error(response, 0)
+    fail(client, trace, response)
   end
   local record = record_of(n, elapsed, response, err)
   if limited and queued > 0 then record.queued = queued end

@@ -227,6 +227,34 @@ describe("RetryClient", function()
     end)
   end)
 
+  it("ends every started attempt with a hook call, cancelled or closed too",
+    function()
+      run(function()
+        local started, ended = 0, {}
+        local client = retry.RetryClient{ limit = 2, trace_configs = { {
+          on_request_start = function() started = started + 1 end,
+          on_request_end = function() ended[#ended + 1] = "end" end,
+          on_request_exception = function(_, _, params)
+            ended[#ended + 1] = params.exception.kind
+          end } } }
+        local url, key = counted("/delay/2000")
+        -- Two in flight, two waiting for a slot.
+        local tasks = {}
+        for i = 1, 4 do
+          tasks[i] = retry.spawn(function() return client:get(url) end)
+        end
+        while h.counts(retry, key).hits < 2 do retry.sleep(0.01) end
+        tasks[1]:cancel() -- in flight: its slot goes to the third
+        while h.counts(retry, key).hits < 3 do retry.sleep(0.01) end
+        client:close() -- two in flight, the fourth in its wait for a slot
+        for i = 1, 4 do expect.raises("cancelled", tasks[i].await, tasks[i]) end
+        assert.equal(4, started)
+        assert.same({ "cancelled", "cancelled", "cancelled", "cancelled" },
+          ended)
+        assert.equal(3, h.hits(retry, key))
+      end)
+    end)
+
   it("uses url lists: attempt n uses url[n], then the last", function()
     run(function()
       local bad, bad_key = counted("/status/500")
