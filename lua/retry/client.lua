@@ -139,10 +139,13 @@ local function check_trace_configs(list)
         .. describe(tc))
     end
     for k, v in pairs(tc) do
-      if not HOOKS[k] or not values.is_callable(v) then
-        invalid("RetryClient: trace_configs[" .. i .. "]." .. tostring(k)
-          .. " is not a hook (on_request_start, on_request_end, "
-          .. "on_request_exception, on_breaker_change) function")
+      local where = "RetryClient: trace_configs[" .. i .. "]." .. tostring(k)
+      if not HOOKS[k] then
+        invalid(where .. " is not a hook: the hooks are on_request_start, "
+          .. "on_request_end, on_request_exception and on_breaker_change")
+      end
+      if not values.is_callable(v) then
+        invalid(where .. " must be a function, got " .. describe(v))
       end
     end
   end

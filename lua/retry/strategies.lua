@@ -374,11 +374,13 @@ local function define(name, own, wait, extra)
   end
 end
 
--- The next value of self.random_func, meant to be in [0, 1). Only its type
--- can be checked beforehand, so its result is checked here.
+-- The next value of self.random_func, meant to be in [0, 1) (1 itself is
+-- let through: it harms no formula). Only its type can be checked
+-- beforehand, so its result is checked here: out of range, it would be
+-- blamed on get_timeout's result, or pass unseen.
 local function random(self)
   local r = self.random_func()
-  if type(r) ~= "number" or r ~= r then
+  if type(r) ~= "number" or not (r >= 0 and r <= 1) then
     invalid(fmt("%s: field 'random_func' must return a number in [0, 1), "
       .. "got %s", CLASSES[getmetatable(self)].name, describe(r)))
   end

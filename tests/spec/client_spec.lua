@@ -805,6 +805,12 @@ describe("RetryClient", function()
       local hooked = retry.RetryClient()
       hooked.trace_configs = { { on_request_start = 5 } }
       expect.invalid("on_request_start must be a function", hooked.get, hooked, url)
+      expect.invalid("trace_configs%[1%]%.on_request_start must be a function, "
+        .. "got 5", retry.RetryClient,
+        { trace_configs = { { on_request_start = 5 } } })
+      expect.invalid("trace_configs%[1%]%.on_request_begin is not a hook: the "
+        .. "hooks are on_request_start", retry.RetryClient,
+        { trace_configs = { { on_request_begin = print } } })
       -- A relative url is joined to base_url: a bad one is named first.
       local based = retry.RetryClient()
       based.base_url = 7

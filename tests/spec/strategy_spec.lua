@@ -282,6 +282,17 @@ describe("RandomRetry", function()
     near(0.1 + 0.999 * 2.9, o:get_timeout(3))
   end)
 
+  it("names random_func when it returns a number out of [0, 1]", function()
+    for _, bad in ipairs{ -1, 5, 0 / 0, "0.5" } do
+      local o = strategies.RandomRetry{ random_func = function() return bad end }
+      local ok, err = pcall(o.get_timeout, o, 1)
+      assert.is_false(ok)
+      assert.equal("invalid", err.kind)
+      assert.matches("random_func' must return a number in %[0, 1%)",
+        err.message)
+    end
+  end)
+
   it("uses given bounds", function()
     local o = strategies.RandomRetry{
       min_timeout = 1, max_timeout = 5, random_func = seq(0.25) }
