@@ -10,6 +10,7 @@
 -- Every request that starts ends as a response or an error in the figures,
 -- also when the load is interrupted (Ctrl-C) or cut at the end of its
 -- duration.
+local attempt_mod = require("retry.attempt")
 local client_mod = require("retry.client")
 local core = require("retry.core")
 local errors = require("retry.errors")
@@ -164,6 +165,15 @@ local function check_spec(spec)
   end
   if s.request == nil and s.url == nil then
     invalid("retry.load: give a url, or a request function")
+  end
+  if s.request == nil then
+    -- Every request would be refused: a load of nothing but `invalid`
+    -- errors, as fast as the loop can make them, for its whole duration.
+    local base = s.client and s.client.base_url
+    local bad = core.check(http.make_spec("GET",
+      attempt_mod.join_url(type(base) == "string" and base or nil, s.url),
+      {}))
+    if bad then invalid("retry.load: " .. bad .. ", got " .. describe(s.url)) end
   end
   s.limits = result.check_thresholds(spec.thresholds,
     "retry.load: thresholds", s.check ~= nil)

@@ -278,14 +278,22 @@ describe("retry.load, the edges of a run", function()
 end)
 
 describe("retry.load, bad url", function()
-  it("counts each request to a url its own client refuses as an error",
-    function()
+  it("refuses a url no request could be sent to before it starts", function()
     retry.run(function()
-      for _, url in ipairs({ "", "notaurl" }) do
-        local r = retry.load(quiet{ url = url, requests = 3 })
-        assert.equal(3, r.requests)
-        assert.same({ invalid = 3 }, r.by_error)
+      -- Each request would fail as an `invalid` error: a load of them would
+      -- spin for its whole duration.
+      for _, url in ipairs({ "", "notaurl", "http://a b/" }) do
+        local t0 = retry.now()
+        expect.invalid("retry.load: url must", retry.load, quiet{ url = url })
+        assert.is_true(retry.now() - t0 < 0.5)
       end
+      -- Joined to its client's base_url, a path is a url.
+      local url, key = h.counted("/hello", "load-base")
+      local client <close> = retry.RetryClient{ base_url = h.url("") }
+      local r = retry.load(quiet{ client = client, requests = 3,
+        url = url:sub(#h.url("") + 1) })
+      assert.equal(3, r.responses)
+      assert.equal(3, h.hits(retry, key))
     end)
   end)
 end)
