@@ -324,8 +324,18 @@ local function export(h)
   return t
 end
 
+-- Methods called on something else (r.summary(5), a dot for a colon)
+-- say so rather than fail inside.
+local function check_self(self, method)
+  if getmetatable(self) ~= Result then
+    invalid("LoadResult:" .. method .. ": expected a LoadResult as self, got "
+      .. describe(self) .. " (call it as r:" .. method .. "())")
+  end
+end
+
 --- The figures as a table shaped like the JSON (README, "Load checks").
 function Result:to_table()
+  check_self(self, "to_table")
   local thresholds = {}
   for name, t in pairs(self.thresholds) do
     thresholds[name] = { limit = t.limit, value = t.value, ok = t.ok }
@@ -355,10 +365,12 @@ end
 
 --- The figures as JSON text (pretty-printed, keys sorted).
 function Result:to_json()
+  check_self(self, "to_json")
   return json.encode(self:to_table(), "  ") .. "\n"
 end
 
 function Result:summary()
+  check_self(self, "summary")
   return require("retry.summary").format(self)
 end
 

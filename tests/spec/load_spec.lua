@@ -1122,6 +1122,12 @@ describe("retry.load JSON", function()
       assert.same({}, r.error_examples)
       assert.is_truthy(r:summary():find("requests", 1, true))
       assert.is_truthy(r:to_json():find('"error_examples"', 1, true))
+      -- Its methods called with a dot, or on something else, say so.
+      for _, m in ipairs{ "summary", "to_json", "to_table" } do
+        expect.invalid("^LoadResult:" .. m .. ": expected a LoadResult as "
+          .. "self, got 5 %(call it as r:" .. m .. "%(%)%)", r[m], 5)
+        expect.invalid("expected a LoadResult as self, got nil", r[m])
+      end
     end)
 end)
 
