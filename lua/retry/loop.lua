@@ -143,7 +143,13 @@ local function run_before_retry(client, st, hook, n, response, err, wait)
     max_body_size = base.max_body_size, ca_file = client.ca_file,
     verify_tls = client.verify_tls,
   })
-  local bad = core.check(st.next_spec)
+  -- A field of the wrong type is raised by the check, a bad url returned:
+  -- both are named as ctx.next's.
+  local checked, bad = pcall(core.check, st.next_spec)
+  if not checked then
+    if not errors.is_error(bad, "invalid") then error(bad, 0) end
+    bad = bad.message:gsub("^request: ", "")
+  end
   if bad then invalid("before_retry: ctx.next: " .. bad) end
   return wait
 end

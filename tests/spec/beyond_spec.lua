@@ -258,6 +258,22 @@ describe("before_retry, in place", function()
       assert.equal("1", r:json().headers["x-tried"])
     end)
   end)
+
+  it("names ctx.next in every error about the next attempt", function()
+    retry.run(function()
+      local bad, key = counted("/status/503")
+      local client = retry.RetryClient{ retry_options = fast() }
+      for _, case in ipairs{
+        { function(x) x.headers = 5 end, "headers must be a table, got number" },
+        { function(x) x.data = {} end, "body must be a string" },
+        { function(x) x.url = "notaurl" end, "url must be an absolute" },
+      } do
+        expect.invalid("^before_retry: ctx%.next: " .. case[2], client.get,
+          client, bad, { before_retry = function(ctx) case[1](ctx.next) end })
+      end
+      assert.equal(3, h.hits(retry, key)) -- the first attempts alone
+    end)
+  end)
 end)
 
 describe("retry budget", function()
