@@ -6,8 +6,9 @@
 -- retried (a transport error or a retryable status). Once at least
 -- `min_requests` outcomes are counted and failures are `failure_ratio` of
 -- them or more, it opens. Open: every attempt fails at once with kind
--- `circuit_open`. After `open_for` seconds it is half-open: one trial
--- request goes, and its outcome closes the breaker or opens it again.
+-- `circuit_open`. Once `open_for` seconds have passed, the next request
+-- makes it half-open (`state` reads "open" until then) and goes as its
+-- one trial, whose outcome closes the breaker or opens it again.
 -- State changes go to each client's logger and trace hooks
 -- (`on_breaker_change`). One breaker may serve many clients.
 local core = require("retry.core")
