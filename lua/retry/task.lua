@@ -219,6 +219,25 @@ function M.gather(...)
   return results
 end
 
+-- The most of the other errors a string error names, one line each: a
+-- script whose thousand tasks all fail says so in a screenful.
+local NAMED_MAX = 10
+
+-- What a string error adds about errs[2..]: the first line of each (of
+-- the first NAMED_MAX), and how many more there were.
+local function also_failed_text(errs)
+  local others = #errs - 1
+  local lines = { ("\n(%d more %s failed too:"):format(others,
+    others == 1 and "task" or "tasks") }
+  for i = 2, math.min(#errs, NAMED_MAX + 1) do
+    lines[#lines + 1] = "\n  " .. tostring(errs[i]):match("[^\n]*")
+  end
+  if others > NAMED_MAX then
+    lines[#lines + 1] = ("\n  and %d more"):format(others - NAMED_MAX)
+  end
+  return table.concat(lines) .. ")"
+end
+
 -- Raise the errors of the scope's failed tasks nobody awaited, if any: the
 -- first, carrying the others (nothing is lost) in `also_failed` when it is
 -- an error object, or named in the message when it is a string.
@@ -236,8 +255,7 @@ local function raise_unobserved(scope)
     if type(first) == "table" then
       first.also_failed = { table.unpack(errs, 2) }
     else
-      first = tostring(first) .. ("\n(%d more tasks failed too; the next: %s)")
-        :format(#errs - 1, tostring(errs[2]):match("[^\n]*"))
+      first = tostring(first) .. also_failed_text(errs)
     end
   end
   error(first, 0)

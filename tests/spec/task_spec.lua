@@ -545,7 +545,16 @@ describe("tasks", function()
     end)
     assert.is_false(ok)
     assert.matches("first", err)
-    assert.matches("1 more tasks failed too; the next: .*second", err)
+    assert.matches("1 more task failed too:\n  [^\n]*second", err)
+    -- Strings: every other one is named, up to ten, then counted.
+    ok, err = pcall(retry.run, function()
+      for i = 1, 13 do retry.spawn(function() error("boom" .. i, 0) end) end
+    end)
+    assert.is_false(ok)
+    assert.matches("^boom1\n", err) -- and its traceback
+    assert.matches("\n%(12 more tasks failed too:\n  boom2\n  boom3\n", err)
+    assert.matches("\n  boom11\n  and 2 more%)$", err)
+    assert.is_nil(err:find("boom12", 1, true))
   end)
 
   it("names a task's coroutine closed from outside", function()
