@@ -364,25 +364,25 @@ local function record_of(n, elapsed, response, err)
   return { attempt = n, elapsed = elapsed, error = err, resent = err.resent }
 end
 
--- End a traced attempt with an error of lretry's that does not return an
--- outcome (a cancel, the client closed): the hooks hear of it through
--- on_request_exception, as of any failed attempt, so that every
--- on_request_start has its end (as aiohttp's do for a cancelled request).
--- An error a hook raises here would hide the one that ends the request,
--- so it is dropped.
-local function fail(client, trace, e)
-  if trace and errors.is_error(e) then
-    pcall(trace_end, client, trace, nil, e)
+-- End attempt n with an error of lretry's that does not return an outcome
+-- (a cancel, the client closed): the error names the attempt, and the
+-- hooks hear of it through on_request_exception, as of any failed
+-- attempt, so that every on_request_start has its end (as aiohttp's do
+-- for a cancelled request). An error a hook raises here would hide the
+-- one that ends the request, so it is dropped.
+local function fail(client, trace, e, n)
+  if errors.is_error(e) then
+    if e.attempt == nil then e.attempt = n end
+    if trace then pcall(trace_end, client, trace, nil, e) end
   end
   error(e, 0)
 end
 
--- take_slots, for an attempt that may be traced: a cancel during the wait
--- for a slot ends the attempt as fail says.
-local function take_slots_traced(client, spec, trace)
-  if not trace then return take_slots(client, spec) end
+-- take_slots for attempt n: a cancel during the wait for a slot ends the
+-- attempt as fail says.
+local function take_slots_or_fail(client, spec, trace, n)
   local ok, host, queued = pcall(take_slots, client, spec)
-  if not ok then fail(client, trace, host) end
+  if not ok then fail(client, trace, host, n) end
   return host, queued
 end
 
@@ -415,10 +415,10 @@ local function attempt(client, st, p, spec, n)
   end
   local limited = client.slots ~= nil or client.limit_per_host > 0
   local host, queued
-  if limited then host, queued = take_slots_traced(client, spec, trace) end
+  if limited then host, queued = take_slots_or_fail(client, spec, trace, n) end
   if client.closed then -- by a hook, or while this waited for a slot
     if limited then give_slots(client, host) end
-    fail(client, trace, closed_error(spec))
+    fail(client, trace, closed_error(spec), n)
   end
   if st.deadline and core.now() >= st.deadline then
     -- The deadline passed while this waited for a slot or in a hook: a
@@ -445,7 +445,7 @@ local function attempt(client, st, p, spec, n)
       report(client, { attempt = n, elapsed = elapsed, error = response,
         resent = resent or nil })
     end
-    fail(client, trace, response)
+    fail(client, trace, response, n)
   end
   local record = record_of(n, elapsed, response, err)
   if limited and queued > 0 then record.queued = queued end

@@ -42,7 +42,10 @@ local M = {
 -- auth, timeout, connect_timeout.
 function M.request(method, url, opts)
   local resp, err = http.send(http.build(method, url, opts))
-  if not resp then error(err, 2) end
+  if not resp then
+    err.attempt = 1
+    error(err, 2)
+  end
   return resp
 end
 

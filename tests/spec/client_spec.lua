@@ -247,7 +247,10 @@ describe("RetryClient", function()
         tasks[1]:cancel() -- in flight: its slot goes to the third
         while h.counts(retry, key).hits < 3 do retry.sleep(0.01) end
         client:close() -- two in flight, the fourth in its wait for a slot
-        for i = 1, 4 do expect.raises("cancelled", tasks[i].await, tasks[i]) end
+        for i = 1, 4 do
+          local err = expect.raises("cancelled", tasks[i].await, tasks[i])
+          assert.equal(1, err.attempt)
+        end
         assert.equal(4, started)
         assert.same({ "cancelled", "cancelled", "cancelled", "cancelled" },
           ended)

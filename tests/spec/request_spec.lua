@@ -360,13 +360,15 @@ describe("a failed attempt raises an error object", function()
     assert.equal(7, e.curl_code)
     assert.equal("GET", e.method)
     assert.equal("http://127.0.0.1:1/x", e.url)
-    assert.matches("^retry.connect error: .*%(GET http://127.0.0.1:1/x%)$", tostring(e))
+    assert.equal(1, e.attempt)
+    assert.matches("^retry.connect error: .*%(GET http://127.0.0.1:1/x, attempt 1%)$",
+      tostring(e))
   end)
 
   it("prints no credentials of the url", function()
     local e = fails("GET", "http://alice:s3cret@127.0.0.1:1/x")
     assert.equal("http://alice:s3cret@127.0.0.1:1/x", e.url)
-    assert.matches("%(GET http://%*%*%*@127.0.0.1:1/x%)$", tostring(e))
+    assert.matches("%(GET http://%*%*%*@127.0.0.1:1/x, attempt 1%)$", tostring(e))
   end)
 
   it("dns: name not resolved", function()
