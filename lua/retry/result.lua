@@ -256,7 +256,10 @@ local Result = { __name = "retry.LoadResult" }
 Result.__index = Result
 M.Result = Result
 
+-- Empty when nothing was measured: its zeros would read as latencies (the
+-- summary says "no data", and a threshold on it is crossed).
 local function summarize(h)
+  if h:count() == 0 then return {} end
   local t = { mean = h:mean(), min = h:min(), max = h:max() }
   for _, p in ipairs(PERCENTILES) do t[p[1]] = h:percentile(p[2]) end
   return t

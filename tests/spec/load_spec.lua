@@ -272,7 +272,16 @@ describe("retry.load, the edges of a run", function()
       -- No latency row shows zeros for what was never measured.
       assert.is_truthy(text:find("\n  request     no data\n", 1, true), text)
       assert.is_truthy(text:find("\n  attempt     no data\n", 1, true), text)
-      assert.is_nil(require("cjson").decode(r:to_json()).thresholds.p99.value)
+      local j = require("cjson").decode(r:to_json())
+      assert.is_nil(j.thresholds.p99.value)
+      -- Nor does the JSON: no figures, rather than zeros.
+      assert.same({}, j.latency)
+      assert.same({}, j.attempt_latency)
+      -- Read back and merged, it is the same run.
+      local back = retry.LoadResult.from_json(r:to_json(), "empty")
+      assert.same({}, back.latency)
+      local m = retry.LoadResult.merge({ back, r })
+      assert.same({}, m.latency)
     end)
   end)
 end)
