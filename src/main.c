@@ -16,7 +16,7 @@
 #include "host.h"
 
 static const char usage[] =
-    "usage: lretry [options] [script.lua [args...]]\n"
+    "usage: lretry [options] [--] [script.lua [args...]]\n"
     "       lretry load URL [options]     load check (lretry load --help)\n"
     "       lretry probe URL...           check endpoints with retries\n"
     "       lretry merge A.json B.json... add load results exactly\n"
@@ -102,6 +102,14 @@ int main(int argc, char **argv) {
       quiet = 1;
       continue;
     }
+    /* The end of the options: what follows is the script, even "-x.lua". */
+    if (strcmp(argv[i], "--") == 0) {
+      if (i + 1 < argc) {
+        script = argv[i + 1];
+        script_index = i + 1;
+      }
+      break;
+    }
     if (argv[i][0] == '-' && argv[i][1] != '\0') {
       fprintf(stderr, "lretry: unknown option '%s'\n%s", argv[i], usage);
       return 2;
@@ -111,6 +119,12 @@ int main(int argc, char **argv) {
     break;
   }
   if (code == NULL && script == NULL) {
+    /* Bare `lretry` asks for the usage; options without a script are a
+     * mistake worth naming. */
+    if (argc > 1)
+      fputs("lretry: no script to run (give a file, - for stdin, or -e "
+            "CODE)\n",
+            stderr);
     fputs(usage, stderr);
     return 2;
   }
