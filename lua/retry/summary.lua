@@ -90,7 +90,8 @@ function M.format(r)
     out[#out + 1] = (fmt:format(...):gsub("%s+$", ""))
   end
   if r.merged then
-    line("lretry merge of %d results: %s", r.merged, r.label or "script")
+    line("lretry merge of %d %s: %s", r.merged,
+      r.merged == 1 and "result" or "results", r.label or "script")
   else
     line("lretry load: %s", r.label or "script")
   end
@@ -110,7 +111,7 @@ function M.format(r)
       r.capped_by)
   end
   line("")
-  line("  %-10s %8d   %.6g/s", "requests", r.requests, r.rps)
+  line("  %-10s %8d   %.1f/s", "requests", r.requests, r.rps)
   line("  %-10s %8d   %s", "responses", r.responses, counts(r.by_status))
   line("  %-10s %8d   %s", "errors", r.errors, counts(r.by_error))
   for _, kind in ipairs(sorted_keys(r.error_examples)) do
