@@ -364,14 +364,16 @@ local function record_of(n, elapsed, response, err)
   return { attempt = n, elapsed = elapsed, error = err, resent = err.resent }
 end
 
--- End attempt n with an error of lretry's that does not return an outcome
--- (a cancel, the client closed): the error names the attempt, and the
+-- End attempt n of `spec` with an error of lretry's that does not return
+-- an outcome (a cancel, the client closed): the error names the request
+-- and the attempt (a task's cancel, or the slots, know neither), and the
 -- hooks hear of it through on_request_exception, as of any failed
 -- attempt, so that every on_request_start has its end (as aiohttp's do
 -- for a cancelled request). An error a hook raises here would hide the
 -- one that ends the request, so it is dropped.
-local function fail(client, trace, e, n)
+local function fail(client, trace, spec, n, e)
   if errors.is_error(e) then
+    if e.url == nil then e.method, e.url = spec.method, spec.url end
     if e.attempt == nil then e.attempt = n end
     if trace then pcall(trace_end, client, trace, nil, e) end
   end
@@ -382,7 +384,7 @@ end
 -- attempt as fail says.
 local function take_slots_or_fail(client, spec, trace, n)
   local ok, host, queued = pcall(take_slots, client, spec)
-  if not ok then fail(client, trace, host, n) end
+  if not ok then fail(client, trace, spec, n, host) end
   return host, queued
 end
 
@@ -418,7 +420,7 @@ local function attempt(client, st, p, spec, n)
   if limited then host, queued = take_slots_or_fail(client, spec, trace, n) end
   if client.closed then -- by a hook, or while this waited for a slot
     if limited then give_slots(client, host) end
-    fail(client, trace, closed_error(spec), n)
+    fail(client, trace, spec, n, closed_error(spec))
   end
   if st.deadline and core.now() >= st.deadline then
     -- The deadline passed while this waited for a slot or in a hook: a
@@ -445,7 +447,7 @@ local function attempt(client, st, p, spec, n)
       report(client, { attempt = n, elapsed = elapsed, error = response,
         resent = resent or nil })
     end
-    fail(client, trace, response, n)
+    fail(client, trace, spec, n, response)
   end
   local record = record_of(n, elapsed, response, err)
   if limited and queued > 0 then record.queued = queued end

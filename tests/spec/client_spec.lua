@@ -250,6 +250,8 @@ describe("RetryClient", function()
         for i = 1, 4 do
           local err = expect.raises("cancelled", tasks[i].await, tasks[i])
           assert.equal(1, err.attempt)
+          assert.equal(url, err.url)
+          assert.equal("GET", err.method)
         end
         assert.equal(4, started)
         assert.same({ "cancelled", "cancelled", "cancelled", "cancelled" },
