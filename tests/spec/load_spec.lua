@@ -159,8 +159,11 @@ describe("retry.load, requests that send nothing", function()
         assert.equal(20, h.hits(retry, key))
         local left = r.attempts_sent - 20
         assert.is_true(left > 0, "no attempt of a task left running counted")
-        assert.is_true(left <= h.hits(retry, left_key),
-          left .. " counted, " .. h.hits(retry, left_key) .. " at the server")
+        -- An attempt the close cut just after it went out reaches the
+        -- server a moment after the load returns.
+        local seen = h.settled_hits(retry, left_key)
+        assert.is_true(left <= seen, left .. " counted, " .. seen
+          .. " at the server")
       end)
     end)
 
