@@ -31,9 +31,9 @@
  *       t.failed with a status >= 400, t.statuses = {status = count},
  *       t.attempts = {attempts = count}), checked by codes (t.checks,
  *       t.checks_failed); t.sent attempts ended (t.resent of them sent
- *       twice by libcurl, t.retries of them retries), t.retried more
- *       planned; t.started requests and t.attempts_started attempts
- *       began; t.next_at (or nil): the next ones end in the second of
+ *       twice by libcurl, t.retries of them retries); t.started requests
+ *       and t.attempts_started attempts began (t.retried of them
+ *       retries); t.next_at (or nil): the next ones end in the second of
  *       next_at, which the recorder must open before the driver records
  *       their latencies
  *   "slow", slot, started, elapsed, n, history, previous_wait, outcome...
@@ -267,6 +267,10 @@ static void start_attempt(rt_drive_t *d, slot_t *s) {
     return;
   }
   d->tally.attempts_started++;
+  /* A retry counts once its attempt starts, as the retry loop counts it: a
+   * cancel during the wait makes none. */
+  if (s->attempt > 1)
+    d->tally.retried++;
   s->state = SLOT_BUSY;
 }
 
@@ -540,7 +544,6 @@ static void retry(lua_State *L, rt_drive_t *d, slot_t *s) {
   double wait = d->waits[s->attempt - 1];
 
   count_attempt(d, s, res);
-  d->tally.retried++;
   r->elapsed = res->timings.finished_at - s->attempt_started;
   r->wait = wait;
   r->status = (int)res->status;

@@ -364,10 +364,11 @@ local function record_of(n, elapsed, response, err)
   return { attempt = n, elapsed = elapsed, error = err, resent = err.resent }
 end
 
--- End attempt n of `spec` with an error of lretry's that does not return
--- an outcome (a cancel, the client closed): the error names the request
+-- End attempt n of `spec` with an error that does not return an outcome
+-- (a cancel, the client closed, an error of evaluate_response_callback
+-- while hedged copies were out): an error of lretry's names the request
 -- and the attempt (a task's cancel, or the slots, know neither), and the
--- hooks hear of it through on_request_exception, as of any failed
+-- hooks hear of any through on_request_exception, as of a failed
 -- attempt, so that every on_request_start has its end (as aiohttp's do
 -- for a cancelled request). An error a hook raises here would hide the
 -- one that ends the request, so it is dropped.
@@ -375,8 +376,8 @@ local function fail(client, trace, spec, n, e)
   if errors.is_error(e) then
     if e.url == nil then e.method, e.url = spec.method, spec.url end
     if e.attempt == nil then e.attempt = n end
-    if trace then pcall(trace_end, client, trace, nil, e) end
   end
+  if trace then pcall(trace_end, client, trace, nil, e) end
   error(e, 0)
 end
 

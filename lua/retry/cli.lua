@@ -513,7 +513,7 @@ local function run(command, args)
   -- traceback is for an error in lretry's own code. In a worker thread
   -- the error fails the thread, and the main thread tells why.
   if type(status) == "string" and not load.worker
-    and not status:match("^[^\n]-:%d+: ") then
+    and not status:match("^[^:\n]+:%d+: ") then
     io.stderr:write("lretry ", command, ": ", status, "\n")
     return 1
   end

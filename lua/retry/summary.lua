@@ -111,7 +111,9 @@ function M.format(r)
       r.capped_by)
   end
   line("")
-  line("  %-10s %8d   %.1f/s", "requests", r.requests, r.rps)
+  -- One decimal, but a slow run's rate keeps its figures (0.033/s).
+  line("  %-10s %8d   " .. (r.rps >= 1 and "%.1f/s" or "%.2g/s"), "requests",
+    r.requests, r.rps)
   line("  %-10s %8d   %s", "responses", r.responses, counts(r.by_status))
   line("  %-10s %8d   %s", "errors", r.errors, counts(r.by_error))
   for _, kind in ipairs(sorted_keys(r.error_examples)) do

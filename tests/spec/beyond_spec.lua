@@ -363,6 +363,27 @@ describe("hedging", function()
     end)
   end)
 
+  it("ends the attempt's trace when the callback raises while copies are out",
+    function()
+      retry.run(function()
+        local url = counted("/delay/100")
+        local seen = {}
+        local client = retry.RetryClient{ hedge = { delay = 0.02, max = 2 },
+          retry_options = fast{ attempts = 2,
+            evaluate_response_callback = function() error("cb boom", 0) end },
+          trace_configs = { {
+            on_request_start = function() seen[#seen + 1] = "start" end,
+            on_request_end = function() seen[#seen + 1] = "end" end,
+            on_request_exception = function(_, _, params)
+              seen[#seen + 1] = params.exception
+            end } } }
+        local ok, err = pcall(client.get, client, url)
+        assert.is_false(ok)
+        assert.equal("cb boom", err)
+        assert.same({ "start", "cb boom" }, seen)
+      end)
+    end)
+
   it("counts as hedges the copies that went out, as the server counts them", function()
     -- Copies due a fraction of a millisecond after their first: many are
     -- started in the loop turn whose answer wins, and cancelled before

@@ -641,6 +641,11 @@ describe("retry.load of a url, its requests run in C", function()
       assert.equal(4, r.attempts_sent)
       assert.equal(0, r.retries)
       assert.equal(4, h.settled_hits(retry, key))
+      -- Nor does the client count a retry it never made.
+      local s = client:stats()
+      assert.equal(4, s.attempts)
+      assert.equal(0, s.retries)
+      assert.is_nil(next(s.retries_by_reason))
     end)
   end)
 
