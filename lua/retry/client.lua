@@ -461,6 +461,10 @@ function M.prepare(client, method, url, opts)
   loop.check_options(options)
   local list = params_for_url(method, url, o)
   local specs = loop.specs_for(client, list)
+  -- The first entry too (specs_for leaves it to its attempt): a prepared
+  -- request is checked once, not at each call.
+  local bad = core.check(specs[1])
+  if bad then invalid("client.prepare: " .. bad) end
   -- The core reads them once, then only their headers.
   for i = 1, #specs do core.keep(specs[i]) end
   return loop.prepare(client, list, options, call, specs)

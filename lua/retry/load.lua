@@ -174,6 +174,15 @@ local function check_spec(spec)
       attempt_mod.join_url(type(base) == "string" and base or nil, s.url),
       {}))
     if bad then invalid("retry.load: " .. bad .. ", got " .. describe(s.url)) end
+    -- So would a client of the script's whose settings every request is
+    -- checked against (a field set to a bad value, attempts = 0).
+    if s.client then
+      local fit, err = pcall(client_mod.prepare, s.client, "GET", s.url)
+      if not fit then
+        if not errors.is_error(err, "invalid") then error(err, 0) end
+        invalid("retry.load: client: " .. err.message)
+      end
+    end
   end
   s.limits = result.check_thresholds(spec.thresholds,
     "retry.load: thresholds", s.check ~= nil)
@@ -680,8 +689,9 @@ local function run(s, o)
   -- reach: checked once, not before every request.
   local request = s.request
   if request == nil then
-    -- A url the client refuses (an empty one) fails each request, counted
-    -- as an `invalid` error, as with a client of the script's.
+    -- check_spec refused a url the client would (an empty one): should
+    -- prepare refuse it all the same, each request fails as an `invalid`
+    -- error, as with a client of the script's.
     local prepared, send = false, nil
     if own_client then
       prepared, send = pcall(client_mod.prepare, client, "GET", s.url)

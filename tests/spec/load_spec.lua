@@ -306,6 +306,17 @@ describe("retry.load, bad url", function()
         url = url:sub(#h.url("") + 1) })
       assert.equal(3, r.responses)
       assert.equal(3, h.hits(retry, key))
+      -- A client whose settings refuse every request is refused as well.
+      local unfit <close> = retry.RetryClient()
+      unfit.retry_options.attempts = 0
+      local t0 = retry.now()
+      expect.invalid("^retry.load: client: .*attempts", retry.load,
+        quiet{ client = unfit, url = h.url("/hello"), duration = 1 })
+      assert.is_true(retry.now() - t0 < 0.5)
+      unfit.retry_options.attempts = 2
+      unfit.timeout = "x"
+      expect.invalid("^retry.load: client: timeout must be", retry.load,
+        quiet{ client = unfit, url = h.url("/hello"), duration = 1 })
     end)
   end)
 end)
