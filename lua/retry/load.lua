@@ -863,10 +863,6 @@ local function client_limit_of(s, field)
   return math.type(limit) == "integer" and limit > 0 and limit or 0
 end
 
--- The main thread of a load with threads: start one OS thread per share,
--- each running this same script in a Lua state of its own (the host's
--- src/threads.c), watch Ctrl-C and draw the progress line while they run,
--- and add up the results they hand back.
 -- "3, 5-9, 12": thread numbers in ascending order, runs as ranges.
 local function number_ranges(numbers)
   local parts, i = {}, 1
@@ -903,6 +899,10 @@ local function describe_failures(failures, n)
   return table.concat(lines, "\n  ")
 end
 
+-- The main thread of a load with threads: start one OS thread per share,
+-- each running this same script in a Lua state of its own (the host's
+-- src/threads.c), watch Ctrl-C and draw the progress line while they run,
+-- and add up the results they hand back.
 local function threaded_load(s, o)
   local _ <close> = load_running()
   local loaded, threads = pcall(require, "retry.threads")

@@ -244,8 +244,8 @@ local function plan_retry(client, st, n, response, err, record)
 end
 
 -- The retry planned after the last attempt was not made (the breaker
--- refused it, or the request ended during its wait): its record says so
--- by having no reason or wait, and no retry is counted.
+-- refused it): its record says so by having no reason or wait, and no
+-- retry is counted.
 local function not_retried(st)
   local last = st.history[st.n]
   if last then last.reason, last.wait = nil, nil end
