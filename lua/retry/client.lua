@@ -407,8 +407,7 @@ end
 
 local function check_client(self, method)
   if getmetatable(self) ~= RetryClient then
-    invalid("client:" .. method .. ": expected a RetryClient as self, got "
-      .. describe(self) .. " (call it as client:" .. method .. "(...))")
+    values.not_self(self, method, "client", "RetryClient", "client", "(...)")
   end
 end
 

@@ -286,8 +286,7 @@ local methods = core.response_methods
 
 local function check_response(self, method)
   if not core.is_response(self) then
-    invalid("response:" .. method .. ": expected a Response as self, got "
-      .. describe(self) .. " (call it as r:" .. method .. "())")
+    values.not_self(self, method, "response", "Response", "r", "()")
   end
 end
 

@@ -331,8 +331,7 @@ end
 -- say so rather than fail inside.
 local function check_self(self, method)
   if getmetatable(self) ~= Result then
-    invalid("LoadResult:" .. method .. ": expected a LoadResult as self, got "
-      .. describe(self) .. " (call it as r:" .. method .. "())")
+    values.not_self(self, method, "LoadResult", "LoadResult", "r", "()")
   end
 end
 

@@ -135,8 +135,7 @@ end
 
 local function check_task(self, method)
   if getmetatable(self) ~= Task then
-    invalid("task:" .. method .. ": expected a Task as self, got "
-      .. describe(self) .. " (call it as t:" .. method .. "())")
+    values.not_self(self, method, "task", "Task", "t", "()")
   end
 end
 

@@ -30,6 +30,16 @@ function M.list_length(t)
   return n
 end
 
+--- Raise the error of a method called on something that is not its object
+-- (a dot for a colon): "who:method: expected a Class as self, got X (call
+-- it as var:method<args>)". The caller tests self itself, so that a good
+-- call pays for no more than its test.
+function M.not_self(self, method, who, class, var, args)
+  invalid(who .. ":" .. method .. ": expected a " .. class .. " as self, got "
+    .. M.describe(self) .. " (call it as " .. var .. ":" .. method .. args
+    .. ")")
+end
+
 --- A short rendering of a value for error messages: strings quoted, numbers
 -- as they are, other values by type (or `__name`).
 function M.describe(v)
