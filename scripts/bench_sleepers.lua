@@ -32,18 +32,28 @@ local function status_kib(field)
   return tonumber(f:read("a"):match(field .. ":%s*(%d+) kB"))
 end
 
--- A request asks its strategy for the wait just before it starts waiting,
--- with no yield between: the requests that asked are the ones in backoff,
--- counted at each poll below. All were waiting at once when the last came
--- in less than WAIT after the first.
-local planned = 0
-local strategy = retry.ListRetry{ timeouts = { wait }, attempts = 2 }
-local list_timeout = strategy.get_timeout
-function strategy:get_timeout(...)
-  planned = planned + 1
-  return list_timeout(self, ...)
+-- The requests in backoff are counted at the server: nginx's stub_status
+-- (at /nginx_status beside URL503, as scripts/bench.sh and the dev config
+-- serve it) counts the requests it has read, so once it has read every
+-- first attempt (and the polls), every request has had its 503 or is
+-- about to, and waits. The strategy is the plain ListRetry a script would
+-- write: one wrapped to count its calls would no longer be a strategy the
+-- client can run in C (strategies.fixed_waits).
+local status_url = url:gsub("^(https?://[^/]+).*$", "%1/nginx_status")
+local polls = 0
+local function served()
+  polls = polls + 1
+  local r <close> = retry.request("GET", status_url)
+  local handled = r.status == 200 and tonumber(r:text():match("\n%s*%d+%s+%d+%s+(%d+)"))
+  if not handled then
+    error("bench_sleepers: no stub_status at " .. status_url .. " (status "
+      .. r.status .. ")")
+  end
+  return handled - polls
 end
-local client <close> = retry.RetryClient{ retry_options = strategy }
+local client <close> = retry.RetryClient{
+  retry_options = retry.ListRetry{ timeouts = { wait }, attempts = 2 } }
+local served_before = (not sleep_only and not floor) and served() or 0
 
 local statuses, ended, asleep = 0, 0, 0
 local tasks = {}
@@ -94,9 +104,9 @@ local polled = retry.now()
 while waiting < n and ended == 0 and (first == nil or retry.now() - first < wait) do
   retry.sleep(0.01)
   local now = retry.now()
-  waiting = (floor or sleep_only) and asleep or planned
+  waiting = (floor or sleep_only) and asleep or served() - served_before
   if first == nil and waiting > 0 then first = polled end
-  if waiting == n then last = now end
+  if waiting >= n and last == nil then last = now end
   polled = now
 end
 local rss, peak = status_kib("VmRSS"), status_kib("VmHWM")

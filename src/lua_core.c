@@ -22,6 +22,7 @@
 #include "error.h"
 #include "lua_core.h"
 #include "lua_drive.h"
+#include "lua_run.h"
 #include "lua_histogram.h"
 #include "op.h"
 #include "response.h"
@@ -682,6 +683,14 @@ static int l_start(lua_State *L) {
   return 3;
 }
 
+/* core.request(client, method, url, opts): a RetryClient request, its
+ * attempts and fixed waits run in C when it can (lua_run.h). */
+static int l_request(lua_State *L) {
+  rt_ctx_t *ctx = ctx_of(L);
+
+  return rt_run_request(L, &ctx->sched, &ctx->loop, &ctx->sealed, read_request);
+}
+
 /* core.driver(spec, opts) -> driver: spec's requests, run by the calling
  * task's driver (lua_drive.h), `opts.slots` at a time. spec is read and
  * checked once, as core.start would. */
@@ -759,9 +768,14 @@ static int l_wait(lua_State *L) {
   return rt_op_wait(L, t, 2, lua_gettop(L) - 1, seconds);
 }
 
-/* core.cancel_op(op) -> whether it was still running */
+/* core.cancel_op(op) -> whether it was still running; op may also be a run
+ * record of core.request in backoff (client:close, lua_run.h) */
 static int l_cancel_op(lua_State *L) {
-  lua_pushboolean(L, rt_op_cancel(rt_op_check(L, 1, "core.cancel_op")));
+  int ended = rt_run_cancel(L, 1);
+
+  if (ended < 0)
+    ended = rt_op_cancel(rt_op_check(L, 1, "core.cancel_op"));
+  lua_pushboolean(L, ended);
   return 1;
 }
 
@@ -884,6 +898,8 @@ static const luaL_Reg core_funcs[] = {{"cancel", l_cancel},
                                       {"open_file_limit", l_open_file_limit},
                                       {"park", l_park},
                                       {"result", l_result},
+                                      {"request", l_request},
+                                      {"run_helpers", rt_run_set_helpers},
                                       {"sleep", l_sleep},
                                       {"seal", l_seal},
                                       {"spawn", l_spawn},
@@ -957,6 +973,7 @@ int luaopen_retry_core(lua_State *L) {
   rt_histogram_open(L);
   rt_op_open(L);
   rt_drive_open(L);
+  rt_run_open(L);
   rt_response_open(L);
   lua_setfield(L, -2, "response_methods");
   rt_error_push_metatable(L);

@@ -323,6 +323,35 @@ int rt_op_wait(lua_State *L, rt_task_t *t, int first, int n, double seconds) {
   return rt_task_park_timed(L, t, seconds, t, abandon_wait, wait_k);
 }
 
+int rt_op_wait_one(lua_State *L, rt_task_t *t, rt_op_t *op, lua_KFunction k) {
+  if (op->state != OP_RUNNING)
+    return k(L, LUA_OK, (lua_KContext)t);
+  op->waited = 1;
+  return rt_task_park(L, t, t, abandon_wait, k);
+}
+
+void rt_op_wait_over(rt_task_t *t) {
+  rt_task_take_op(t);
+  unmark(t);
+}
+
+const rt_xfer_result_t *rt_op_xfer_result(const rt_op_t *op) {
+  if (op->type != OP_XFER || op->state != OP_DONE || op->xfer == NULL)
+    return NULL;
+  return &op->xfer->result;
+}
+
+void rt_op_discard(rt_op_t *op) {
+  if (op->state == OP_DONE) {
+    op->state = OP_TAKEN;
+    release(op);
+  }
+}
+
+int rt_op_cancelled(const rt_op_t *op) {
+  return op->state == OP_CANCELLED || op->state == OP_LOST;
+}
+
 static int push_cancelled(lua_State *L, rt_op_t *op) {
   lua_pushnil(L);
   if (op->state == OP_LOST)

@@ -59,6 +59,26 @@ int rt_op_cancel(rt_op_t *op);
  * out. Each must be owned by t. Use as a return expression. */
 int rt_op_wait(lua_State *L, rt_task_t *t, int first, int n, double seconds);
 
+/* Park t until op, owned by t, has finished, then run k (ctx: t), which
+ * must first call rt_op_wait_over. A cancel of t raises instead, and k
+ * does not run. For C code that waits on one operation and goes on in C.
+ * Use as a return expression. */
+int rt_op_wait_one(lua_State *L, rt_task_t *t, rt_op_t *op, lua_KFunction k);
+
+/* In the continuation of rt_op_wait_one: the wait is over. */
+void rt_op_wait_over(rt_task_t *t);
+
+/* The result of a finished transfer not taken yet, or NULL (a timer, a
+ * cancelled or running operation, a result taken). */
+const rt_xfer_result_t *rt_op_xfer_result(const rt_op_t *op);
+
+/* Let go of a finished transfer's result unread: its handles go back at
+ * once, and it counts as taken. */
+void rt_op_discard(rt_op_t *op);
+
+/* Whether op was stopped before it finished. */
+int rt_op_cancelled(const rt_op_t *op);
+
 /* Push the outcome of a finished operation: for a transfer a Response, or
  * nil, kind, message, curl code, resent, finished_at; for a timer or an
  * interrupt true; for a cancelled one nil, "cancelled", message. A

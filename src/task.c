@@ -478,12 +478,16 @@ static int park_lua_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L) - t->base;
 }
 
-int rt_task_park_lua(lua_State *L, rt_task_t *t) {
+int rt_task_park_lua_k(lua_State *L, rt_task_t *t, lua_KFunction k) {
   /* Only a park that happens may be woken by core.wake: a pending cancel
    * raises in rt_task_park instead, and the flag must not outlive it. */
   if (!t->cancel_pending)
     t->lua_parked = 1;
-  return rt_task_park(L, t, NULL, NULL, park_lua_k);
+  return rt_task_park(L, t, NULL, NULL, k);
+}
+
+int rt_task_park_lua(lua_State *L, rt_task_t *t) {
+  return rt_task_park_lua_k(L, t, park_lua_k);
 }
 
 int rt_task_wake_lua(lua_State *L, rt_task_t *t, int n) {

@@ -128,6 +128,10 @@ void rt_task_wake_timed(rt_task_t *t);
 /* Park until rt_task_wake_lua; returns the values passed to it. */
 int rt_task_park_lua(lua_State *L, rt_task_t *t);
 
+/* rt_task_park_lua for C code that goes on in C: core.wake resumes the
+ * task in k (ctx: t) with the values it was given on top of the stack. */
+int rt_task_park_lua_k(lua_State *L, rt_task_t *t, lua_KFunction k);
+
 /* Resume a task parked by rt_task_park_lua with the top n values of L.
  * Returns 0 when the task was not parked that way (nothing is moved). */
 int rt_task_wake_lua(lua_State *L, rt_task_t *t, int n);

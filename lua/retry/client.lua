@@ -411,24 +411,50 @@ local function check_client(self, method)
   end
 end
 
--- A call for one method (upper case) and url: the plain case reuses the
--- client's cached request tables (plain_call).
-local function call_method(client, method, url, opts)
+-- The checks and request tables of a call for one method (upper case) and
+-- url, for core.request (which runs this on a thread of its own,
+-- src/lua_run.h): loop.plan's values. The plain case reuses the client's
+-- cached request tables (plain_call).
+local function plan_call(client, method, url, opts)
   local o, options, call = call_options(client, opts, CALL_KEYS)
+  local list, specs
   if o == NO_OPTIONS and type(url) == "string" and url ~= "" then
     -- Checked before plain_call builds the request from the fields.
     check_ready(client)
-    local list, specs = plain_call(client, method, url)
-    return loop.execute(client, list, options, call, specs)
+    list, specs = plain_call(client, method, url)
+  else
+    list = params_for_url(method, url, o)
+    check_ready(client)
   end
-  return run_request(client, params_for_url(method, url, o), options, call)
+  return loop.plan(client, list, options, call, specs)
+end
+
+do
+  local helpers = { plan = plan_call }
+  for k, v in pairs(loop.request_helpers) do helpers[k] = v end
+  core.run_helpers(helpers)
+end
+
+-- A request of the client's: core.request makes its attempts in C, or
+-- returns false and what Lua's loop needs to make them. Under core.request
+-- are only the script's frames and the method's, so that a request
+-- waiting in backoff keeps its task's stack at Lua's first size.
+local execute_checked = loop.execute_checked
+
+local function sent(first, ...)
+  if first == false then return execute_checked(...) end
+  return first, ...
+end
+
+local function send(client, method, url, opts)
+  return sent(core.request(client, method, url, opts))
 end
 
 --- `client:request(method, url, opts)`: the Response once retrying is over.
 function RetryClient:request(method, url, opts)
   check_client(self, "request")
   values.check_string(method, "method")
-  return call_method(self, method:upper(), url, opts)
+  return send(self, method:upper(), url, opts)
 end
 
 for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head",
@@ -436,7 +462,7 @@ for _, m in ipairs({ "get", "post", "put", "patch", "delete", "head",
   local method = m:upper()
   RetryClient[m] = function(self, url, opts)
     check_client(self, m)
-    return call_method(self, method, url, opts)
+    return send(self, method, url, opts)
   end
 end
 

@@ -8,6 +8,7 @@ local attempt_mod = require("retry.attempt")
 local core = require("retry.core")
 local errors = require("retry.errors")
 local http = require("retry.http")
+local slots_mod = require("retry.slots")
 local strategies = require("retry.strategies")
 local values = require("retry.values")
 
@@ -18,6 +19,7 @@ local NO_OPTIONS = attempt_mod.NO_OPTIONS
 local join_url, merge_headers = attempt_mod.join_url, attempt_mod.merge_headers
 local spec_for, call_hooks = attempt_mod.spec_for, attempt_mod.call_hooks
 local log, closed_error = attempt_mod.log, attempt_mod.closed_error
+local record_of = attempt_mod.record_of
 local attempt, attempt_plain = attempt_mod.attempt, attempt_mod.attempt_plain
 local retry_reason = strategies.retry_reason
 local fixed_waits = strategies.fixed_waits
@@ -425,6 +427,61 @@ local function new_state(client, list, options, call, specs, started)
   return st
 end
 
+--[[ Whether a request of a script's client can run its attempts in C
+(core.run, src/lua_run.h), given a strategy whose waits depend on the
+attempt's number alone: whether a response is retried depends on its
+status alone (no evaluate_response_callback, no raise_for_status),
+nothing acts around its attempts (trace hooks, a logger, a per-host
+limit, hedging, a breaker, a load's check counting them), and nothing may
+end its retrying early (a deadline, a budget, before_retry). The client's
+limit is kept: core.run takes its slots. ]]
+local function runs_in_c(client, list, options, call)
+  return #list == 1 and #client.trace_configs == 0 and client.logger == nil
+    and client.limit_per_host == 0 and next(client.recorders) == nil
+    and client.hedge == nil and call.hedge == nil
+    and client.breaker == nil and client.budget == nil
+    and client.deadline == nil and call.deadline == nil
+    and call.before_retry == nil and options.before_retry == nil
+    and options.evaluate_response_callback == nil and not call.raise
+end
+
+-- A request core.request handed back (`how`, src/lua_run.h): the retry
+-- loop goes on from attempt n, with its outcome when core.request made it.
+local function run_after_c(client, list, options, call, specs, op, n,
+    elapsed, queued, history, previous_wait, started, how)
+  local spec = specs[1]
+  if how == "closed" then error(closed_error(spec), 0) end
+  if how == "slot_closed" then
+    error(errors.new("cancelled", slots_mod.CLOSED_WHILE_QUEUED,
+      { method = spec.method, url = spec.url, attempt = n }), 0)
+  end
+  if how == "stands" then
+    -- The outcome: run_loop's conclude, without its state.
+    local response = http.result(op, spec)
+    local record = record_of(n, elapsed, response)
+    if queued > 0 then record.queued = queued end
+    history[n] = record
+    core.conclude(response, n, history, core.now() - started)
+    return response
+  end
+  local st = new_state(client, list, options, call, specs, started)
+  st.history, st.n, st.previous_wait = history, n - 1, previous_wait
+  if how == "before" then
+    if n > 1 then st.retrying = "status" end
+    return run_loop(client, st)
+  end
+  local response, err = http.result(op, spec)
+  if response == nil and err.kind == "cancelled" and client.closed then
+    local e = closed_error(spec)
+    e.attempt = n
+    error(e, 0)
+  end
+  local record = record_of(n, elapsed, response, err)
+  if queued > 0 then record.queued = queued end
+  st.given = { response, err, record }
+  return run_loop(client, st)
+end
+
 -- execute (below) once `options` passed its checks.
 local function execute_checked(client, list, options, call, specs)
   local st = new_state(client, list, options, call, specs, core.now())
@@ -595,6 +652,35 @@ local function execute(client, list, options, call, specs)
   check_options(options)
   return execute_checked(client, list, options, call, specs)
 end
+
+--[[ A script's client request, checked (check_options), as core.request
+needs it (src/lua_run.h): spec, waits, options, list, call, specs, where
+spec (the first attempt's request table) and waits (the strategy's, by
+attempt) are there only when core.request can make its attempts. ]]
+local function plan(client, list, options, call, specs)
+  check_options(options)
+  local waits = runs_in_c(client, list, options, call)
+    and fixed_waits(options, MAX_DRIVEN_ATTEMPTS)
+  if waits and #waits > 0 then
+    specs = specs or specs_for(client, list)
+    return specs[1], waits, options, list, call, specs
+  end
+  return nil, nil, options, list, call, specs
+end
+
+-- What core.request asks of Lua (src/lua_run.h); client.lua adds `plan`.
+M.request_helpers = {
+  judge = function(options, spec, status)
+    return retry_reason(options, spec.method, { status = status }, nil,
+      false, true) ~= nil
+  end,
+  take = function(s) return s:try_take() end,
+  enqueue = function(s, handle) return s:enqueue(handle) end,
+  release = function(s) s:release() end,
+  abandon = function(s, entry) s:abandon(entry) end,
+  after = run_after_c,
+}
+M.plan, M.execute_checked = plan, execute_checked
 
 M.execute, M.prepare, M.is_prepared = execute, prepare, is_prepared
 M.plain_parts = plain_parts

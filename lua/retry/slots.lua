@@ -8,6 +8,10 @@ local task = require("retry.task")
 
 local M = {}
 
+-- The error of a request whose client closed while it waited for a slot.
+M.CLOSED_WHILE_QUEUED = "the RetryClient was closed while the request "
+  .. "waited for a connection slot"
+
 local Slots = { __name = "retry.Slots" }
 Slots.__index = Slots
 
@@ -26,27 +30,40 @@ function Slots:try_take()
   return false
 end
 
+--- Join the queue for the task whose handle is given: core.wake(handle)
+-- comes when a slot is its (entry.granted), or with false when the client
+-- closed. Returns the entry, for abandon.
+function Slots:enqueue(handle)
+  local entry = { handle = handle }
+  self.tail = self.tail + 1
+  self.queue[self.tail] = entry
+  return entry
+end
+
+--- The task waiting with `entry` stopped waiting (it was cancelled): a
+-- slot it was given goes to the next, and it leaves its place.
+function Slots:abandon(entry)
+  if entry.granted then
+    self:release()
+  else
+    entry.gone = true
+  end
+end
+
 --- Take a slot, waiting (in a task) while all are taken. Returns how long
 -- it waited, in seconds. A cancel while waiting gives up the place.
 function Slots:acquire()
   if self:try_take() then return 0 end
   local me = task.current()
   if me == nil then core.park("a request") end -- raises: not in a task
-  local entry = { handle = me.handle }
-  self.tail = self.tail + 1
-  self.queue[self.tail] = entry
+  local entry = self:enqueue(me.handle)
   local t0 = core.now()
   local ok, e = pcall(core.park, "a connection slot")
   if ok and e == false then
-    error(errors.new("cancelled", "the RetryClient was closed while the "
-      .. "request waited for a connection slot"), 0)
+    error(errors.new("cancelled", M.CLOSED_WHILE_QUEUED), 0)
   end
   if not ok then
-    if entry.granted then
-      self:release()
-    else
-      entry.gone = true
-    end
+    self:abandon(entry)
     error(e, 0)
   end
   return core.now() - t0
