@@ -941,3 +941,155 @@ describe("RetryClient", function()
     end)
   end)
 end)
+
+-- A request whose policy reads the status alone and whose waits depend on
+-- the attempt's number alone makes its attempts and backoff in C
+-- (core.request, src/lua_run.h): the same outcomes, counted at the server,
+-- in a fraction of the memory.
+describe("RetryClient, a request retried in C", function()
+  local function list(timeouts, attempts)
+    return retry.ListRetry{ timeouts = timeouts, attempts = attempts }
+  end
+
+  it("sends each attempt, and says so in its history and the stats", function()
+    run(function()
+      local url, key = flaky(2, 503)
+      local client <close> = retry.RetryClient{
+        retry_options = list({ 0.01, 0.02 }, 4) }
+      local r <close> = client:get(url)
+      assert.equal(200, r.status)
+      assert.equal(3, r.attempts)
+      assert.equal(3, h.hits(retry, key))
+      local hist = r.history
+      assert.equal(3, #hist)
+      for i = 1, 2 do
+        assert.equal(i, hist[i].attempt)
+        assert.equal(503, hist[i].status)
+        assert.equal("status", hist[i].reason)
+        assert.is_true(hist[i].elapsed > 0)
+      end
+      assert.equal(0.01, hist[1].wait)
+      assert.equal(0.02, hist[2].wait)
+      assert.equal(200, hist[3].status)
+      assert.is_nil(hist[3].reason)
+      local s = client:stats()
+      assert.same({ 1, 3, 2, 2 }, { s.requests, s.attempts, s.retries,
+        s.retries_by_reason.status })
+    end)
+  end)
+
+  it("holds a request in backoff in less than 700 bytes more than a task "
+    .. "that only sleeps", function()
+    local n = 300
+    local function heap()
+      collectgarbage("collect")
+      collectgarbage("collect")
+      return collectgarbage("count") * 1024
+    end
+    run(function()
+      local url, key = counted("/status/503")
+      local client <close> = retry.RetryClient{
+        retry_options = list({ 30 }, 2) }
+      local base = heap()
+      local sleepers = {}
+      for i = 1, n do
+        sleepers[i] = retry.spawn(function() retry.sleep(30) end)
+      end
+      retry.sleep(0.05)
+      local per_sleeper = (heap() - base) / n
+      for i = 1, n do sleepers[i]:cancel() end
+      retry.sleep(0.05)
+      sleepers = nil
+      base = heap()
+      local tasks = {}
+      for i = 1, n do
+        tasks[i] = retry.spawn(function() return client:get(url) end)
+      end
+      local deadline = retry.now() + 10
+      while h.hits(retry, key) < n and retry.now() < deadline do
+        retry.sleep(0.02)
+      end
+      retry.sleep(0.05)
+      local per_request = (heap() - base) / n
+      assert.is_true(per_request - per_sleeper < 700,
+        ("a request in backoff %.0f bytes, a sleeping task %.0f"):format(
+          per_request, per_sleeper))
+      -- Cancelled in backoff: no second attempt, nothing left in the
+      -- client's operations.
+      for i = 1, n do tasks[i]:cancel() end
+      for i = 1, n do
+        local ok, e = pcall(tasks[i].await, tasks[i])
+        assert.is_false(ok)
+        assert.is_true(retry.is_error(e, "cancelled"))
+      end
+      assert.equal(n, h.settled_hits(retry, key))
+      assert.is_nil(next(client.ops))
+    end)
+  end)
+
+  it("ends at once when the client closes during the backoff", function()
+    run(function()
+      local url, key = counted("/status/503")
+      local client = retry.RetryClient{ retry_options = list({ 5 }, 3) }
+      local t = retry.spawn(function() return client:get(url) end)
+      while h.hits(retry, key) < 1 do retry.sleep(0.01) end
+      retry.sleep(0.02)
+      local t0 = retry.now()
+      client:close()
+      local ok, e = pcall(t.await, t)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(e, "cancelled"))
+      assert.matches("closed during the request", e.message)
+      assert.equal(url, e.url)
+      assert.is_true(retry.now() - t0 < 0.5)
+      assert.equal(1, h.settled_hits(retry, key))
+    end)
+  end)
+
+  it("gives its connection slot back when cancelled, in flight or queued",
+    function()
+    run(function()
+      local client <close> = retry.RetryClient{ limit = 1,
+        retry_options = list({ 0.01 }, 2) }
+      local hello, key = counted("/hello")
+      local a = retry.spawn(function() return client:get(h.url("/delay/3000")) end)
+      retry.sleep(0.05)
+      local b = retry.spawn(function() return client:get(hello) end)
+      local c = retry.spawn(function() return client:get(hello) end)
+      retry.sleep(0.05)
+      b:cancel()
+      a:cancel()
+      local t0 = retry.now()
+      local r <close> = c:await()
+      assert.equal(200, r.status)
+      assert.is_true(retry.now() - t0 < 1)
+      assert.is_false(pcall(a.await, a))
+      assert.is_false(pcall(b.await, b))
+      assert.equal(1, h.settled_hits(retry, key))
+      assert.is_true(client.slots:idle())
+    end)
+  end)
+
+  it("names the request and attempt when the client closes while it waits "
+    .. "for a slot", function()
+    run(function()
+      local client = retry.RetryClient{ limit = 1,
+        retry_options = list({ 0.01 }, 2) }
+      local url, key = counted("/hello")
+      local a = retry.spawn(function() return client:get(h.url("/delay/3000")) end)
+      retry.sleep(0.05)
+      local b = retry.spawn(function() return client:get(url) end)
+      retry.sleep(0.05)
+      client:close()
+      local ok, e = pcall(b.await, b)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(e, "cancelled"))
+      assert.matches("waited for a connection slot", e.message)
+      assert.equal(1, e.attempt)
+      assert.equal(url, e.url)
+      assert.equal("GET", e.method)
+      assert.is_false(pcall(a.await, a))
+      assert.equal(0, h.settled_hits(retry, key))
+    end)
+  end)
+end)
