@@ -41,7 +41,8 @@ typedef struct rt_ctx_s {
   int run_ref; /* registry ref: the thread running retry.run (sched.L),
                   so it lives as long as the run; released in l_leave */
   int open;
-  int sealed; /* core.seal: no transfer starts any more */
+  int sealed;           /* core.seal: no transfer starts any more */
+  rt_run_env_t run_env; /* core.request's view of the above */
 } rt_ctx_t;
 
 static const char ctx_key = 'c';
@@ -688,7 +689,7 @@ static int l_start(lua_State *L) {
 static int l_request(lua_State *L) {
   rt_ctx_t *ctx = ctx_of(L);
 
-  return rt_run_request(L, &ctx->sched, &ctx->loop, &ctx->sealed, read_request);
+  return rt_run_request(L, &ctx->run_env);
 }
 
 /* core.driver(spec, opts) -> driver: spec's requests, run by the calling
@@ -937,6 +938,10 @@ static rt_ctx_t *push_ctx(lua_State *L) {
     luaL_error(L, "retry.core: could not create the event loop");
   }
   rt_sched_init(&ctx->sched, &ctx->loop.uv);
+  ctx->run_env.sched = &ctx->sched;
+  ctx->run_env.loop = &ctx->loop;
+  ctx->run_env.sealed = &ctx->sealed;
+  ctx->run_env.read = read_request;
   ctx->loop.between = rt_sched_resume_due;
   ctx->loop.between_data = &ctx->sched;
   ctx->open = 1;

@@ -25,14 +25,20 @@ static const char run_key = 'r';
 static const char helpers_key = 'h';
 static const char helper_thread_key = 't';
 
+/* The helpers, by their place in the registry's helpers array. */
+enum { H_PLAN = 1, H_JUDGE, H_WAIT, H_ENQUEUE, H_RELEASE, H_ABANDON, H_AFTER };
+static const char *const helper_names[] = {
+    NULL, "plan", "judge", "wait", "enqueue", "release", "abandon", "after"};
+#define HELPER_COUNT 7
+
 /* core.request's stack slots: its arguments (client, method, url, opts),
- * then what the plan helper returned (spec, waits, options, list, call,
+ * then what the plan helper returned (spec, attempts, options, list, call,
  * specs), the spec copied to 1 for read_request and the client to 2. */
 enum {
   SPEC = 1,
   CLIENT = 2,
   PLANNED = 5,
-  WAITS = 6,
+  ATTEMPTS = 6,
   OPTIONS = 7,
   LIST = 8,
   CALL = 9,
@@ -50,25 +56,23 @@ typedef struct run_record_s {
   double elapsed; /* in flight */
   double queued;  /* waiting for a slot; 0 for none */
   double wait;    /* the wait after it */
-  long status;
+  int status;
   int resent;
 } run_record_t;
 
 typedef struct rt_run_s {
   rt_task_t *task;         /* borrowed: the caller */
-  rt_loop_t *loop;         /* borrowed */
-  const int *sealed;       /* borrowed: the state's core.seal flag */
-  rt_read_request_fn read; /* lua_core.c's read_request */
+  const rt_run_env_t *env; /* borrowed: the state's */
   double started;          /* the request's start */
-  double attempt_started;  /* the current attempt's, once it has a slot */
-  double queue_from;       /* when it began to wait for a slot */
+  double since;            /* when the current attempt began to wait for
+                              a slot, then when it started */
   double queued;           /* the current attempt's wait for a slot */
   int n;                   /* the current attempt */
-  int attempts;            /* the policy's: the waits given, plus one */
-  int held;                /* holds a slot of the client */
-  int waiting;             /* in backoff, listed in client.ops */
-  int closed;              /* client:close ended the backoff */
-  int live;                /* not returned yet: __close gives back */
+  int attempts;            /* the strategy's */
+  unsigned char held;      /* holds a slot of the client */
+  unsigned char waiting;   /* in backoff, listed in client.ops */
+  unsigned char closed;    /* client:close ended the backoff */
+  unsigned char live;      /* not returned yet: __close gives back */
   run_record_t records[];  /* attempts 1 .. attempts - 1 */
 } rt_run_t;
 
@@ -84,11 +88,11 @@ static rt_run_t *run_at(lua_State *L) {
 /* Lua's answers, on a thread of their own                             */
 /* ------------------------------------------------------------------ */
 
-/* Call helpers[name] with the nargs values on top of L, on the helper
+/* Call helper `id` with the nargs values on top of L, on the helper
  * thread: a Lua function called on the task's own stack, deep under the
  * script's frames, would make Lua double that stack for the request's
  * life. Leaves nres results on L; an error is raised on L. */
-static void call_helper(lua_State *L, const char *name, int nargs, int nres) {
+static void call_helper(lua_State *L, int id, int nargs, int nres) {
   lua_State *H;
 
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &helper_thread_key) != LUA_TTHREAD) {
@@ -99,11 +103,11 @@ static void call_helper(lua_State *L, const char *name, int nargs, int nres) {
     H = lua_tothread(L, -1);
     lua_pop(L, 1);
   }
-  if (lua_rawgetp(H, LUA_REGISTRYINDEX, &helpers_key) != LUA_TTABLE ||
-      lua_getfield(H, -1, name) != LUA_TFUNCTION) {
+  if (lua_rawgetp(H, LUA_REGISTRYINDEX, &helpers_key) != LUA_TTABLE) {
     lua_settop(H, 0);
-    rt_error_invalid(L, "core.request: the helper %s is not set", name);
+    rt_error_invalid(L, "core.request: core.run_helpers was not called");
   }
+  lua_rawgeti(H, -1, id);
   lua_remove(H, -2);
   lua_xmove(L, H, nargs);
   if (lua_pcall(H, nargs, nres, 0) != LUA_OK) {
@@ -114,10 +118,18 @@ static void call_helper(lua_State *L, const char *name, int nargs, int nres) {
   lua_xmove(H, L, nres);
 }
 
-/* core.run_helpers(t) */
+/* core.run_helpers{plan =, judge =, enqueue =, release =, abandon =,
+ * after =}: kept as an array, for call_helper to find by number. */
 int rt_run_set_helpers(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
+  lua_createtable(L, HELPER_COUNT, 0);
+  for (int id = 1; id <= HELPER_COUNT; id++) {
+    if (lua_getfield(L, 1, helper_names[id]) != LUA_TFUNCTION)
+      return rt_error_invalid(L, "core.run_helpers: %s must be a function",
+                              helper_names[id]);
+    lua_rawseti(L, 2, id);
+  }
   lua_rawsetp(L, LUA_REGISTRYINDEX, &helpers_key);
   return 0;
 }
@@ -151,13 +163,52 @@ static void count(lua_State *L, int idx, const char *field) {
   lua_pop(L, 1);
 }
 
-/* Give the client's slot back, if the run holds one. */
+/* The fields of a Slots table (slots.lua) the two fast paths below read
+ * and write; slots.lua does the rest. */
+static lua_Number slots_number(lua_State *L, int slots, const char *field) {
+  lua_Number v;
+
+  lua_getfield(L, slots, field);
+  v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static void slots_add_used(lua_State *L, int slots, int delta) {
+  lua_getfield(L, slots, "used");
+  lua_pushinteger(L, lua_tointeger(L, -1) + delta);
+  lua_setfield(L, slots, "used");
+  lua_pop(L, 1);
+}
+
+/* Slots:try_take: a slot is free and nobody waits for one. */
+static int slots_try_take(lua_State *L, int slots) {
+  lua_Number limit = slots_number(L, slots, "limit");
+
+  if (limit != 0 &&
+      (slots_number(L, slots, "used") >= limit ||
+       slots_number(L, slots, "head") <= slots_number(L, slots, "tail")))
+    return 0;
+  slots_add_used(L, slots, 1);
+  return 1;
+}
+
+/* Give the client's slot back, if the run holds one: to the pool, or,
+ * when tasks wait for one, through Slots:release. */
 static void give_slot(lua_State *L, rt_run_t *r, int client) {
+  int slots;
+
   if (!r->held)
     return;
   r->held = 0;
   push_client_field(L, client, "slots");
-  call_helper(L, "release", 1, 0);
+  slots = lua_gettop(L);
+  if (slots_number(L, slots, "head") > slots_number(L, slots, "tail")) {
+    slots_add_used(L, slots, -1);
+    lua_pop(L, 1);
+    return;
+  }
+  call_helper(L, H_RELEASE, 1, 0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -178,24 +229,15 @@ static int client_closed(lua_State *L) {
   return closed;
 }
 
-static double wait_before(lua_State *L, int n) {
-  double wait;
-
-  lua_rawgeti(L, WAITS, n - 1);
-  wait = lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  return wait;
-}
-
 static int returned_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   return lua_gettop(L) - (int)ctx;
 }
 
-/* Push helpers[name] onto L, for a call on the task's own stack. */
-static void push_helper(lua_State *L, const char *name) {
+/* Push helper `id` onto L, for a call on the task's own stack. */
+static void push_helper(lua_State *L, int id) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &helpers_key);
-  lua_getfield(L, -1, name);
+  lua_rawgeti(L, -1, id);
   lua_remove(L, -2);
 }
 
@@ -209,7 +251,7 @@ static int finish(lua_State *L, rt_run_t *r, const char *how, double elapsed) {
   r->live = 0;
   lua_settop(L, RUN);
   luaL_checkstack(L, 16, "a request's outcome");
-  push_helper(L, "after");
+  push_helper(L, H_AFTER);
   lua_pushvalue(L, CLIENT);
   lua_pushvalue(L, LIST);
   lua_pushvalue(L, OPTIONS);
@@ -264,8 +306,8 @@ static int start_transfer(lua_State *L, rt_run_t *r) {
 
   /* A sealed state (a worker thread's share of a load is done) or a
    * request unfit to send: Lua's loop makes the attempt, and says so. */
-  bad = *r->sealed ? "sealed" : r->read(L, &req);
-  if (bad == NULL && rt_op_start_xfer(L, r->task, r->loop, &req) != 0)
+  bad = *r->env->sealed ? "sealed" : r->env->read(L, &req);
+  if (bad == NULL && rt_op_start_xfer(L, r->task, r->env->loop, &req) != 0)
     bad = "refused";
   if (bad != NULL) {
     lua_settop(L, top);
@@ -275,7 +317,7 @@ static int start_transfer(lua_State *L, rt_run_t *r) {
   op = lua_touserdata(L, -1);
   lua_setiuservalue(L, RUN, UV_OP);
   lua_settop(L, top);
-  r->attempt_started = now_seconds();
+  r->since = now_seconds();
   push_client_field(L, CLIENT, "counters");
   count(L, -1, "attempts");
   if (r->n > 1) {
@@ -297,18 +339,14 @@ static int run_attempt(lua_State *L, rt_run_t *r) {
   if (r->n > 1 && client_closed(L))
     return finish(L, r, "closed", 0);
   if (push_client_field(L, CLIENT, "slots") != LUA_TNIL) {
-    lua_pushvalue(L, -1);
-    call_helper(L, "take", 1, 1);
-    if (!lua_toboolean(L, -1)) {
-      lua_pop(L, 1);
+    if (!slots_try_take(L, lua_gettop(L))) {
       rt_task_push_handle(L, r->task);
-      call_helper(L, "enqueue", 2, 1);
+      call_helper(L, H_ENQUEUE, 2, 1);
       lua_setiuservalue(L, RUN, UV_ENTRY);
-      r->queue_from = now_seconds();
+      r->since = now_seconds();
       return rt_task_park_lua_k(L, r->task, after_slot);
     }
     r->held = 1;
-    lua_pop(L, 1);
   }
   lua_pop(L, 1);
   return start_transfer(L, r);
@@ -326,7 +364,7 @@ static int after_slot(lua_State *L, int status, lua_KContext ctx) {
   lua_settop(L, RUN);
   lua_pushnil(L);
   lua_setiuservalue(L, RUN, UV_ENTRY);
-  r->queued = now_seconds() - r->queue_from;
+  r->queued = now_seconds() - r->since;
   if (!granted)
     return finish(L, r, "slot_closed", 0);
   r->held = 1;
@@ -337,7 +375,7 @@ static int after_transfer(lua_State *L, int status, lua_KContext ctx) {
   rt_run_t *r = run_at(L);
   const rt_xfer_result_t *res;
   run_record_t *rec;
-  double elapsed = now_seconds() - r->attempt_started;
+  double elapsed = now_seconds() - r->since;
   rt_op_t *op;
   int retried;
 
@@ -362,7 +400,7 @@ static int after_transfer(lua_State *L, int status, lua_KContext ctx) {
   lua_pushvalue(L, OPTIONS);
   lua_pushvalue(L, SPEC);
   lua_pushinteger(L, res->status);
-  call_helper(L, "judge", 3, 1);
+  call_helper(L, H_JUDGE, 3, 1);
   retried = lua_toboolean(L, -1);
   lua_pop(L, 1);
   if (!retried)
@@ -370,12 +408,20 @@ static int after_transfer(lua_State *L, int status, lua_KContext ctx) {
   rec = &r->records[r->n - 1];
   rec->elapsed = elapsed;
   rec->queued = r->queued;
-  rec->status = res->status;
+  rec->status = (int)res->status;
   rec->resent = res->resent;
-  rec->wait = wait_before(L, r->n + 1);
+  lua_pushvalue(L, OPTIONS);
+  lua_pushinteger(L, r->n);
+  call_helper(L, H_WAIT, 2, 1);
+  rec->wait = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+
   rt_op_discard(op);
   lua_pushnil(L);
   lua_setiuservalue(L, RUN, UV_OP);
+  /* The operation is garbage now: the collector, which paces itself by
+   * what is allocated, is told of it. */
+  lua_gc(L, LUA_GCSTEP, 1);
   r->n++;
   if (!(rec->wait > 0))
     return run_attempt(L, r);
@@ -433,7 +479,7 @@ static int run_close(lua_State *L) {
   if (lua_getiuservalue(L, 1, UV_ENTRY) != LUA_TNIL) {
     push_client_field(L, client, "slots");
     lua_insert(L, -2);
-    call_helper(L, "abandon", 2, 0);
+    call_helper(L, H_ABANDON, 2, 0);
   } else {
     lua_pop(L, 1);
   }
@@ -466,16 +512,15 @@ void rt_run_open(lua_State *L) {
   lua_pop(L, 1);
 }
 
-int rt_run_request(lua_State *L, rt_sched_t *sched, rt_loop_t *loop,
-                   const int *sealed, rt_read_request_fn read) {
-  lua_Integer waits;
+int rt_run_request(lua_State *L, const rt_run_env_t *env) {
+  lua_Integer attempts;
   rt_task_t *t;
   rt_run_t *r;
 
   lua_settop(L, 4);
   for (int i = 1; i <= 4; i++)
     lua_pushvalue(L, i);
-  call_helper(L, "plan", 4, 6);
+  call_helper(L, H_PLAN, 4, 6);
   if (lua_isnil(L, PLANNED)) {
     /* Lua's loop makes the request, called by the caller (client.lua)
      * rather than from here: a C frame under it would deepen every wait
@@ -488,18 +533,18 @@ int rt_run_request(lua_State *L, rt_sched_t *sched, rt_loop_t *loop,
     lua_pushvalue(L, SPECS);
     return 6;
   }
-  t = rt_task_check(L, sched, "a request");
+  t = rt_task_check(L, env->sched, "a request");
   lua_copy(L, 1, CLIENT);
   lua_copy(L, PLANNED, SPEC);
-  waits = (lua_Integer)lua_rawlen(L, WAITS);
-  if (waits < 1 || waits >= MAX_RUN_ATTEMPTS)
+  attempts = lua_tointeger(L, ATTEMPTS);
+  if (attempts < 2 || attempts > MAX_RUN_ATTEMPTS)
     return rt_error_invalid(L, "core.request: from 2 to %d attempts",
                             MAX_RUN_ATTEMPTS);
   push_client_field(L, CLIENT, "counters");
   count(L, -1, "requests");
   lua_pop(L, 1);
-  r = lua_newuserdatauv(L, sizeof(*r) + (size_t)waits * sizeof(run_record_t),
-                        UV_COUNT);
+  r = lua_newuserdatauv(
+      L, sizeof(*r) + (size_t)(attempts - 1) * sizeof(run_record_t), UV_COUNT);
   memset(r, 0, sizeof(*r));
   rt_udata_setmetatable(L, &run_key);
   lua_pushvalue(L, CLIENT);
@@ -507,11 +552,9 @@ int rt_run_request(lua_State *L, rt_sched_t *sched, rt_loop_t *loop,
   lua_pushvalue(L, SPEC);
   lua_setiuservalue(L, RUN, UV_SPEC);
   r->task = t;
-  r->loop = loop;
-  r->sealed = sealed;
-  r->read = read;
+  r->env = env;
   r->started = now_seconds();
-  r->attempts = (int)waits + 1;
+  r->attempts = (int)attempts;
   r->n = 1;
   r->live = 1;
   lua_toclose(L, RUN);

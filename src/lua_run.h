@@ -3,21 +3,21 @@
  *
  * A request of a script's client whose policy reads a response's status
  * alone and whose strategy's waits depend on the attempt's number alone
- * (loop.lua's runs_in_c, strategies.fixed_waits) needs Lua only to say
- * whether a status is retried. Run here, its retries hold no Lua frame:
- * while it waits in backoff its task's stack holds the script's frames and
- * this function's, at Lua's first size, and its state is a small record.
- * Lua is asked, on a thread of its own so that the task's stack stays
- * small, whether a status is retried and for the client's connection
- * slots (slots.lua). Anything else hands the request back to Lua's retry
+ * (loop.lua's runs_in_c, strategies.fixed_attempts) needs Lua only to say
+ * whether a status is retried and how long to wait. Run here, its retries hold
+ * no Lua frame: while it waits in backoff its task's stack holds the script's
+ * frames and this function's, at Lua's first size, and its state is a small
+ * record. Lua is asked those, and for the client's connection slots when tasks
+ * queue for them (slots.lua), on a thread of its own so that the task's
+ * stack stays small. Anything else hands the request back to Lua's retry
  * loop (loop.lua) with the attempts made so far: an error, a Retry-After,
  * a status that stands, the last attempt, a request that cannot start.
  * README "Performance".
  *
  * core.request(client, method, url, opts) -> what client:request returns.
  * It asks helpers.plan(client, method, url, opts), on the helper thread,
- * for spec, waits, options, list, call, specs: the checks and request
- * tables of the call (client.lua), and the strategy's waits when the
+ * for spec, attempts, options, list, call, specs: the checks and request
+ * tables of the call (client.lua), and the strategy's attempts when the
  * request can run here (spec nil when it cannot). For a request that
  * cannot, it returns false, client, list, options, call, specs: the
  * caller has Lua's loop make it.
@@ -35,9 +35,11 @@
  *   "slot_closed" it was closed while attempt n waited for a slot
  * history holds the records of attempts 1 to n - 1, previous_wait the
  * wait before attempt n, started the request's start (core.now's clock).
- * helpers.judge(options, spec, status) says whether a response is retried;
- * take, enqueue, release and abandon(slots, ...) are slots.lua's.
- * core.run_helpers(helpers) sets them, once per state.
+ * helpers.judge(options, spec, status) says whether a response is retried,
+ * helpers.wait(options, n) the wait after attempt n (an error it raises
+ * ends the request, as plan_retry's would); enqueue, release and abandon(slots,
+ * ...) are slots.lua's (a slot taken or given back with nobody waiting is
+ * counted here). core.run_helpers sets them, once per state.
  */
 #ifndef RT_LUA_RUN_H
 #define RT_LUA_RUN_H
@@ -51,12 +53,19 @@
  * read_request): NULL, or what makes it unfit to send. */
 typedef const char *(*rt_read_request_fn)(lua_State *L, rt_request_t *req);
 
+/* What core.request needs of its Lua state's context. */
+typedef struct rt_run_env_s {
+  rt_sched_t *sched;
+  rt_loop_t *loop;
+  const int *sealed; /* the state's core.seal flag */
+  rt_read_request_fn read;
+} rt_run_env_t;
+
 /* Register the run record's metatable. */
 void rt_run_open(lua_State *L);
 
 /* core.request, its arguments at 1 to 4. */
-int rt_run_request(lua_State *L, rt_sched_t *sched, rt_loop_t *loop,
-                   const int *sealed, rt_read_request_fn read);
+int rt_run_request(lua_State *L, const rt_run_env_t *env);
 
 /* client:close's core.cancel_op on the value at idx: -1 when it is not a
  * run record; else 1 when it ended the run's backoff (the run hands its

@@ -23,6 +23,7 @@ local record_of = attempt_mod.record_of
 local attempt, attempt_plain = attempt_mod.attempt, attempt_mod.attempt_plain
 local retry_reason = strategies.retry_reason
 local fixed_waits = strategies.fixed_waits
+local fixed_attempts = strategies.fixed_attempts
 
 -- The most attempts of a request whose retries a load's driver makes
 -- (src/lua_drive.c's MAX_ATTEMPTS).
@@ -428,13 +429,13 @@ local function new_state(client, list, options, call, specs, started)
 end
 
 --[[ Whether a request of a script's client can run its attempts in C
-(core.run, src/lua_run.h), given a strategy whose waits depend on the
+(core.request, src/lua_run.h), given a strategy whose waits depend on the
 attempt's number alone: whether a response is retried depends on its
 status alone (no evaluate_response_callback, no raise_for_status),
 nothing acts around its attempts (trace hooks, a logger, a per-host
 limit, hedging, a breaker, a load's check counting them), and nothing may
 end its retrying early (a deadline, a budget, before_retry). The client's
-limit is kept: core.run takes its slots. ]]
+limit is kept: core.request takes its slots. ]]
 local function runs_in_c(client, list, options, call)
   return #list == 1 and #client.trace_configs == 0 and client.logger == nil
     and client.limit_per_host == 0 and next(client.recorders) == nil
@@ -654,27 +655,36 @@ local function execute(client, list, options, call, specs)
 end
 
 --[[ A script's client request, checked (check_options), as core.request
-needs it (src/lua_run.h): spec, waits, options, list, call, specs, where
-spec (the first attempt's request table) and waits (the strategy's, by
-attempt) are there only when core.request can make its attempts. ]]
+needs it (src/lua_run.h): spec, attempts, options, list, call, specs,
+where spec (the first attempt's request table) and attempts (the
+strategy's, more than one) are there only when core.request can make its
+attempts. ]]
 local function plan(client, list, options, call, specs)
   check_options(options)
-  local waits = runs_in_c(client, list, options, call)
-    and fixed_waits(options, MAX_DRIVEN_ATTEMPTS)
-  if waits and #waits > 0 then
+  local attempts = runs_in_c(client, list, options, call)
+    and fixed_attempts(options, MAX_DRIVEN_ATTEMPTS)
+  if attempts and attempts > 1 then
     specs = specs or specs_for(client, list)
-    return specs[1], waits, options, list, call, specs
+    return specs[1], attempts, options, list, call, specs
   end
   return nil, nil, options, list, call, specs
 end
 
 -- What core.request asks of Lua (src/lua_run.h); client.lua adds `plan`.
+-- judge's response: retry_reason reads its status alone (no callback is
+-- asked, loop.runs_in_c) and keeps nothing of it, so one table serves.
+local probe = {}
 M.request_helpers = {
   judge = function(options, spec, status)
-    return retry_reason(options, spec.method, { status = status }, nil,
-      false, true) ~= nil
+    probe.status = status
+    return retry_reason(options, spec.method, probe, nil, false, true) ~= nil
   end,
-  take = function(s) return s:try_take() end,
+  -- The wait before attempt n + 1, as plan_retry reads it: a strategy
+  -- fixed_attempts passed needs nothing but n.
+  wait = function(options, n)
+    return check_wait(options:get_timeout(n), "retry_options: get_timeout("
+      .. n .. ") returned")
+  end,
   enqueue = function(s, handle) return s:enqueue(handle) end,
   release = function(s) s:release() end,
   abandon = function(s, entry) s:abandon(entry) end,

@@ -12,6 +12,9 @@ local M = {}
 M.CLOSED_WHILE_QUEUED = "the RetryClient was closed while the request "
   .. "waited for a connection slot"
 
+-- src/lua_run.c reads limit, used, head and tail, and takes and gives
+-- back a slot itself when nobody waits (try_take, release's first case):
+-- keep it in step with these fields.
 local Slots = { __name = "retry.Slots" }
 Slots.__index = Slots
 

@@ -505,12 +505,11 @@ local FIXED = {
   [getmetatable(M.FibonacciRetry{})] = true,
 }
 
---- The waits of `options` before attempts 2 to n ({} for one attempt),
--- when get_timeout depends on nothing but the attempt's number (a
--- built-in strategy without randomness, and get_timeout not replaced) and
--- n is at most `most`; nil otherwise. A load's driver (src/lua_drive.c)
--- retries with them in C.
-function M.fixed_waits(options, most)
+--- The attempts n of `options` when its get_timeout depends on nothing
+-- but the attempt's number (a built-in strategy without randomness, and
+-- get_timeout not replaced) and n is at most `most`; nil otherwise.
+-- core.request (src/lua_run.c) then makes the request's retries in C.
+function M.fixed_attempts(options, most)
   local fixed = FIXED[getmetatable(options)]
   if not fixed or rawget(options, "get_timeout") ~= nil
       or (fixed ~= true and not fixed(options)) then
@@ -518,6 +517,15 @@ function M.fixed_waits(options, most)
   end
   local n = as_integer(options.attempts)
   if not n or n < 1 or n > most then return nil end
+  return n
+end
+
+--- The waits of `options` before attempts 2 to n ({} for one attempt),
+-- when fixed_attempts gives n; nil otherwise. A load's driver
+-- (src/lua_drive.c) retries with them in C.
+function M.fixed_waits(options, most)
+  local n = M.fixed_attempts(options, most)
+  if not n then return nil end
   local waits = {}
   for k = 1, n - 1 do
     local ok, w = pcall(options.get_timeout, options, k)

@@ -13,19 +13,22 @@ local invalid, describe = errors.invalid, values.describe
 
 local Task = { __name = "retry.Task" }
 Task.__index = Task
+-- A task not ended reads `done` from here: the field is set when it ends.
+Task.done = false
 
 -- The Task object of each task coroutine.
 local by_thread = setmetatable({}, { __mode = "k" })
 -- The run in progress: { main = Task, live = {[Task]=true}, root = scope }.
 -- A scope is what one retry.run waits for: { live = {[Task]=true},
--- failed = {Task...}, waiter = handle of the task waiting for it or nil }.
+-- failed = {Task...}, run = the run, waiter = handle of the task waiting
+-- for it or nil }.
 local current_run = nil
 -- How many tasks were spawned so far: each task's `serial` is its place in
 -- that count, which tells a load which of its requests spawned it.
 local spawned = 0
 
-local function new_scope()
-  return { live = {}, failed = {} }
+local function new_scope(run)
+  return { live = {}, failed = {}, run = run }
 end
 
 local gsub, sub = string.gsub, string.sub
@@ -70,7 +73,8 @@ local function cancel_all(live)
 end
 
 local function finish(task, ok, ...)
-  local run, scope = task.run, task.scope
+  local scope = task.scope
+  local run = scope.run
   core.ended(task.handle)
   task.done = true
   task.ok = ok
@@ -112,9 +116,12 @@ function M.spawn(fn, ...)
   local parent = by_thread[coroutine.running()]
   local scope = parent and (parent.inner or parent.scope) or run.root
   spawned = spawned + 1
-  -- `waiters`, the handles of the tasks awaiting it, comes with the first.
-  local task = setmetatable({ done = false, run = run, scope = scope,
-    parent = parent, serial = spawned }, Task)
+  -- `waiters`, the handles of the tasks awaiting it, comes with the first;
+  -- done, ok and results or err, when it ends. Four fields until then (its
+  -- run is its scope's, `done` is false in Task): ten thousand waiting
+  -- tasks take a table part of four slots each rather than eight.
+  local task = setmetatable({ scope = scope, parent = parent,
+    serial = spawned }, Task)
   local handle, thread = core.spawn(task_main, task, fn, ...)
   task.handle = handle
   by_thread[thread] = task
@@ -280,7 +287,7 @@ end
 -- retry.run inside a task: run fn in that task and return once fn and every
 -- task spawned under it have ended. If fn fails, those tasks are cancelled.
 local function nursery(me, fn, ...)
-  local scope = new_scope()
+  local scope = new_scope(me.scope.run)
   local outer = me.inner
   me.inner = scope
   local results = table.pack(xpcall(fn, with_traceback, ...))
@@ -309,7 +316,8 @@ function M.run(fn, ...)
     return nursery(me, fn, ...)
   end
   core.enter() -- raises when a loop runs without this module knowing
-  local run = { live = {}, root = new_scope() }
+  local run = { live = {} }
+  run.root = new_scope(run)
   current_run = run
   local ok, main = pcall(M.spawn, fn, ...)
   local loop_error, finished, fatal, deadlock
