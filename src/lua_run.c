@@ -368,6 +368,11 @@ static int after_slot(lua_State *L, int status, lua_KContext ctx) {
   if (!granted)
     return finish(L, r, "slot_closed", 0);
   r->held = 1;
+  /* Closed after the slot came to it, before it ran: nothing goes out. */
+  if (client_closed(L)) {
+    give_slot(L, r, CLIENT);
+    return finish(L, r, "closed_attempt", 0);
+  }
   return start_transfer(L, r);
 }
 
@@ -380,8 +385,8 @@ static int after_transfer(lua_State *L, int status, lua_KContext ctx) {
   int retried;
 
   (void)status;
-  rt_op_wait_over(r->task);
   (void)ctx;
+  rt_op_wait_over(r->task);
   lua_settop(L, RUN);
   lua_getiuservalue(L, RUN, UV_OP);
   op = lua_touserdata(L, -1);
@@ -415,7 +420,6 @@ static int after_transfer(lua_State *L, int status, lua_KContext ctx) {
   call_helper(L, H_WAIT, 2, 1);
   rec->wait = lua_tonumber(L, -1);
   lua_pop(L, 1);
-
   rt_op_discard(op);
   lua_pushnil(L);
   lua_setiuservalue(L, RUN, UV_OP);
@@ -451,7 +455,7 @@ int rt_run_cancel(lua_State *L, int idx) {
 
   if (r == NULL)
     return -1;
-  if (!r->waiting || r->closed)
+  if (!r->live || !r->waiting || r->closed)
     return 0;
   r->closed = 1;
   rt_task_wake(r->task, 0);
@@ -474,8 +478,10 @@ static int run_close(lua_State *L) {
   if (lua_getiuservalue(L, 1, UV_OP) != LUA_TNIL)
     set_active(L, client, -1, 0);
   lua_pop(L, 1);
-  if (r->waiting)
+  if (r->waiting) {
+    r->waiting = 0;
     set_active(L, client, 1, 0);
+  }
   if (lua_getiuservalue(L, 1, UV_ENTRY) != LUA_TNIL) {
     push_client_field(L, client, "slots");
     lua_insert(L, -2);

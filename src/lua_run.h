@@ -33,6 +33,8 @@
  *   "closed"      the client was closed before attempt n or during the
  *                 wait before it
  *   "slot_closed" it was closed while attempt n waited for a slot
+ *   "closed_attempt" it was closed once attempt n had its slot, before
+ *                 the attempt started
  * history holds the records of attempts 1 to n - 1, previous_wait the
  * wait before attempt n, started the request's start (core.now's clock).
  * helpers.judge(options, spec, status) says whether a response is retried,

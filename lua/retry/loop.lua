@@ -446,12 +446,21 @@ local function runs_in_c(client, list, options, call)
     and options.evaluate_response_callback == nil and not call.raise
 end
 
+-- The error of attempt n, which the client's close stopped (attempt.lua's
+-- fail names the attempt of such an error).
+local function closed_in_attempt(spec, n)
+  local e = closed_error(spec)
+  e.attempt = n
+  error(e, 0)
+end
+
 -- A request core.request handed back (`how`, src/lua_run.h): the retry
 -- loop goes on from attempt n, with its outcome when core.request made it.
 local function run_after_c(client, list, options, call, specs, op, n,
     elapsed, queued, history, previous_wait, started, how)
   local spec = specs[1]
   if how == "closed" then error(closed_error(spec), 0) end
+  if how == "closed_attempt" then closed_in_attempt(spec, n) end
   if how == "slot_closed" then
     error(errors.new("cancelled", slots_mod.CLOSED_WHILE_QUEUED,
       { method = spec.method, url = spec.url, attempt = n }), 0)
@@ -473,9 +482,7 @@ local function run_after_c(client, list, options, call, specs, op, n,
   end
   local response, err = http.result(op, spec)
   if response == nil and err.kind == "cancelled" and client.closed then
-    local e = closed_error(spec)
-    e.attempt = n
-    error(e, 0)
+    closed_in_attempt(spec, n)
   end
   local record = record_of(n, elapsed, response, err)
   if queued > 0 then record.queued = queued end

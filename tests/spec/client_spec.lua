@@ -1070,6 +1070,32 @@ describe("RetryClient, a request retried in C", function()
     end)
   end)
 
+  it("sends nothing when the client closes after a slot came to it, before "
+    .. "it ran", function()
+    run(function()
+      local client = retry.RetryClient{ limit = 1,
+        retry_options = list({ 0.01 }, 2) }
+      local url, key = counted("/hello")
+      -- a's request gives its slot to b as it ends; a closes the client
+      -- before b runs again.
+      local a = retry.spawn(function()
+        local r <close> = client:get(h.url("/delay/100"))
+        client:close()
+        return r.status
+      end)
+      retry.sleep(0.02)
+      local b = retry.spawn(function() return client:get(url) end)
+      assert.equal(200, a:await())
+      local ok, e = pcall(b.await, b)
+      assert.is_false(ok)
+      assert.is_true(retry.is_error(e, "cancelled"))
+      assert.matches("closed during the request", e.message)
+      assert.equal(1, e.attempt)
+      assert.equal(url, e.url)
+      assert.equal(0, h.settled_hits(retry, key))
+    end)
+  end)
+
   it("names the request and attempt when the client closes while it waits "
     .. "for a slot", function()
     run(function()
