@@ -25,11 +25,27 @@ static const char run_key = 'r';
 static const char helpers_key = 'h';
 static const char helper_thread_key = 't';
 
+/* helpers.judge's verdicts: the response stands, is retried, or the
+ * request goes on in the Lua loop (its client's settings changed since it
+ * began, or its strategy now allows more attempts than this run has room
+ * for). */
+enum { JUDGED_STANDS = 0, JUDGED_RETRIED = 1, JUDGED_TO_LUA = 2 };
+
 /* The helpers, by their place in the registry's helpers array. */
-enum { H_PLAN = 1, H_JUDGE, H_WAIT, H_ENQUEUE, H_RELEASE, H_ABANDON, H_AFTER };
-static const char *const helper_names[] = {
-    NULL, "plan", "judge", "wait", "enqueue", "release", "abandon", "after"};
-#define HELPER_COUNT 7
+enum {
+  H_PLAN = 1,
+  H_JUDGE,
+  H_WAIT,
+  H_STILL,
+  H_ENQUEUE,
+  H_RELEASE,
+  H_ABANDON,
+  H_AFTER
+};
+static const char *const helper_names[] = {NULL,      "plan",    "judge",
+                                           "wait",    "still",   "enqueue",
+                                           "release", "abandon", "after"};
+#define HELPER_COUNT 8
 
 /* core.request's stack slots: its arguments (client, method, url, opts),
  * then what the plan helper returned (spec, attempts, options, list, call,
@@ -57,23 +73,26 @@ typedef struct run_record_s {
   double queued;  /* waiting for a slot; 0 for none */
   double wait;    /* the wait after it */
   int status;
-  int resent;
+  unsigned char resent;
+  unsigned char wait_int; /* the strategy gave the wait as an integer */
 } run_record_t;
 
 typedef struct rt_run_s {
-  rt_task_t *task;         /* borrowed: the caller */
-  const rt_run_env_t *env; /* borrowed: the state's */
-  double started;          /* the request's start */
-  double since;            /* when the current attempt began to wait for
-                              a slot, then when it started */
-  double queued;           /* the current attempt's wait for a slot */
-  int n;                   /* the current attempt */
-  int attempts;            /* the strategy's */
-  unsigned char held;      /* holds a slot of the client */
-  unsigned char waiting;   /* in backoff, listed in client.ops */
-  unsigned char closed;    /* client:close ended the backoff */
-  unsigned char live;      /* not returned yet: __close gives back */
-  run_record_t records[];  /* attempts 1 .. attempts - 1 */
+  rt_task_t *task;          /* borrowed: the caller */
+  const rt_run_env_t *env;  /* borrowed: the state's */
+  double started;           /* the request's start */
+  double since;             /* when the current attempt began to wait for
+                               a slot, then when it started */
+  double queued;            /* the current attempt's wait for a slot */
+  int n;                    /* the current attempt */
+  int attempts;             /* the strategy's */
+  unsigned char held;       /* holds a slot of the client */
+  unsigned char waiting;    /* in backoff, listed in client.ops */
+  unsigned char closed;     /* client:close ended the backoff */
+  unsigned char in_attempt; /* waiting for its slot or its transfer: an
+                               error then names the request and attempt */
+  unsigned char live;       /* not returned yet: __close gives back */
+  run_record_t records[];   /* attempts 1 .. attempts - 1 */
 } rt_run_t;
 
 static double now_seconds(void) {
@@ -241,6 +260,14 @@ static void push_helper(lua_State *L, int id) {
   lua_remove(L, -2);
 }
 
+/* A record's wait as the strategy gave it, integer or float. */
+static void push_wait(lua_State *L, const run_record_t *rec) {
+  if (rec->wait_int)
+    lua_pushinteger(L, (lua_Integer)rec->wait);
+  else
+    lua_pushnumber(L, rec->wait);
+}
+
 /* Hand the request back to Lua's loop, on the task's stack now that the
  * run waits no more: helpers.after(client, list, options, call, specs,
  * op, n, elapsed, queued, history, previous_wait, started, how), whose
@@ -249,6 +276,7 @@ static int finish(lua_State *L, rt_run_t *r, const char *how, double elapsed) {
   int i;
 
   r->live = 0;
+  r->in_attempt = 0;
   lua_settop(L, RUN);
   luaL_checkstack(L, 16, "a request's outcome");
   push_helper(L, H_AFTER);
@@ -280,7 +308,7 @@ static int finish(lua_State *L, rt_run_t *r, const char *how, double elapsed) {
     }
     lua_pushliteral(L, "status");
     lua_setfield(L, -2, "reason");
-    lua_pushnumber(L, rec->wait);
+    push_wait(L, rec);
     lua_setfield(L, -2, "wait");
     if (rec->queued > 0) {
       lua_pushnumber(L, rec->queued);
@@ -289,7 +317,7 @@ static int finish(lua_State *L, rt_run_t *r, const char *how, double elapsed) {
     lua_rawseti(L, -2, i);
   }
   if (r->n > 1)
-    lua_pushnumber(L, r->records[r->n - 2].wait);
+    push_wait(L, &r->records[r->n - 2]);
   else
     lua_pushnil(L);
   lua_pushnumber(L, r->started);
@@ -336,8 +364,19 @@ static int start_transfer(lua_State *L, rt_run_t *r) {
 /* Attempt r->n: a connection slot, then its transfer. */
 static int run_attempt(lua_State *L, rt_run_t *r) {
   r->queued = 0;
-  if (r->n > 1 && client_closed(L))
-    return finish(L, r, "closed", 0);
+  if (r->n > 1) {
+    if (client_closed(L))
+      return finish(L, r, "closed", 0);
+    /* Settings changed during the wait (a limit per host, hooks): the Lua
+     * loop makes this attempt and the rest. */
+    lua_pushvalue(L, CLIENT);
+    lua_pushvalue(L, OPTIONS);
+    call_helper(L, H_STILL, 2, 1);
+    if (!lua_toboolean(L, -1))
+      return finish(L, r, "before", 0);
+    lua_pop(L, 1);
+  }
+  r->in_attempt = 1;
   if (push_client_field(L, CLIENT, "slots") != LUA_TNIL) {
     if (!slots_try_take(L, lua_gettop(L))) {
       rt_task_push_handle(L, r->task);
@@ -382,11 +421,12 @@ static int after_transfer(lua_State *L, int status, lua_KContext ctx) {
   run_record_t *rec;
   double elapsed = now_seconds() - r->since;
   rt_op_t *op;
-  int retried;
+  int verdict;
 
   (void)status;
   (void)ctx;
   rt_op_wait_over(r->task);
+  r->in_attempt = 0;
   lua_settop(L, RUN);
   lua_getiuservalue(L, RUN, UV_OP);
   op = lua_touserdata(L, -1);
@@ -396,20 +436,23 @@ static int after_transfer(lua_State *L, int status, lua_KContext ctx) {
   res = rt_op_xfer_result(op);
   /* What Lua's loop decides: an error (a cancel by client:close too), a
    * Retry-After with attempts left. */
-  if (res == NULL || res->kind != NULL)
+  if (res == NULL || res->kind != NULL || res->retry_after > 0)
     return finish(L, r, "done", elapsed);
-  if (r->n >= r->attempts)
-    return finish(L, r, "stands", elapsed);
-  if (res->retry_after > 0)
-    return finish(L, r, "done", elapsed);
+  /* Lua's verdict, with the client's settings and the strategy's
+   * attempts read again, as the Lua loop reads them at every attempt. */
+  lua_pushvalue(L, CLIENT);
   lua_pushvalue(L, OPTIONS);
   lua_pushvalue(L, SPEC);
   lua_pushinteger(L, res->status);
-  call_helper(L, H_JUDGE, 3, 1);
-  retried = lua_toboolean(L, -1);
+  lua_pushinteger(L, r->n);
+  lua_pushinteger(L, r->attempts);
+  call_helper(L, H_JUDGE, 6, 1);
+  verdict = (int)lua_tointeger(L, -1);
   lua_pop(L, 1);
-  if (!retried)
+  if (verdict == JUDGED_STANDS)
     return finish(L, r, "stands", elapsed);
+  if (verdict != JUDGED_RETRIED)
+    return finish(L, r, "done", elapsed);
   rec = &r->records[r->n - 1];
   rec->elapsed = elapsed;
   rec->queued = r->queued;
@@ -419,6 +462,7 @@ static int after_transfer(lua_State *L, int status, lua_KContext ctx) {
   lua_pushinteger(L, r->n);
   call_helper(L, H_WAIT, 2, 1);
   rec->wait = lua_tonumber(L, -1);
+  rec->wait_int = (unsigned char)lua_isinteger(L, -1);
   lua_pop(L, 1);
   rt_op_discard(op);
   lua_pushnil(L);
@@ -475,8 +519,10 @@ static int run_close(lua_State *L) {
   lua_settop(L, 2);
   lua_getiuservalue(L, 1, UV_CLIENT);
   client = lua_gettop(L);
-  if (lua_getiuservalue(L, 1, UV_OP) != LUA_TNIL)
+  if (lua_getiuservalue(L, 1, UV_OP) != LUA_TNIL) {
     set_active(L, client, -1, 0);
+    rt_op_discard(lua_touserdata(L, -1));
+  }
   lua_pop(L, 1);
   if (r->waiting) {
     r->waiting = 0;
@@ -490,6 +536,9 @@ static int run_close(lua_State *L) {
     lua_pop(L, 1);
   }
   give_slot(L, r, client);
+  /* As attempt.lua's fail: an error of the slot wait or the transfer. */
+  if (!r->in_attempt)
+    return 0;
   rt_error_push_metatable(L);
   if (lua_istable(L, 2) && lua_getmetatable(L, 2) && lua_rawequal(L, -1, -2)) {
     lua_getiuservalue(L, 1, UV_SPEC);
@@ -520,7 +569,6 @@ void rt_run_open(lua_State *L) {
 
 int rt_run_request(lua_State *L, const rt_run_env_t *env) {
   lua_Integer attempts;
-  rt_task_t *t;
   rt_run_t *r;
 
   lua_settop(L, 4);
@@ -539,7 +587,6 @@ int rt_run_request(lua_State *L, const rt_run_env_t *env) {
     lua_pushvalue(L, SPECS);
     return 6;
   }
-  t = rt_task_check(L, env->sched, "a request");
   lua_copy(L, 1, CLIENT);
   lua_copy(L, PLANNED, SPEC);
   attempts = lua_tointeger(L, ATTEMPTS);
@@ -557,12 +604,15 @@ int rt_run_request(lua_State *L, const rt_run_env_t *env) {
   lua_setiuservalue(L, RUN, UV_CLIENT);
   lua_pushvalue(L, SPEC);
   lua_setiuservalue(L, RUN, UV_SPEC);
-  r->task = t;
   r->env = env;
-  r->started = now_seconds();
   r->attempts = (int)attempts;
   r->n = 1;
   r->live = 1;
+  r->in_attempt = 1;
   lua_toclose(L, RUN);
+  /* Counted and marked first: a request made where no task can wait fails
+   * as the Lua loop's first attempt does, counted and named. */
+  r->task = rt_task_check(L, env->sched, "a request");
+  r->started = now_seconds();
   return run_attempt(L, r);
 }

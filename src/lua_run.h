@@ -37,11 +37,17 @@
  *                 the attempt started
  * history holds the records of attempts 1 to n - 1, previous_wait the
  * wait before attempt n, started the request's start (core.now's clock).
- * helpers.judge(options, spec, status) says whether a response is retried,
- * helpers.wait(options, n) the wait after attempt n (an error it raises
- * ends the request, as plan_retry's would); enqueue, release and abandon(slots,
- * ...) are slots.lua's (a slot taken or given back with nobody waiting is
- * counted here). core.run_helpers sets them, once per state.
+ * The helpers it calls:
+ *   judge(client, options, spec, status, n, room): whether the response
+ *     to attempt n stands, is retried, or goes to the Lua loop
+ *     (lua_run.c's JUDGED_*)
+ *   wait(options, n): the wait after attempt n (an error it raises ends
+ *     the request, as plan_retry's would)
+ *   still(client, options): whether the client's settings still let the
+ *     next attempt run here
+ *   enqueue, release, abandon(slots, ...): slots.lua's (a slot taken or
+ *     given back with nobody waiting is counted here)
+ * core.run_helpers sets them, once per state.
  */
 #ifndef RT_LUA_RUN_H
 #define RT_LUA_RUN_H

@@ -436,14 +436,19 @@ nothing acts around its attempts (trace hooks, a logger, a per-host
 limit, hedging, a breaker, a load's check counting them), and nothing may
 end its retrying early (a deadline, a budget, before_retry). The client's
 limit is kept: core.request takes its slots. ]]
-local function runs_in_c(client, list, options, call)
-  return #list == 1 and #client.trace_configs == 0 and client.logger == nil
+local function client_runs_in_c(client, options)
+  return #client.trace_configs == 0 and client.logger == nil
     and client.limit_per_host == 0 and next(client.recorders) == nil
-    and client.hedge == nil and call.hedge == nil
-    and client.breaker == nil and client.budget == nil
-    and client.deadline == nil and call.deadline == nil
-    and call.before_retry == nil and options.before_retry == nil
-    and options.evaluate_response_callback == nil and not call.raise
+    and client.hedge == nil and client.breaker == nil
+    and client.budget == nil and client.deadline == nil
+    and options.before_retry == nil
+    and options.evaluate_response_callback == nil
+end
+
+local function runs_in_c(client, list, options, call)
+  return #list == 1 and call.hedge == nil and call.deadline == nil
+    and call.before_retry == nil and not call.raise
+    and client_runs_in_c(client, options)
 end
 
 -- The error of attempt n, which the client's close stopped (attempt.lua's
@@ -682,10 +687,24 @@ end
 -- asked, loop.runs_in_c) and keeps nothing of it, so one table serves.
 local probe = {}
 M.request_helpers = {
-  judge = function(options, spec, status)
+  -- After attempt n of a run with room for `room` attempts, answered 0
+  -- (the response stands), 1 (retried) or 2 (the Lua loop goes on): the
+  -- client's settings and the strategy's attempts are read again, as the
+  -- Lua loop reads them at every attempt (src/lua_run.c's JUDGED_*).
+  judge = function(client, options, spec, status, n, room)
+    local attempts = attempts_of(options)
+    if attempts > room or not client_runs_in_c(client, options)
+        or not fixed_attempts(options, MAX_DRIVEN_ATTEMPTS) then
+      return 2
+    end
+    if n >= attempts then return 0 end
     probe.status = status
-    return retry_reason(options, spec.method, probe, nil, false, true) ~= nil
+    return retry_reason(options, spec.method, probe, nil, false, true)
+      and 1 or 0
   end,
+  -- Whether the request's next attempt can still be made in C: its
+  -- client's settings may have changed during the wait.
+  still = client_runs_in_c,
   -- The wait before attempt n + 1, as plan_retry reads it: a strategy
   -- fixed_attempts passed needs nothing but n.
   wait = function(options, n)

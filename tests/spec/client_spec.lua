@@ -1096,6 +1096,61 @@ describe("RetryClient, a request retried in C", function()
     end)
   end)
 
+  it("reads the strategy's attempts and the client's settings at every "
+    .. "attempt, as the Lua loop does", function()
+    run(function()
+      -- attempts lowered during the request: it stops there.
+      local url, key = counted("/status/503")
+      local options = list({ 0.2 }, 5)
+      local client <close> = retry.RetryClient{ retry_options = options }
+      local t = retry.spawn(function() return client:get(url) end)
+      retry.sleep(0.1)
+      options.attempts = 2
+      local r <close> = t:await()
+      assert.equal(2, r.attempts)
+      assert.equal(2, h.settled_hits(retry, key))
+      assert.same({ 2, 1 }, { client:stats().attempts, client:stats().retries })
+      -- set to a bad value: the request says so.
+      options.attempts = 5
+      t = retry.spawn(function() return client:get(url) end)
+      retry.sleep(0.1)
+      options.attempts = 0
+      expect.invalid("attempts", t.await, t)
+      -- a per-host limit set during the backoff holds for the next attempts.
+      local slow = h.url("/delay/200")
+      local limited <close> = retry.RetryClient{ retry_options =
+        retry.ListRetry{ timeouts = { 0.1 }, attempts = 2, statuses = { 200 } } }
+      local a = retry.spawn(function() return limited:get(slow) end)
+      local b = retry.spawn(function() return limited:get(slow) end)
+      retry.sleep(0.25)
+      limited.limit_per_host = 1
+      local ra <close> = a:await()
+      local rb <close> = b:await()
+      local queued = (ra.history[2].queued or 0) + (rb.history[2].queued or 0)
+      assert.is_true(queued > 0.1, "the second attempts ran one at a time")
+    end)
+  end)
+
+  it("keeps an integral wait an integer in its history", function()
+    run(function()
+      local client <close> = retry.RetryClient{ retry_options = list({ 0 }, 2) }
+      local r <close> = client:get(h.url("/status/503"))
+      assert.equal(2, r.attempts)
+      assert.equal("integer", math.type(r.history[1].wait))
+    end)
+  end)
+
+  it("counts and names a request made where no task can wait", function()
+    local client <close> = retry.RetryClient{ retry_options = list({ 0 }, 2) }
+    local url = h.url("/hello")
+    local ok, e = pcall(client.get, client, url)
+    assert.is_false(ok)
+    assert.is_true(retry.is_error(e, "invalid"))
+    assert.matches("inside a task", e.message)
+    assert.same({ "GET", url, 1 }, { e.method, e.url, e.attempt })
+    assert.equal(1, client:stats().requests)
+  end)
+
   it("names the request and attempt when the client closes while it waits "
     .. "for a slot", function()
     run(function()
