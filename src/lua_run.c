@@ -137,8 +137,9 @@ static void call_helper(lua_State *L, int id, int nargs, int nres) {
   lua_xmove(H, L, nres);
 }
 
-/* core.run_helpers{plan =, judge =, enqueue =, release =, abandon =,
- * after =}: kept as an array, for call_helper to find by number. */
+/* core.run_helpers{plan =, judge =, wait =, still =, enqueue =, release =,
+ * abandon =, after =}: kept as an array, for call_helper to find by
+ * number. */
 int rt_run_set_helpers(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);

@@ -682,10 +682,11 @@ local function plan(client, list, options, call, specs)
   return nil, nil, options, list, call, specs
 end
 
--- What core.request asks of Lua (src/lua_run.h); client.lua adds `plan`.
 -- judge's response: retry_reason reads its status alone (no callback is
--- asked, loop.runs_in_c) and keeps nothing of it, so one table serves.
+-- asked, runs_in_c) and keeps nothing of it, so one table serves.
 local probe = {}
+
+-- What core.request asks of Lua (src/lua_run.h); client.lua adds `plan`.
 M.request_helpers = {
   -- After attempt n of a run with room for `room` attempts, answered 0
   -- (the response stands), 1 (retried) or 2 (the Lua loop goes on): the
