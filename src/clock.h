@@ -40,6 +40,12 @@ typedef struct rt_clock_s {
 /* uv_hrtime after seconds (>= 0); beyond some 570 years, UINT64_MAX. */
 uint64_t rt_clock_after(uint64_t now_ns, double seconds);
 
+/* uv_hrtime's clock in seconds: core.now's, the clock of every start,
+ * elapsed and finished_at Lua sees. */
+static inline double rt_clock_now(void) {
+  return (double)uv_hrtime() / 1e9;
+}
+
 /* Never fails: without a timerfd (or with precise 0, for the tests) the
  * uv timer stands in. */
 void rt_clock_init(rt_clock_t *c, uv_loop_t *uv, int precise);

@@ -278,7 +278,7 @@ static int l_sleep(lua_State *L) {
 
 /* core.now() -> monotonic seconds */
 static int l_now(lua_State *L) {
-  lua_pushnumber(L, (lua_Number)uv_hrtime() / 1e9);
+  lua_pushnumber(L, (lua_Number)rt_clock_now());
   return 1;
 }
 

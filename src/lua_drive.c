@@ -181,10 +181,6 @@ struct rt_drive_s {
   unsigned char expected[STATUS_LIMIT];
 };
 
-static double now_seconds(void) {
-  return (double)uv_hrtime() / 1e9;
-}
-
 static rt_drive_t *check_drive(lua_State *L, const char *method) {
   rt_drive_t *d = rt_udata_test(L, 1, &drive_key);
 
@@ -256,7 +252,7 @@ static void start_attempt(rt_drive_t *d, slot_t *s) {
   int rc = UV_ECANCELED; /* the state is closing (core.seal) */
 
   s->attempt++;
-  s->attempt_started = now_seconds();
+  s->attempt_started = rt_clock_now();
   s->start_error = 0;
   if (!*d->sealed)
     rc = rt_xfer_start(d->loop, &d->req, on_done, s, &s->xfer);
@@ -283,7 +279,7 @@ static int may_start(lua_State *L, rt_drive_t *d, int driver_idx) {
     return 0;
   if (d->total >= 0 && d->started >= d->total)
     return 0;
-  if (d->ends > 0 && now_seconds() >= d->ends)
+  if (d->ends > 0 && rt_clock_now() >= d->ends)
     return 0;
   if (!d->has_claim)
     return 1;
@@ -306,7 +302,7 @@ static void start_slot(lua_State *L, rt_drive_t *d, int driver_idx, slot_t *s) {
   d->started++;
   d->tally.started++;
   d->busy++;
-  s->started = now_seconds();
+  s->started = rt_clock_now();
   s->attempt = 0;
   start_attempt(d, s);
 }
@@ -352,7 +348,7 @@ static void cancel_all(rt_drive_t *d) {
     d->cut++;
   }
   if (d->cut > 0)
-    d->cut_at = now_seconds();
+    d->cut_at = rt_clock_now();
   d->ended_head = d->ended_tail = NULL;
   d->busy = 0;
 }
@@ -436,7 +432,7 @@ static int push_tally(lua_State *L, rt_drive_t *d, double next_at) {
     d->open_second = second_of(d, next_at);
   }
   memset(t, 0, sizeof(*t));
-  d->last_tally = now_seconds();
+  d->last_tally = rt_clock_now();
   return 2;
 }
 
@@ -456,7 +452,7 @@ static void push_concluded(lua_State *L, slot_t *s) {
   last->status = (int)res->status;
   last->resent = res->resent;
   rt_response_set_trail(lua_touserdata(L, -1), trail, s->attempt,
-                        now_seconds() - s->started);
+                        rt_clock_now() - s->started);
   if (trail == s->history)
     s->history = NULL;
 }
@@ -468,7 +464,7 @@ static int push_slow(lua_State *L, rt_drive_t *d, slot_t *s) {
   lua_pushliteral(L, "slow");
   lua_pushinteger(L, (lua_Integer)(s - d->slots) + 1);
   lua_pushnumber(L, s->started);
-  lua_pushnumber(L, now_seconds() - s->attempt_started);
+  lua_pushnumber(L, rt_clock_now() - s->attempt_started);
   lua_pushinteger(L, n);
   if (n > 1) {
     rt_response_push_history(L, s->history, n - 1, 0);
@@ -656,7 +652,7 @@ static int next_event(lua_State *L, rt_drive_t *d, int driver_idx) {
       d->tally.attempts_started > 0) {
     int idle = d->busy == 0 && d->lent == 0;
 
-    if (idle || d->cancelled || now_seconds() - d->last_tally >= TALLY_EVERY)
+    if (idle || d->cancelled || rt_clock_now() - d->last_tally >= TALLY_EVERY)
       return push_tally(L, d, 0);
   }
   if (d->cut > 0) {
@@ -968,7 +964,7 @@ void rt_drive_new(lua_State *L, const rt_request_t *req, int opts_idx,
   d->sealed = sealed;
   d->total = total < 0 || total >= 9e18 ? -1 : (lua_Integer)total;
   d->ends = opt_number(L, opts, "ends", 0);
-  d->load_started = opt_number(L, opts, "started", now_seconds());
+  d->load_started = opt_number(L, opts, "started", rt_clock_now());
   d->latency = opt_histogram(L, opts, "latency");
   d->attempt_latency = opt_histogram(L, opts, "attempt_latency");
   d->second_latency = opt_histogram(L, opts, "second_latency");
@@ -991,7 +987,7 @@ void rt_drive_new(lua_State *L, const rt_request_t *req, int opts_idx,
   d->slot_count = (long)slots;
   for (i = 0; i < d->slot_count; i++)
     d->slots[i].drive = d;
-  d->last_tally = now_seconds();
+  d->last_tally = rt_clock_now();
   d->linked = 1;
   rt_task_own(t, &d->link);
 }

@@ -95,10 +95,6 @@ typedef struct rt_run_s {
   run_record_t records[];   /* attempts 1 .. attempts - 1 */
 } rt_run_t;
 
-static double now_seconds(void) {
-  return (double)uv_hrtime() / 1e9;
-}
-
 static rt_run_t *run_at(lua_State *L) {
   return lua_touserdata(L, RUN);
 }
@@ -346,7 +342,7 @@ static int start_transfer(lua_State *L, rt_run_t *r) {
   op = lua_touserdata(L, -1);
   lua_setiuservalue(L, RUN, UV_OP);
   lua_settop(L, top);
-  r->since = now_seconds();
+  r->since = rt_clock_now();
   push_client_field(L, CLIENT, "counters");
   count(L, -1, "attempts");
   if (r->n > 1) {
@@ -383,7 +379,7 @@ static int run_attempt(lua_State *L, rt_run_t *r) {
       rt_task_push_handle(L, r->task);
       call_helper(L, H_ENQUEUE, 2, 1);
       lua_setiuservalue(L, RUN, UV_ENTRY);
-      r->since = now_seconds();
+      r->since = rt_clock_now();
       return rt_task_park_lua_k(L, r->task, after_slot);
     }
     r->held = 1;
@@ -404,7 +400,7 @@ static int after_slot(lua_State *L, int status, lua_KContext ctx) {
   lua_settop(L, RUN);
   lua_pushnil(L);
   lua_setiuservalue(L, RUN, UV_ENTRY);
-  r->queued = now_seconds() - r->since;
+  r->queued = rt_clock_now() - r->since;
   if (!granted)
     return finish(L, r, "slot_closed", 0);
   r->held = 1;
@@ -420,7 +416,7 @@ static int after_transfer(lua_State *L, int status, lua_KContext ctx) {
   rt_run_t *r = run_at(L);
   const rt_xfer_result_t *res;
   run_record_t *rec;
-  double elapsed = now_seconds() - r->since;
+  double elapsed = rt_clock_now() - r->since;
   rt_op_t *op;
   int verdict;
 
@@ -614,6 +610,6 @@ int rt_run_request(lua_State *L, const rt_run_env_t *env) {
   /* Counted and marked first: a request made where no task can wait fails
    * as the Lua loop's first attempt does, counted and named. */
   r->task = rt_task_check(L, env->sched, "a request");
-  r->started = now_seconds();
+  r->started = rt_clock_now();
   return run_attempt(L, r);
 }

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "clock.h"
+
 #define RT_USER_AGENT "User-Agent: lretry/" RT_VERSION
 
 /* What CURLOPT_ACCEPT_ENCODING "" would send: every encoding this libcurl
@@ -903,7 +905,7 @@ static void finish(rt_xfer_t *xfer, CURLcode code) {
   if (xfer->stop == RT_STOP_REFUSED) {
     /* The handle's figures are its last transfer's: none are this one's. */
     r->timings.total = (double)(uv_hrtime() - xfer->started_ns) / 1e9;
-    r->timings.finished_at = (double)uv_hrtime() / 1e9;
+    r->timings.finished_at = rt_clock_now();
   } else {
     curl_easy_getinfo(xfer->easy, CURLINFO_RESPONSE_CODE, &r->status);
     curl_easy_getinfo(xfer->easy, CURLINFO_EFFECTIVE_URL, &r->url);

@@ -951,6 +951,17 @@ describe("RetryClient, a request retried in C", function()
     return retry.ListRetry{ timeouts = timeouts, attempts = attempts }
   end
 
+  -- A client with one connection slot, and a task holding it for 3 s.
+  local function one_slot_held()
+    local client = retry.RetryClient{ limit = 1,
+      retry_options = list({ 0.01 }, 2) }
+    local holder = retry.spawn(function()
+      return client:get(h.url("/delay/3000"))
+    end)
+    retry.sleep(0.05)
+    return client, holder
+  end
+
   it("sends each attempt, and says so in its history and the stats", function()
     run(function()
       local url, key = flaky(2, 503)
@@ -1049,11 +1060,8 @@ describe("RetryClient, a request retried in C", function()
   it("gives its connection slot back when cancelled, in flight or queued",
     function()
     run(function()
-      local client <close> = retry.RetryClient{ limit = 1,
-        retry_options = list({ 0.01 }, 2) }
+      local client <close>, a = one_slot_held()
       local hello, key = counted("/hello")
-      local a = retry.spawn(function() return client:get(h.url("/delay/3000")) end)
-      retry.sleep(0.05)
       local b = retry.spawn(function() return client:get(hello) end)
       local c = retry.spawn(function() return client:get(hello) end)
       retry.sleep(0.05)
@@ -1154,11 +1162,8 @@ describe("RetryClient, a request retried in C", function()
   it("names the request and attempt when the client closes while it waits "
     .. "for a slot", function()
     run(function()
-      local client = retry.RetryClient{ limit = 1,
-        retry_options = list({ 0.01 }, 2) }
+      local client, a = one_slot_held()
       local url, key = counted("/hello")
-      local a = retry.spawn(function() return client:get(h.url("/delay/3000")) end)
-      retry.sleep(0.05)
       local b = retry.spawn(function() return client:get(url) end)
       retry.sleep(0.05)
       client:close()
